@@ -1,0 +1,149 @@
+"""The canonical touchpoint: one interaction of a customer with the organisation.
+
+Every channel adapter in `ingest/` turns a provider's payload into this one shape,
+so everything downstream (identity stitching, phase rules, the journey fold,
+storage) speaks a single language. Validation lives here, on the model, so an
+adapter cannot hand the core a touchpoint that breaks its invariants; errors name
+the field and the reason.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class Channel(StrEnum):
+    """The four channels a customer can reach the organisation on."""
+
+    WEB = "web"
+    EMAIL = "email"
+    PHONE = "phone"
+    SOCIAL = "social"
+
+
+class Phase(StrEnum):
+    """The five phases of the customer journey, in their natural order."""
+
+    ORIENTATION = "orientation"
+    CONSIDERATION = "consideration"
+    PURCHASE = "purchase"
+    USAGE = "usage"
+    RETENTION = "retention"
+
+    @property
+    def rank(self) -> int:
+        """0-based position in the journey; used to spot skips and regressions."""
+        return PHASE_ORDER.index(self)
+
+    @property
+    def label_nl(self) -> str:
+        """The Dutch name used in journey-mapping workshops."""
+        return PHASE_LABELS_NL[self]
+
+
+PHASE_ORDER: tuple[Phase, ...] = tuple(Phase)
+PHASE_LABELS_NL: dict[Phase, str] = {
+    Phase.ORIENTATION: "Oriëntatie",
+    Phase.CONSIDERATION: "Afweging",
+    Phase.PURCHASE: "Aanschaf",
+    Phase.USAGE: "Gebruik",
+    Phase.RETENTION: "Retentie–loyaliteit",
+}
+
+# Identifier types every deployment understands; config may declare more.
+BUILTIN_IDENTIFIER_TYPES: frozenset[str] = frozenset(
+    {"anonymous_id", "user_id", "email", "phone", "device_id", "social_handle"}
+)
+IDENTIFIER_TYPE_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+MAX_IDENTIFIER_VALUE_LENGTH = 512
+MAX_EVENT_ID_LENGTH = 256
+
+
+class Identifier(BaseModel):
+    """A typed identifier such as (`email`, <keyed hash>) or (`anonymous_id`, `a-123`).
+
+    Values of PII types (email, phone) are already keyed hashes when they get
+    here: `ingest.pii` normalises and hashes them before a touchpoint exists.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    type: str
+    value: str
+
+    @field_validator("type")
+    @classmethod
+    def _type_is_a_name(cls, value: str) -> str:
+        if not IDENTIFIER_TYPE_PATTERN.match(value):
+            raise ValueError("identifier type must be lower_snake_case, 1-64 characters")
+        return value
+
+    @field_validator("value")
+    @classmethod
+    def _value_is_usable(cls, value: str) -> str:
+        value = value.strip()
+        if not value:
+            raise ValueError("identifier value is empty")
+        if len(value) > MAX_IDENTIFIER_VALUE_LENGTH:
+            raise ValueError(f"identifier value longer than {MAX_IDENTIFIER_VALUE_LENGTH} characters")
+        return value
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.type, self.value)
+
+
+class Touchpoint(BaseModel):
+    """One interaction on one channel, in event time.
+
+    `occurred_at` is when it happened (event time, drives every journey
+    computation); `received_at` is when we learnt of it (ingest time, only for
+    lateness metrics). `action` is the channel's own verb, e.g. `Order Completed`
+    (Segment), `bounce` (SendGrid), `call.no-answer` (Twilio).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    event_id: str = Field(min_length=1, max_length=MAX_EVENT_ID_LENGTH)
+    occurred_at: datetime
+    received_at: datetime | None = None
+    channel: Channel
+    source: str = Field(min_length=1, max_length=64)
+    action: str = Field(min_length=1, max_length=256)
+    identifiers: tuple[Identifier, ...] = Field(min_length=1)
+    properties: dict[str, Any] = Field(default_factory=dict)
+    persona: str | None = Field(default=None, max_length=128)
+    sentiment: float | None = Field(default=None, ge=-1.0, le=1.0)
+    value: float | None = None
+    currency: str | None = Field(default=None, pattern=r"^[A-Z]{3}$")
+
+    @field_validator("occurred_at", "received_at")
+    @classmethod
+    def _aware_utc(cls, value: datetime | None) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError("timestamp must carry a time zone (event time is compared across sources)")
+        return value.astimezone(UTC)
+
+    @field_validator("value")
+    @classmethod
+    def _finite_value(cls, value: float | None) -> float | None:
+        if value is not None and not math.isfinite(value):
+            raise ValueError("value must be a finite number")
+        return value
+
+    @model_validator(mode="after")
+    def _currency_goes_with_value(self) -> Touchpoint:
+        if self.currency is not None and self.value is None:
+            raise ValueError("currency given without a value")
+        return self
+
+    def identifier_keys(self) -> tuple[tuple[str, str], ...]:
+        return tuple(identifier.key for identifier in self.identifiers)
