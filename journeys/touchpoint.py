@@ -130,7 +130,8 @@ class Touchpoint(BaseModel):
             return None
         if value.tzinfo is None or value.utcoffset() is None:
             raise ValueError("timestamp must carry a time zone (event time is compared across sources)")
-        return value.astimezone(UTC)
+        # Millisecond precision, the storage's: a touchpoint replayed from the log is equal to the original.
+        return value.astimezone(UTC).replace(microsecond=value.microsecond // 1000 * 1000)
 
     @field_validator("value")
     @classmethod

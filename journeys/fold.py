@@ -1,0 +1,386 @@
+"""The journey fold: one customer's classified touchpoints → journeys.
+
+Pure and deterministic. A journey's state is a fold over its touchpoints in
+event-time order (`occurred_at`, then `event_id` for ties), so a late touchpoint
+is simply placed in order and the journey recomputed, and replaying the log
+gives the same journeys as live processing did.
+
+Time is event time throughout. Whether a journey has been left is decided
+against a *watermark* (the latest event time seen minus the allowed lateness),
+never against the wall clock.
+
+Vocabulary:
+- an *active* touchpoint is a customer move; a *passive* one is organisation
+  initiated (an email delivered, an outbound call) and never counts as the
+  customer doing something;
+- a *conversion* is a touchpoint that completes a purchase (`Order Completed`);
+- a *failure signal* is a touchpoint where something went wrong for the
+  customer (a bounce, a declined payment, an abandoned call, an error page).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+from journeys.phases import Classification
+from journeys.touchpoint import PHASE_ORDER, Channel, Phase, Touchpoint
+
+
+class JourneyStatus(StrEnum):
+    """Where a journey stands at the watermark.
+
+    - `open`: no conversion yet, and the customer's last move is within the drop-off timeout;
+    - `dropped`: no conversion, and no customer move for longer than the drop-off timeout —
+      the journey is dropped at its last active touchpoint;
+    - `converted`: a conversion happened and the customer is still active (within the churn timeout);
+    - `retained`: converted and later reached the retention phase, still active;
+    - `churned`: converted, but no customer move for longer than the churn timeout;
+    - `unengaged`: only organisation-initiated touchpoints (e.g. emails delivered, never opened).
+    """
+
+    OPEN = "open"
+    DROPPED = "dropped"
+    CONVERTED = "converted"
+    RETAINED = "retained"
+    CHURNED = "churned"
+    UNENGAGED = "unengaged"
+
+
+@dataclass(frozen=True, slots=True)
+class JourneyPolicy:
+    """Timeouts that turn silence into drop-off, all in event time.
+
+    `dropoff_timeout` also separates journeys: a customer who returns after
+    dropping starts a new journey; after a conversion, only a gap longer than
+    `churn_timeout` does. `allowed_lateness` is how far behind the newest event
+    a touchpoint may arrive and still be placed without the journey having
+    been declared dropped in between. `failure_window` bounds how long after a
+    failure signal a channel switch still counts as caused by it.
+    """
+
+    dropoff_timeout: timedelta = timedelta(days=14)
+    churn_timeout: timedelta = timedelta(days=90)
+    allowed_lateness: timedelta = timedelta(hours=1)
+    failure_window: timedelta = timedelta(days=2)
+
+    def watermark(self, latest_event_time: datetime) -> datetime:
+        return latest_event_time - self.allowed_lateness
+
+
+@dataclass(frozen=True, slots=True)
+class ClassifiedTouchpoint:
+    """A touchpoint with its rule classification: the fold's input."""
+
+    touchpoint: Touchpoint
+    classification: Classification
+
+    @property
+    def order_key(self) -> tuple[datetime, str]:
+        return (self.touchpoint.occurred_at, self.touchpoint.event_id)
+
+
+@dataclass(frozen=True, slots=True)
+class PlacedTouchpoint:
+    """A touchpoint as placed in its journey: position and effective phase."""
+
+    event_id: str
+    seq: int
+    phase: Phase
+    sentiment: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelSwitch:
+    """The customer moved from one channel to another between two active touchpoints."""
+
+    from_channel: Channel
+    to_channel: Channel
+    at: datetime
+    gap_seconds: int
+    phase: Phase
+    from_event_id: str
+    to_event_id: str
+    after_failure: bool
+    failure_action: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class PhaseRegression:
+    from_phase: Phase
+    to_phase: Phase
+    at: datetime
+    event_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class EmotionLine:
+    """Sentiment per touchpoint in order, with the peak (most extreme) and the end."""
+
+    points: tuple[tuple[datetime, str, float], ...]
+
+    @property
+    def peak(self) -> float | None:
+        # Most extreme feeling; on a tie the earlier one (it was felt first).
+        best: float | None = None
+        for _, _, value in self.points:
+            if best is None or abs(value) > abs(best):
+                best = value
+        return best
+
+    @property
+    def low(self) -> float | None:
+        return min((p[2] for p in self.points), default=None)
+
+    @property
+    def high(self) -> float | None:
+        return max((p[2] for p in self.points), default=None)
+
+    @property
+    def end(self) -> float | None:
+        return self.points[-1][2] if self.points else None
+
+    @property
+    def mean(self) -> float | None:
+        return sum(p[2] for p in self.points) / len(self.points) if self.points else None
+
+
+@dataclass(frozen=True, slots=True)
+class Journey:
+    """One journey of one customer, as of a watermark."""
+
+    journey_id: str
+    customer_id: str
+    persona: str | None
+    status: JourneyStatus
+    started_at: datetime
+    ended_at: datetime
+    last_active_at: datetime | None
+    entry_channel: Channel
+    last_phase: Phase
+    last_channel: Channel
+    last_action: str
+    dropoff_phase: Phase | None
+    dropoff_channel: Channel | None
+    dropoff_action: str | None
+    dropoff_event_id: str | None
+    phases_reached: tuple[Phase, ...]
+    phase_reached_at: tuple[datetime, ...]
+    skipped_phases: tuple[Phase, ...]
+    regressions: tuple[PhaseRegression, ...]
+    channel_switches: tuple[ChannelSwitch, ...]
+    channel_counts: dict[Channel, int]
+    touchpoint_count: int
+    active_touchpoint_count: int
+    failure_count: int
+    converted_at: datetime | None
+    revenue: float
+    emotion: EmotionLine
+    touchpoints: tuple[PlacedTouchpoint, ...]
+    watermark: datetime
+
+    @property
+    def converted(self) -> bool:
+        return self.converted_at is not None
+
+
+def journey_id_for(customer_id: str, first_event_id: str) -> str:
+    """Deterministic id: the same customer and first touchpoint give the same journey."""
+    digest = hashlib.sha256(f"{customer_id}\x1f{first_event_id}".encode()).hexdigest()
+    return f"jrn_{digest[:16]}"
+
+
+def split_journeys(
+    steps: Sequence[ClassifiedTouchpoint], policy: JourneyPolicy
+) -> list[list[ClassifiedTouchpoint]]:
+    """Cut one customer's ordered touchpoints into journeys.
+
+    A new journey starts at a customer move that comes after a silence longer
+    than the drop-off timeout (before a conversion) or the churn timeout
+    (after one). Passive touchpoints never start a journey of their own unless
+    there is none yet.
+    """
+    journeys: list[list[ClassifiedTouchpoint]] = []
+    current: list[ClassifiedTouchpoint] = []
+    last_active: datetime | None = None
+    converted = False
+    for step in steps:
+        cls = step.classification
+        at = step.touchpoint.occurred_at
+        if not cls.passive and last_active is not None:
+            limit = policy.churn_timeout if converted else policy.dropoff_timeout
+            if at - last_active > limit:
+                journeys.append(current)
+                current, converted = [], False
+        current.append(step)
+        if not cls.passive:
+            last_active = at
+            converted = converted or cls.conversion
+    if current:
+        journeys.append(current)
+    return journeys
+
+
+def fold_journey(
+    customer_id: str,
+    steps: Sequence[ClassifiedTouchpoint],
+    watermark: datetime,
+    policy: JourneyPolicy,
+    persona: str | None = None,
+) -> Journey:
+    """Fold one journey's touchpoints (already in event-time order) into its state."""
+    if not steps:
+        raise ValueError("a journey needs at least one touchpoint")
+    first = steps[0].touchpoint
+    placed: list[PlacedTouchpoint] = []
+    reached_at: dict[Phase, datetime] = {}
+    reached_order: list[Phase] = []
+    regressions: list[PhaseRegression] = []
+    switches: list[ChannelSwitch] = []
+    channel_counts: dict[Channel, int] = dict.fromkeys(Channel, 0)
+    emotion: list[tuple[datetime, str, float]] = []
+    phase = Phase.ORIENTATION
+    last_active: ClassifiedTouchpoint | None = None
+    last_active_phase = Phase.ORIENTATION
+    last_failure: ClassifiedTouchpoint | None = None
+    active_count = failure_count = 0
+    converted_at: datetime | None = None
+    revenue = 0.0
+
+    for seq, step in enumerate(steps):
+        tp, cls = step.touchpoint, step.classification
+        channel_counts[tp.channel] += 1
+        if cls.phase is not None:
+            phase = cls.phase
+        placed.append(PlacedTouchpoint(tp.event_id, seq, phase, cls.sentiment))
+        if cls.sentiment is not None:
+            emotion.append((tp.occurred_at, tp.event_id, cls.sentiment))
+        if cls.failure:
+            failure_count += 1
+
+        if not cls.passive:
+            active_count += 1
+            if cls.phase is not None and last_active is not None and cls.phase.rank < last_active_phase.rank:
+                regressions.append(PhaseRegression(last_active_phase, cls.phase, tp.occurred_at, tp.event_id))
+            if phase not in reached_at:
+                reached_at[phase] = tp.occurred_at
+                reached_order.append(phase)
+            if last_active is not None and last_active.touchpoint.channel != tp.channel:
+                switches.append(_switch(last_active, step, phase, last_failure, policy))
+            if cls.conversion and converted_at is None:
+                converted_at = tp.occurred_at
+            if cls.conversion and tp.value is not None:
+                revenue += tp.value
+            last_active, last_active_phase = step, phase
+        if cls.failure:
+            last_failure = step
+
+    if last_active is not None:
+        last_tp, last_phase = last_active.touchpoint, last_active_phase
+    else:
+        last_tp, last_phase = steps[-1].touchpoint, placed[-1].phase
+    status = _status(
+        last_active.touchpoint.occurred_at if last_active else None,
+        converted_at,
+        Phase.RETENTION in reached_at,
+        watermark,
+        policy,
+    )
+    dropped = status is JourneyStatus.DROPPED
+    top_rank = max((p.rank for p in reached_order), default=0)
+    return Journey(
+        journey_id=journey_id_for(customer_id, first.event_id),
+        customer_id=customer_id,
+        persona=persona,
+        status=status,
+        started_at=first.occurred_at,
+        ended_at=steps[-1].touchpoint.occurred_at,
+        last_active_at=last_active.touchpoint.occurred_at if last_active else None,
+        entry_channel=first.channel,
+        last_phase=last_phase,
+        last_channel=last_tp.channel,
+        last_action=last_tp.action,
+        dropoff_phase=last_phase if dropped else None,
+        dropoff_channel=last_tp.channel if dropped else None,
+        dropoff_action=last_tp.action if dropped else None,
+        dropoff_event_id=last_tp.event_id if dropped else None,
+        phases_reached=tuple(reached_order),
+        phase_reached_at=tuple(reached_at[p] for p in reached_order),
+        skipped_phases=tuple(p for p in PHASE_ORDER[:top_rank] if p not in reached_at),
+        regressions=tuple(regressions),
+        channel_switches=tuple(switches),
+        channel_counts=channel_counts,
+        touchpoint_count=len(steps),
+        active_touchpoint_count=active_count,
+        failure_count=failure_count,
+        converted_at=converted_at,
+        revenue=revenue,
+        emotion=EmotionLine(tuple(emotion)),
+        touchpoints=tuple(placed),
+        watermark=watermark,
+    )
+
+
+def fold_customer(
+    customer_id: str,
+    steps: Sequence[ClassifiedTouchpoint],
+    watermark: datetime,
+    policy: JourneyPolicy,
+) -> list[Journey]:
+    """All journeys of one customer. `steps` may come in any order."""
+    ordered = sorted(steps, key=lambda s: s.order_key)
+    persona = None
+    for step in ordered:
+        persona = step.touchpoint.persona or persona
+    return [
+        fold_journey(customer_id, journey, watermark, policy, persona)
+        for journey in split_journeys(ordered, policy)
+    ]
+
+
+def _status(
+    last_active_at: datetime | None,
+    converted_at: datetime | None,
+    reached_retention: bool,
+    watermark: datetime,
+    policy: JourneyPolicy,
+) -> JourneyStatus:
+    if last_active_at is None:
+        return JourneyStatus.UNENGAGED
+    silence = watermark - last_active_at
+    if converted_at is None:
+        return JourneyStatus.DROPPED if silence > policy.dropoff_timeout else JourneyStatus.OPEN
+    if silence > policy.churn_timeout:
+        return JourneyStatus.CHURNED
+    return JourneyStatus.RETAINED if reached_retention else JourneyStatus.CONVERTED
+
+
+def _switch(
+    previous: ClassifiedTouchpoint,
+    current: ClassifiedTouchpoint,
+    phase: Phase,
+    last_failure: ClassifiedTouchpoint | None,
+    policy: JourneyPolicy,
+) -> ChannelSwitch:
+    """A switch follows a failure when a failure signal came since the previous
+    customer move (or was that move) and within the failure window."""
+    before, after = previous.touchpoint, current.touchpoint
+    failed = (
+        last_failure is not None
+        and last_failure.order_key >= previous.order_key
+        and after.occurred_at - last_failure.touchpoint.occurred_at <= policy.failure_window
+    )
+    return ChannelSwitch(
+        from_channel=before.channel,
+        to_channel=after.channel,
+        at=after.occurred_at,
+        gap_seconds=int((after.occurred_at - before.occurred_at).total_seconds()),
+        phase=phase,
+        from_event_id=before.event_id,
+        to_event_id=after.event_id,
+        after_failure=failed,
+        failure_action=last_failure.touchpoint.action if failed and last_failure else None,
+    )

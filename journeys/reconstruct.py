@@ -1,0 +1,98 @@
+"""The reconstruction aggregate: touchpoints in, customers and journeys out.
+
+Both shells drive exactly this object: the embedded runner feeds it files, the
+stream workers feed it Kafka batches. Its state is a fold over the touchpoints it
+has been given (plus unlink requests), so the same set of events gives the same
+customers and journeys whatever order or batching they came in.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import Enum
+
+from journeys.fold import ClassifiedTouchpoint, Journey, JourneyPolicy, fold_customer
+from journeys.identity import IdentityGraph, IdentityPolicy
+from journeys.phases import PhaseRules
+from journeys.touchpoint import Touchpoint
+
+
+class Admission(Enum):
+    """What happened to a touchpoint handed to the aggregate."""
+
+    NEW = "new"
+    DUPLICATE = "duplicate"  # same event_id, same content: an exact redelivery, counted
+    CONFLICT = "conflict"  # same event_id, different content: rejected, the first one stays
+    UNIDENTIFIED = "unidentified"  # every identifier is junk under the policy: nobody to attribute it to
+
+
+def same_event(a: Touchpoint, b: Touchpoint) -> bool:
+    """Exact redelivery: equal in everything but when we happened to receive it."""
+    return a.model_copy(update={"received_at": None}) == b.model_copy(update={"received_at": None})
+
+
+@dataclass
+class Reconstruction:
+    """Customers and journeys derived from every touchpoint seen so far."""
+
+    rules: PhaseRules
+    identity_policy: IdentityPolicy = field(default_factory=IdentityPolicy)
+    journey_policy: JourneyPolicy = field(default_factory=JourneyPolicy)
+
+    def __post_init__(self) -> None:
+        self.graph = IdentityGraph(self.identity_policy)
+        self._steps: dict[str, ClassifiedTouchpoint] = {}
+        self.latest_event_time: datetime | None = None
+
+    def __len__(self) -> int:
+        return len(self._steps)
+
+    def admit(self, touchpoint: Touchpoint) -> Admission:
+        """Add one touchpoint: classify it once, link its identifiers, keep it."""
+        known = self._steps.get(touchpoint.event_id)
+        if known is not None:
+            return Admission.DUPLICATE if same_event(known.touchpoint, touchpoint) else Admission.CONFLICT
+        if not self.graph.observe(touchpoint.event_id, touchpoint.occurred_at, touchpoint.identifier_keys()):
+            return Admission.UNIDENTIFIED
+        self._steps[touchpoint.event_id] = ClassifiedTouchpoint(touchpoint, self.rules.classify(touchpoint))
+        if self.latest_event_time is None or touchpoint.occurred_at > self.latest_event_time:
+            self.latest_event_time = touchpoint.occurred_at
+        return Admission.NEW
+
+    def admit_all(self, touchpoints: Iterable[Touchpoint]) -> dict[Admission, int]:
+        counts = dict.fromkeys(Admission, 0)
+        for touchpoint in touchpoints:
+            counts[self.admit(touchpoint)] += 1
+        return counts
+
+    def unlink(self, identifier: tuple[str, str]) -> None:
+        """Unmerge: the identifier no longer links anything; affected customers are rebuilt."""
+        self.graph.unlink(identifier)
+
+    def step(self, event_id: str) -> ClassifiedTouchpoint:
+        return self._steps[event_id]
+
+    @property
+    def watermark(self) -> datetime | None:
+        if self.latest_event_time is None:
+            return None
+        return self.journey_policy.watermark(self.latest_event_time)
+
+    def customers(self) -> dict[str, list[ClassifiedTouchpoint]]:
+        """Every customer with its touchpoints, as the identity graph stands now."""
+        grouped: dict[str, list[ClassifiedTouchpoint]] = defaultdict(list)
+        for step in self._steps.values():
+            grouped[self.graph.customer_for(step.touchpoint.identifier_keys())].append(step)
+        return grouped
+
+    def journeys(self) -> Iterator[Journey]:
+        """All journeys, customers in id order and journeys in time order (deterministic)."""
+        watermark = self.watermark
+        if watermark is None:
+            return
+        grouped = self.customers()
+        for customer_id in sorted(grouped):
+            yield from fold_customer(customer_id, grouped[customer_id], watermark, self.journey_policy)
