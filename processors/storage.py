@@ -1,0 +1,172 @@
+"""ClickHouse connections and schema migrations, through clickhouse-connect only.
+
+One DSN reaches either the embedded engine or a server:
+
+- `chdb:///abs/path?database=journeys` — chDB, ClickHouse's engine in-process,
+  data under that directory (the default is `./.journeys/chdb`);
+- `chdb://memory?database=journeys` — chDB in memory (tests, throw-away runs);
+- `http://user:password@host:8123/journeys` (or `https://…:8443/…`) — a server.
+
+chDB allows one data path per process and one process per path, so exactly one
+process writes an embedded database; `connect()` hands out one client per
+process and refuses a second, different embedded path with a clear message.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import resources
+from pathlib import Path
+from urllib.parse import parse_qs, urlencode, urlparse, urlunparse
+
+import clickhouse_connect
+from clickhouse_connect.driver.client import Client
+
+DEFAULT_DATABASE = "journeys"
+_DATABASE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+
+
+class StorageError(RuntimeError):
+    """A storage problem the user can act on (bad DSN, locked embedded path, …)."""
+
+
+def default_dsn(base: Path | None = None) -> str:
+    """The embedded default: a chDB database under `./.journeys/`."""
+    path = (base or Path.cwd()) / ".journeys" / "chdb"
+    return f"chdb://{path.resolve()}?database={DEFAULT_DATABASE}"
+
+
+@dataclass(frozen=True)
+class Target:
+    """A parsed DSN: where to connect and which database to use."""
+
+    dsn: str
+    database: str
+    embedded: bool
+    path: str | None
+
+    @classmethod
+    def parse(cls, dsn: str) -> Target:
+        parsed = urlparse(dsn)
+        query = parse_qs(parsed.query)
+        if parsed.scheme == "chdb":
+            database = query.pop("database", [DEFAULT_DATABASE])[0]
+            location = parsed.netloc + parsed.path if parsed.netloc not in ("", "memory") else parsed.path
+            path = None if parsed.netloc == "memory" or location in ("", ":memory:") else location
+            bare = urlunparse(parsed._replace(query=urlencode(query, doseq=True)))
+            _check_database(database, dsn)
+            return cls(dsn=bare, database=database, embedded=True, path=path)
+        if parsed.scheme in ("http", "https", "clickhouse", "clickhouses"):
+            database = query.pop("database", [None])[0] or parsed.path.strip("/") or DEFAULT_DATABASE
+            bare = urlunparse(parsed._replace(path="", query=urlencode(query, doseq=True)))
+            _check_database(database, dsn)
+            return cls(dsn=bare, database=database, embedded=False, path=None)
+        raise StorageError(
+            f"unsupported DSN scheme {parsed.scheme!r}: use chdb:///path, chdb://memory or http(s)://host:port/db"
+        )
+
+
+def _check_database(name: str, dsn: str) -> None:
+    if not _DATABASE_NAME.match(name):
+        raise StorageError(f"database name {name!r} in DSN is not a plain identifier")
+
+
+_lock = threading.Lock()
+_embedded: dict[str, Client] = {}
+
+
+def connect(dsn: str, *, create: bool = True) -> Client:
+    """A client whose default database is the DSN's; the database is created if missing.
+
+    Embedded clients are shared per process (chDB allows one engine per path and
+    one path per process); server clients are new each call.
+    """
+    target = Target.parse(dsn)
+    if target.embedded:
+        with _lock:
+            key = target.path or ":memory:"
+            client = _embedded.get(key)
+            if client is None:
+                if _embedded:
+                    other = next(iter(_embedded))
+                    raise StorageError(
+                        f"this process already holds the embedded database at {other}; "
+                        "chDB allows one data path per process — close it first"
+                    )
+                if target.path:
+                    Path(target.path).mkdir(parents=True, exist_ok=True)
+                client = _open(target)
+                _embedded[key] = client
+    else:
+        client = _open(target)
+    if create:
+        client.command(f"CREATE DATABASE IF NOT EXISTS `{target.database}`")
+    client.database = target.database
+    return client
+
+
+def _open(target: Target) -> Client:
+    try:
+        return clickhouse_connect.get_client(dsn=target.dsn)
+    except Exception as exc:  # the driver raises several types; the user needs the DSN and the cause
+        hint = ""
+        if target.embedded:
+            hint = " (is another process using this embedded database? chDB allows one process per path)"
+        raise StorageError(f"cannot open {target.dsn}: {exc}{hint}") from exc
+
+
+def close_all() -> None:
+    """Release the embedded engine so another path (or another process) can open one."""
+    with _lock:
+        for client in _embedded.values():
+            client.close()
+        _embedded.clear()
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+    def statements(self) -> list[str]:
+        # Statements are separated by `;` at the end of a line; comments are kept out.
+        lines = [line for line in self.sql.splitlines() if not line.strip().startswith("--")]
+        return [s.strip() for s in "\n".join(lines).split(";\n") if s.strip().rstrip(";").strip()]
+
+
+def migrations() -> list[Migration]:
+    """The packaged migrations in version order (infra/clickhouse/migrations/NNNN_name.sql)."""
+    folder = resources.files("infra") / "clickhouse" / "migrations"
+    found = []
+    for entry in folder.iterdir():
+        match = re.match(r"^(\d{4})_(\w+)\.sql$", entry.name)
+        if match:
+            found.append(Migration(int(match.group(1)), match.group(2), entry.read_text(encoding="utf-8")))
+    return sorted(found, key=lambda m: m.version)
+
+
+def migrate(client: Client) -> list[Migration]:
+    """Apply the migrations not yet recorded in `schema_migrations`; returns those applied."""
+    client.command(
+        "CREATE TABLE IF NOT EXISTS schema_migrations "
+        "(version UInt32, name String, applied_at DateTime64(3, 'UTC')) "
+        "ENGINE = MergeTree ORDER BY version"
+    )
+    done = {row[0] for row in client.query("SELECT version FROM schema_migrations").result_rows}
+    applied = []
+    for migration in migrations():
+        if migration.version in done:
+            continue
+        for statement in migration.statements():
+            client.command(statement.rstrip(";"))
+        client.insert(
+            "schema_migrations",
+            [(migration.version, migration.name, datetime.now(UTC))],
+            column_names=["version", "name", "applied_at"],
+        )
+        applied.append(migration)
+    return applied
