@@ -92,7 +92,10 @@ class IdentityPolicy:
         folded = value.strip().lower()
         if folded in self.junk_values:
             return True
-        return any(pattern.search(folded) is not None for pattern in self._compiled)
+        for pattern in self._compiled:  # noqa: SIM110 - a plain loop: this runs for every new identifier
+            if pattern.search(folded) is not None:
+                return True
+        return False
 
     def rank(self, identifier_type: str) -> int:
         """Lower is stronger; unknown types rank after all listed ones."""

@@ -45,6 +45,7 @@ class Reconstruction:
     def __post_init__(self) -> None:
         self.graph = IdentityGraph(self.identity_policy)
         self._steps: dict[str, ClassifiedTouchpoint] = {}
+        self._identifiers: dict[str, tuple[tuple[str, str], ...]] = {}  # event_id -> identifier keys
         self.latest_event_time: datetime | None = None
 
     def __len__(self) -> int:
@@ -55,9 +56,11 @@ class Reconstruction:
         known = self._steps.get(touchpoint.event_id)
         if known is not None:
             return Admission.DUPLICATE if same_event(known.touchpoint, touchpoint) else Admission.CONFLICT
-        if not self.graph.observe(touchpoint.event_id, touchpoint.occurred_at, touchpoint.identifier_keys()):
+        keys = touchpoint.identifier_keys()
+        if not self.graph.observe(touchpoint.event_id, touchpoint.occurred_at, keys):
             return Admission.UNIDENTIFIED
         self._steps[touchpoint.event_id] = ClassifiedTouchpoint(touchpoint, self.rules.classify(touchpoint))
+        self._identifiers[touchpoint.event_id] = keys
         if self.latest_event_time is None or touchpoint.occurred_at > self.latest_event_time:
             self.latest_event_time = touchpoint.occurred_at
         return Admission.NEW
@@ -84,8 +87,15 @@ class Reconstruction:
     def customers(self) -> dict[str, list[ClassifiedTouchpoint]]:
         """Every customer with its touchpoints, as the identity graph stands now."""
         grouped: dict[str, list[ClassifiedTouchpoint]] = defaultdict(list)
-        for step in self._steps.values():
-            grouped[self.graph.customer_for(step.touchpoint.identifier_keys())].append(step)
+        # Touchpoints of one device or login carry the same identifiers: resolve each set once.
+        resolved: dict[tuple[tuple[str, str], ...], str] = {}
+        customer_for, identifiers = self.graph.customer_for, self._identifiers
+        for event_id, step in self._steps.items():
+            keys = identifiers[event_id]
+            customer = resolved.get(keys)
+            if customer is None:
+                customer = resolved[keys] = customer_for(keys)
+            grouped[customer].append(step)
         return grouped
 
     def journeys(self) -> Iterator[Journey]:
