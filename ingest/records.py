@@ -17,12 +17,15 @@ class RawRecord:
 
     `origin` is human-readable (`orders.jsonl:17`, `calls.csv:row 4`,
     `POST /v1/batch`); `format` is the format the caller asked for, or None to
-    auto-detect per record.
+    auto-detect per record. `error` is set by a reader that could not produce a
+    usable record (a CSV row with the wrong number of fields, a truncated gzip
+    stream); the pipeline turns such a record into a dead letter with that reason.
     """
 
     raw: bytes
     origin: str
     format: str | None = None
+    error: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,7 +33,9 @@ class DeadLetter:
     """A record that could not become a touchpoint, with a readable reason.
 
     `raw` holds the record's own bytes (for an element of a batch envelope, the
-    element re-serialised as JSON), so it can be inspected and replayed.
+    element re-serialised as JSON) with personal data replaced by keyed hashes
+    or `<redacted>` (`ingest.pii.redact_record`), so it can be inspected without
+    exposing anyone; the source keeps the original for a replay.
     """
 
     raw: bytes

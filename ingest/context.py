@@ -1,0 +1,87 @@
+"""What every adapter needs besides the record itself: hashing, identity policy, clock."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import phonenumbers
+
+from journeys.identity import IdentityPolicy
+from journeys.touchpoint import BUILTIN_IDENTIFIER_TYPES, IDENTIFIER_TYPE_PATTERN
+
+from .pii import DEFAULT_PHONE_REGION, PiiHasher
+
+
+def utc_now() -> datetime:
+    """Wall-clock time in UTC; the default ingest clock."""
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class IngestContext:
+    """Per-deployment settings for turning records into touchpoints.
+
+    - `hasher`: keyed hashing of emails and phone numbers.
+    - `policy`: its `is_junk` drops placeholder identifier values before hashing.
+    - `extra_identifier_types`: identifier types beyond the built-in ones that
+      config declares (e.g. `crm_contact_id`); Segment `context.externalIds` of
+      other types are ignored.
+    - `phone_region`: region for reading national phone numbers (`06 …` in NL).
+    - `now`: the clock for `Touchpoint.received_at`; injectable for tests.
+    """
+
+    hasher: PiiHasher
+    policy: IdentityPolicy = field(default_factory=IdentityPolicy)
+    extra_identifier_types: frozenset[str] = frozenset()
+    phone_region: str = DEFAULT_PHONE_REGION
+    now: Callable[[], datetime] = utc_now
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "extra_identifier_types", frozenset(self.extra_identifier_types))
+        region = self.phone_region.upper()
+        if region not in phonenumbers.SUPPORTED_REGIONS:
+            raise ValueError(f"phone_region {self.phone_region!r} is not a known region code")
+        object.__setattr__(self, "phone_region", region)
+        for name in self.extra_identifier_types:
+            if not IDENTIFIER_TYPE_PATTERN.match(name):
+                raise ValueError(f"extra identifier type {name!r} must be lower_snake_case, 1-64 characters")
+            if name in BUILTIN_IDENTIFIER_TYPES:
+                raise ValueError(f"extra identifier type {name!r} is built in; do not declare it")
+
+    @classmethod
+    def from_env(
+        cls,
+        *,
+        policy: IdentityPolicy | None = None,
+        extra_identifier_types: Iterable[str] = (),
+        phone_region: str = DEFAULT_PHONE_REGION,
+        environ: Mapping[str, str] | None = None,
+    ) -> IngestContext:
+        """A context whose PII key comes from `JOURNEYS_PII_KEY` / `JOURNEYS_PII_KEY_FILE`."""
+        return cls(
+            hasher=PiiHasher.from_env(environ),
+            policy=policy or IdentityPolicy(),
+            extra_identifier_types=frozenset(extra_identifier_types),
+            phone_region=phone_region,
+        )
+
+    @classmethod
+    def with_key(
+        cls,
+        key: bytes | str,
+        *,
+        policy: IdentityPolicy | None = None,
+        extra_identifier_types: Iterable[str] = (),
+        phone_region: str = DEFAULT_PHONE_REGION,
+        now: Callable[[], datetime] = utc_now,
+    ) -> IngestContext:
+        """A context with an explicit PII key (demo, tests)."""
+        return cls(
+            hasher=PiiHasher(key),
+            policy=policy or IdentityPolicy(),
+            extra_identifier_types=frozenset(extra_identifier_types),
+            phone_region=phone_region,
+            now=now,
+        )
