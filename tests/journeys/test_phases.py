@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import re
+from datetime import UTC, datetime, timedelta
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,6 +13,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from journeys.fold import ClassifiedTouchpoint, JourneyPolicy, fold_journey
 from journeys.phases import Classification, PhaseRules, RulesError, parse_phase
 from journeys.touchpoint import Channel, Identifier, Phase, Touchpoint
 
@@ -400,17 +403,24 @@ DEFAULT_CASES: list[
 ] = [
     # web: Segment e-commerce events
     ("web", "Products Searched", {"query": "boots"}, None, Phase.ORIENTATION, False, False, False, None),
-    ("web", "Promotion Clicked", {}, None, Phase.ORIENTATION, False, False, False, None),
+    ("web", "Product List Filtered", {}, None, Phase.ORIENTATION, False, False, False, None),
+    ("web", "Promotion Clicked", {}, None, None, False, False, False, None),
+    ("web", "Promotion Viewed", {}, None, None, False, False, False, None),
     ("web", "Product Viewed", {"product_id": "p1"}, None, Phase.CONSIDERATION, False, False, False, None),
     ("web", "Product Added to Wishlist", {}, None, Phase.CONSIDERATION, False, False, False, None),
     ("web", "Cart Viewed", {}, None, Phase.CONSIDERATION, False, False, False, None),
     ("web", "Checkout Started", {}, None, Phase.PURCHASE, False, False, False, None),
-    ("web", "Coupon Denied", {}, None, Phase.PURCHASE, False, False, False, -0.3),
+    ("web", "Payment Info Entered", {}, None, Phase.PURCHASE, False, False, False, None),
+    ("web", "Coupon Denied", {}, None, None, False, False, False, -0.3),
+    ("web", "Coupon Applied", {}, None, None, False, False, False, None),
+    ("web", "Order Updated", {}, None, None, False, False, False, None),
     ("web", "Order Completed", {"revenue": 10}, None, Phase.PURCHASE, False, False, True, 0.6),
     ("web", "Payment Failed", {}, None, Phase.PURCHASE, True, False, False, -0.8),
     ("web", "Checkout Error", {}, None, None, True, False, False, None),
     ("web", "Order Refunded", {}, None, Phase.USAGE, False, False, False, -0.4),
-    ("web", "Signed In", {}, None, Phase.USAGE, False, False, False, None),
+    ("web", "Order Cancelled", {}, None, Phase.USAGE, False, False, False, -0.4),
+    ("web", "Signed In", {}, None, None, False, False, False, None),
+    ("web", "Account Created", {}, None, None, False, False, False, None),
     ("web", "Product Reviewed", {"rating": 5}, None, Phase.RETENTION, False, False, False, 0.6),
     ("web", "Product Reviewed", {"rating": "1"}, None, Phase.RETENTION, False, False, False, -0.6),
     ("web", "Product Reviewed", {"rating": 3}, None, Phase.RETENTION, False, False, False, None),
@@ -433,8 +443,16 @@ DEFAULT_CASES: list[
     ),
     ("web", "Page Viewed", {"path": "/pricing"}, None, Phase.CONSIDERATION, False, False, False, None),
     ("web", "Page Viewed", {"path": "/checkout/payment"}, None, Phase.PURCHASE, False, False, False, None),
-    ("web", "Page Viewed", {"path": "/cart"}, None, Phase.PURCHASE, False, False, False, None),
+    ("web", "Page Viewed", {"path": "/cart"}, None, Phase.CONSIDERATION, False, False, False, None),
+    ("web", "Page Viewed", {"path": "/basket/"}, None, Phase.CONSIDERATION, False, False, False, None),
+    ("web", "Page Viewed", {"path": "/checkout/cart"}, None, Phase.CONSIDERATION, False, False, False, None),
+    ("web", "Page Viewed", {"path": "/checkout"}, None, Phase.PURCHASE, False, False, False, None),
+    ("web", "Page Viewed", {"path": "/cartography"}, None, None, False, False, False, None),
     ("web", "Page Viewed", {"path": "/account/orders"}, None, Phase.USAGE, False, False, False, None),
+    ("web", "Page Viewed", {"path": "/account"}, None, Phase.USAGE, False, False, False, None),
+    ("web", "Page Viewed", {"path": "/account/login"}, None, None, False, False, False, None),
+    ("web", "Page Viewed", {"path": "/account/sign-up"}, None, None, False, False, False, None),
+    ("web", "Page Viewed", {"path": "/account/loginhistory"}, None, Phase.USAGE, False, False, False, None),
     ("web", "Page Viewed", {"path": "/FAQ"}, None, Phase.USAGE, False, False, False, None),
     ("web", "Page Viewed", {"path": "/404"}, None, None, True, False, False, -0.5),
     ("web", "Page Viewed", {"path": "/error"}, None, None, True, False, False, -0.5),
@@ -628,6 +646,260 @@ def test_default_rules_name_the_rules(default_rules: PhaseRules) -> None:
     assert (paid.rule, paid.failure_rule) == ("web-purchase-events", "web-payment-failed")
     bounced = default_rules.classify(tp("email", "bounce"))
     assert bounced.failure_rule == "email-bounce"
+
+
+# The Segment e-commerce spec v2 in the order a shopper goes through it, with the
+# page views that come with the events and things that happen anywhere (log-in,
+# promotion banners, coupons). None of it may look like a step back.
+ECOMMERCE_SEQUENCE: list[tuple[str, dict[str, Any]]] = [
+    ("Page Viewed", {"path": "/"}),
+    ("Promotion Viewed", {"promotion_id": "summer"}),
+    ("Products Searched", {"query": "espresso"}),
+    ("Product List Viewed", {"list_id": "espresso"}),
+    ("Product List Filtered", {"list_id": "espresso"}),
+    ("Promotion Clicked", {"promotion_id": "summer"}),
+    ("Product Clicked", {"product_id": "p1"}),
+    ("Page Viewed", {"path": "/products/p1"}),
+    ("Product Viewed", {"product_id": "p1"}),
+    ("Product Added to Wishlist", {"product_id": "p1"}),
+    ("Wishlist Product Added to Cart", {"product_id": "p1"}),
+    ("Product Added", {"product_id": "p1"}),
+    ("Page Viewed", {"path": "/cart"}),
+    ("Cart Viewed", {"cart_id": "c1"}),
+    ("Coupon Entered", {"coupon_id": "WELCOME"}),
+    ("Coupon Applied", {"coupon_id": "WELCOME"}),
+    ("Page Viewed", {"path": "/cart"}),
+    ("Cart Viewed", {"cart_id": "c1"}),
+    ("Page Viewed", {"path": "/account/login"}),
+    ("Signed In", {}),
+    ("Page Viewed", {"path": "/checkout"}),
+    ("Checkout Started", {"order_id": "o1"}),
+    ("Account Created", {}),
+    ("Checkout Step Viewed", {"step": 1}),
+    ("Checkout Step Completed", {"step": 1}),
+    ("Promotion Viewed", {"promotion_id": "summer"}),
+    ("Coupon Denied", {"coupon_id": "EXPIRED"}),
+    ("Checkout Step Viewed", {"step": 2}),
+    ("Payment Info Entered", {"step": 2}),
+    ("Order Updated", {"order_id": "o1"}),
+    ("Order Completed", {"order_id": "o1", "revenue": 40}),
+    ("Page Viewed", {"path": "/checkout/thank-you"}),
+    ("Signed In", {}),
+    ("Page Viewed", {"path": "/account/orders"}),
+    ("Order Updated", {"order_id": "o1"}),
+    ("Order Refunded", {"order_id": "o1"}),
+    ("Product Reviewed", {"rating": 4}),
+    ("Signed Out", {}),
+]
+
+
+def test_default_rules_never_step_back_on_the_ecommerce_spec_sequence(default_rules: PhaseRules) -> None:
+    start = datetime(2024, 5, 1, tzinfo=UTC)
+    steps = []
+    for i, (action, properties) in enumerate(ECOMMERCE_SEQUENCE):
+        touchpoint = tp(action=action, properties=properties).model_copy(
+            update={"event_id": f"e{i:02d}", "occurred_at": start + timedelta(minutes=i)}
+        )
+        steps.append(ClassifiedTouchpoint(touchpoint, default_rules.classify(touchpoint)))
+    journey = fold_journey("cus_1", steps, start + timedelta(days=1), JourneyPolicy())
+    assert journey.regressions == ()
+    assert journey.phases_reached == tuple(Phase)
+    assert journey.skipped_phases == ()
+
+
+def test_cart_page_and_cart_event_agree(default_rules: PhaseRules) -> None:
+    page = default_rules.classify(tp(properties={"path": "/cart"}))
+    event = default_rules.classify(tp(action="Cart Viewed", properties={"cart_id": "c1"}))
+    assert page.phase is event.phase is Phase.CONSIDERATION
+    assert default_rules.classify(tp(properties={"path": "/checkout/payment"})).phase is Phase.PURCHASE
+
+
+# ── docs/rules.md: every YAML example loads and does what the text says ─────
+
+RULES_DOC = Path(__file__).resolve().parents[2] / "docs" / "rules.md"
+_FENCE = re.compile(r"^```(\w*)\n(.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
+_LABEL = re.compile(r"# (example|invalid): ([\w-]+)\n")
+
+
+def _doc_blocks() -> list[tuple[str, str]]:
+    """(language, body) of every fenced block of docs/rules.md, in order."""
+    return [(m.group(1), m.group(2)) for m in _FENCE.finditer(RULES_DOC.read_text(encoding="utf-8"))]
+
+
+def _doc_yaml() -> dict[str, tuple[str, str, str | None]]:
+    """Every YAML block by its label: (kind, YAML text, the error text block after an invalid one)."""
+    blocks = _doc_blocks()
+    out: dict[str, tuple[str, str, str | None]] = {}
+    for i, (lang, body) in enumerate(blocks):
+        if lang not in ("yaml", "yml"):
+            continue
+        label = _LABEL.match(body)
+        assert label, (
+            f"YAML block {i} of docs/rules.md must start with '# example: NAME' or '# invalid: NAME'"
+        )
+        kind, name = label.groups()
+        assert name not in out, f"two YAML blocks labelled {name!r}"
+        error = None
+        if kind == "invalid":
+            assert i + 1 < len(blocks) and blocks[i + 1][0] == "text", f"{name}: needs a ```text error block"
+            error = blocks[i + 1][1].strip()
+        out[name] = (kind, body, error)
+    return out
+
+
+def _call(action: str, **properties: Any) -> Touchpoint:
+    return tp("phone", action, properties, source="contact_centre")
+
+
+# Per example: (touchpoint, expected classification fields). `phase` is always checked.
+DOC_EXAMPLES: dict[str, list[tuple[Touchpoint, dict[str, Any]]]] = {
+    "minimal": [
+        (tp(action="Checkout Started"), {"phase": Phase.PURCHASE, "rule": "checkout"}),
+        (tp(action="Product Viewed"), {"phase": Phase.ORIENTATION, "rule": "any-other-web-event"}),
+        (tp("email", "open"), {"phase": None}),
+    ],
+    "conditions": [
+        (_call("call.answered"), {"phase": Phase.USAGE, "rule": "contact-centre-only"}),
+        (tp(action="Payment Declined"), {"phase": Phase.PURCHASE, "rule": "error-events"}),
+        (tp("email", "click", {"category": ["welcome", "2024-05"]}), {"phase": Phase.ORIENTATION}),
+        (tp("email", "delivered", {"category": "newsletter"}), {"phase": None}),
+        (
+            tp(
+                action="Cart Viewed",
+                properties={"products": [{"category": "beans"}, {"category": "espresso-machines"}]},
+            ),
+            {"phase": Phase.CONSIDERATION, "rule": "espresso-in-cart"},
+        ),
+        (tp(action="Cart Viewed", properties={"products": [{"category": "beans"}]}), {"phase": None}),
+        (_call("call.abandoned", queue="Sales", wait_seconds=420), {"phase": Phase.CONSIDERATION}),
+        (_call("call.abandoned", queue="Sales", wait_seconds=60), {"phase": None}),
+        (tp(action="Order Completed", properties={"coupon": "WELKOM10"}), {"phase": Phase.PURCHASE}),
+        (tp(action="Order Completed"), {"phase": None}),
+    ],
+    "first-match": [
+        (tp(properties={"path": "/checkout/payment"}), {"phase": Phase.PURCHASE, "rule": "checkout-pages"}),
+        (
+            tp(properties={"path": "/404"}),
+            {
+                "phase": Phase.ORIENTATION,
+                "rule": "other-pages",
+                "failure_rule": "error-pages",
+                "sentiment": -0.5,
+            },
+        ),
+        (tp(action="Order Completed"), {"phase": None, "failure": False}),
+    ],
+    "b2b-saas": [
+        (tp(properties={"path": "/"}), {"phase": Phase.ORIENTATION}),
+        (tp(properties={"path": "/blog/okrs"}), {"phase": Phase.ORIENTATION}),
+        (tp(properties={"path": "/pricing"}), {"phase": Phase.CONSIDERATION}),
+        (tp(action="Trial Started"), {"phase": Phase.CONSIDERATION}),
+        (tp(properties={"path": "/app/projects", "plan": "trial"}), {"phase": Phase.CONSIDERATION}),
+        (tp(properties={"path": "/app/projects", "plan": "team"}), {"phase": Phase.USAGE}),
+        (tp(properties={"path": "/billing/upgrade"}), {"phase": Phase.PURCHASE}),
+        (tp(action="Subscription Started"), {"phase": Phase.PURCHASE, "conversion": True}),
+        (tp(action="Invoice Paid"), {"phase": Phase.PURCHASE, "conversion": False}),
+        (tp(action="Seat Added"), {"phase": Phase.RETENTION}),
+        (tp(action="Signed In"), {"phase": None}),
+        (tp("phone", "call.completed", {"queue": "SDR-EMEA"}), {"phase": Phase.CONSIDERATION}),
+        (tp("email", "delivered"), {"phase": None, "passive": True}),
+    ],
+    "custom-failure": [
+        (
+            tp(action="Products Searched", properties={"query": "decaf", "results": 0}),
+            {"phase": Phase.ORIENTATION, "failure_rule": "search-no-results", "sentiment": -0.3},
+        ),
+        (
+            tp(action="Products Searched", properties={"query": "beans", "results": 12}),
+            {"phase": Phase.ORIENTATION, "failure": False, "sentiment": None},
+        ),
+        (
+            tp(action="Checkout Step Completed", properties={"step": 2, "error_code": "zip"}),
+            {"phase": Phase.PURCHASE, "failure_rule": "checkout-validation-error"},
+        ),
+        (
+            tp(action="Checkout Step Completed", properties={"step": 2}),
+            {"phase": Phase.PURCHASE, "failure": False},
+        ),
+        (tp("email", "bounce", {"bounce_type": "bounce"}), {"phase": None, "failure_rule": "hard-bounce"}),
+        (tp("email", "bounce", {"bounce_type": "blocked"}), {"phase": None, "failure": False}),
+        (
+            _call("call.answered", queue="support", wait_seconds=900),
+            {"phase": Phase.USAGE, "failure_rule": "long-queue-wait", "sentiment": -0.4},
+        ),
+        (_call("call.answered", queue="support", wait_seconds=120), {"phase": Phase.USAGE, "failure": False}),
+    ],
+    "dutch-queues": [
+        (
+            _call("call.abandoned", queue="Betalingen-NL"),
+            {"phase": Phase.PURCHASE, "failure_rule": "opgehangen"},
+        ),
+        (_call("call.answered", queue="verkoop"), {"phase": Phase.CONSIDERATION}),
+        (_call("call.answered", queue="klantenservice"), {"phase": Phase.USAGE}),
+        (
+            tp("email", "open", {"category": ["transactional", "nieuwsbrief-2024-05"]}),
+            {"phase": Phase.ORIENTATION},
+        ),
+        (tp("email", "delivered", {"category": ["nieuwsbrief-2024-05"]}), {"phase": None}),
+        (tp("email", "click", {"category": "klantenclub"}), {"phase": Phase.RETENTION}),
+    ],
+}
+DOC_INVALID = ("unknown-phase", "bad-regex", "sentiment-out-of-range", "duplicate-name")
+
+
+def test_docs_every_yaml_example_is_checked() -> None:
+    labelled = _doc_yaml()
+    assert {name for name, (kind, _, _) in labelled.items() if kind == "example"} == set(DOC_EXAMPLES)
+    assert {name for name, (kind, _, _) in labelled.items() if kind == "invalid"} == set(DOC_INVALID)
+
+
+@pytest.mark.parametrize("name", sorted(DOC_EXAMPLES))
+def test_docs_example_classifies_as_documented(name: str) -> None:
+    kind, text, _ = _doc_yaml()[name]
+    assert kind == "example"
+    example = PhaseRules.from_mapping(yaml.safe_load(text))
+    checks = DOC_EXAMPLES[name]
+    assert any(expected["phase"] is not None for _, expected in checks), "check at least one phase"
+    for touchpoint, expected in checks:
+        got = example.classify(touchpoint)
+        assert {field: getattr(got, field) for field in expected} == expected, (
+            touchpoint.action,
+            touchpoint.properties,
+        )
+
+
+@pytest.mark.parametrize("name", DOC_INVALID)
+def test_docs_invalid_example_gives_the_documented_error(name: str) -> None:
+    kind, text, error = _doc_yaml()[name]
+    assert kind == "invalid"
+    with pytest.raises(RulesError) as excinfo:
+        PhaseRules.from_mapping(yaml.safe_load(text))
+    assert str(excinfo.value) == error
+
+
+def test_docs_defaults_table_lists_every_rule_with_its_phase() -> None:
+    data = yaml.safe_load((resources.files("infra") / "rules" / "default.yaml").read_text(encoding="utf-8"))
+    text = RULES_DOC.read_text(encoding="utf-8")
+    rows = re.findall(r"^\| (\w+) \| `([\w-]+)` \| .* \| (\w+) \|$", text, re.MULTILINE)
+    documented = [(name, phase) for _, name, phase in rows]
+    assert documented == [(rule["name"], rule["phase"]) for rule in data["phases"]]
+    for section in ("failure_signals", "passive", "conversions", "sentiment"):
+        for rule in data[section]:
+            assert f"`{rule['name']}`" in text, f"{section}: {rule['name']} is not in docs/rules.md"
+
+
+def test_docs_error_message_example_is_real() -> None:
+    """The CLI error line shown in the doc: the core's message behind `error: rules file PATH: `."""
+    line = next(
+        body for lang, body in _doc_blocks() if lang == "text" and body.startswith("error: rules file")
+    )
+    prefix = "error: rules file my-rules.yaml: "
+    data = {
+        "phases": [{"name": "cart", "phase": "afweging", "when": {"channel": "web", "acton": "Cart Viewed"}}]
+    }
+    with pytest.raises(RulesError) as excinfo:
+        PhaseRules.from_mapping(data)
+    assert line.strip() == prefix + str(excinfo.value)
 
 
 # ── robustness ──────────────────────────────────────────────────────────────
