@@ -1,0 +1,527 @@
+"""Writes the core's results to ClickHouse, and reads the event log back for replay.
+
+Columnar inserts through clickhouse-connect. Every derived row carries a
+`version` from a per-process monotonic clock, so ReplacingMergeTree keeps the
+newest state of each id; ids that a rewrite made disappear (a journey re-keyed by
+a late identity link, a merge undone by an unlink) get a tombstone
+(`is_deleted = 1`). Re-running the same input therefore never duplicates.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from clickhouse_connect.driver.client import Client
+
+from ingest.records import DeadLetter
+from journeys.fold import Journey
+from journeys.reconstruct import Reconstruction
+from journeys.touchpoint import Channel, Identifier, Touchpoint
+
+EVENT_COLUMNS = (
+    "event_id",
+    "occurred_at",
+    "received_at",
+    "channel",
+    "source",
+    "action",
+    "identifiers",
+    "properties",
+    "persona",
+    "sentiment",
+    "value",
+    "currency",
+    "ingested_at",
+)
+TOUCHPOINT_COLUMNS = (
+    "event_id",
+    "customer_id",
+    "journey_id",
+    "seq",
+    "occurred_at",
+    "received_at",
+    "channel",
+    "source",
+    "action",
+    "phase",
+    "rule",
+    "is_passive",
+    "is_failure",
+    "failure_rule",
+    "is_conversion",
+    "sentiment",
+    "value",
+    "currency",
+    "persona",
+    "properties",
+    "version",
+    "written_at",
+)
+
+
+class VersionClock:
+    """Strictly increasing nanosecond versions, so a later write always wins."""
+
+    def __init__(self) -> None:
+        self._last = 0
+
+    def next(self) -> int:
+        self._last = max(self._last + 1, time.time_ns())
+        return self._last
+
+
+_clock = VersionClock()
+
+
+def _json(properties: dict[str, Any]) -> str:
+    return orjson.dumps(properties, option=orjson.OPT_SORT_KEYS).decode()
+
+
+def _utc(value: datetime) -> datetime:
+    # chDB hands DateTime64('UTC') back as naive datetimes in UTC.
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
+def _ms(value: datetime) -> int:
+    """Epoch milliseconds: clickhouse-connect writes ints to DateTime64(3) without per-value conversion."""
+    return round(value.timestamp() * 1000)
+
+
+def _ms_or_none(value: datetime | None) -> int | None:
+    return None if value is None else round(value.timestamp() * 1000)
+
+
+def _stored_to_insert(value: Any) -> Any:
+    """A value read back from ClickHouse, in the shape the insert path expects (datetimes as ms)."""
+    if isinstance(value, datetime):
+        return _ms(_utc(value))
+    if isinstance(value, list) and value and isinstance(value[0], datetime):
+        return [_ms(_utc(v)) for v in value]
+    return value
+
+
+def _insert(client: Client, table: str, columns: Sequence[str], rows: list[tuple]) -> None:
+    if rows:
+        client.insert(table, rows, column_names=list(columns))
+
+
+def write_events(client: Client, touchpoints: Iterable[Touchpoint]) -> int:
+    """Append touchpoints to the canonical event log (idempotent on event_id)."""
+    now = datetime.now(UTC)
+    now_ms = _ms(now)
+    rows = [
+        (
+            tp.event_id,
+            _ms(tp.occurred_at),
+            _ms(tp.received_at or now),
+            tp.channel.value,
+            tp.source,
+            tp.action,
+            [(i.type, i.value) for i in tp.identifiers],
+            _json(tp.properties),
+            tp.persona or "",
+            tp.sentiment,
+            tp.value,
+            tp.currency or "",
+            now_ms,
+        )
+        for tp in touchpoints
+    ]
+    _insert(client, "events", EVENT_COLUMNS, rows)
+    return len(rows)
+
+
+def read_events(client: Client) -> Iterator[Touchpoint]:
+    """The event log as touchpoints, for rebuilding state (order does not matter)."""
+    result = client.query(f"SELECT {', '.join(EVENT_COLUMNS[:-1])} FROM events FINAL")
+    for row in result.result_rows:
+        (
+            event_id,
+            occurred_at,
+            received_at,
+            channel,
+            source,
+            action,
+            identifiers,
+            properties,
+            persona,
+            sentiment,
+            value,
+            currency,
+        ) = row
+        yield Touchpoint.model_construct(
+            event_id=event_id,
+            occurred_at=_utc(occurred_at),
+            received_at=_utc(received_at),
+            channel=Channel(channel),
+            source=source,
+            action=action,
+            # Named tuples come back from clickhouse-connect as dicts.
+            identifiers=tuple(
+                Identifier.model_construct(type=i["type"], value=i["value"]) for i in identifiers
+            ),
+            properties=orjson.loads(properties),
+            persona=persona or None,
+            sentiment=None if sentiment is None else float(sentiment),
+            value=value,
+            currency=currency or None,
+        )
+
+
+def write_unlink(client: Client, identifier: tuple[str, str], reason: str) -> None:
+    _insert(
+        client,
+        "identity_unlinks",
+        ("identifier_type", "identifier_value", "requested_at", "reason"),
+        [(identifier[0], identifier[1], datetime.now(UTC), reason)],
+    )
+
+
+def read_unlinks(client: Client) -> list[tuple[str, str]]:
+    result = client.query("SELECT identifier_type, identifier_value FROM identity_unlinks FINAL")
+    return [(t, v) for t, v in result.result_rows]
+
+
+def dead_letter_fingerprint(letter: DeadLetter) -> str:
+    digest = hashlib.sha256()
+    for part in (letter.format.encode(), letter.origin.encode(), letter.reason.encode(), letter.raw):
+        digest.update(len(part).to_bytes(8, "big"))
+        digest.update(part)
+    return digest.hexdigest()
+
+
+def write_dead_letters(client: Client, letters: Iterable[DeadLetter], run_id: str) -> int:
+    rows = [
+        (
+            dead_letter_fingerprint(letter),
+            letter.received_at,
+            letter.format,
+            letter.origin,
+            letter.reason,
+            letter.raw.decode("utf-8", errors="replace"),
+            run_id,
+        )
+        for letter in letters
+    ]
+    _insert(
+        client,
+        "dead_letter_log",
+        ("fingerprint", "received_at", "format", "origin", "reason", "raw", "run_id"),
+        rows,
+    )
+    return len(rows)
+
+
+def journey_row(journey: Journey, version: int, written_at: datetime, deleted: bool = False) -> tuple:
+    switches = journey.channel_switches
+    regressions = journey.regressions
+    emotion = journey.emotion
+    counts = journey.channel_counts
+    return (
+        journey.journey_id,
+        journey.customer_id,
+        journey.persona or "",
+        journey.status.value,
+        _ms(journey.started_at),
+        _ms(journey.ended_at),
+        _ms(journey.last_active_at),
+        journey.entry_channel.value,
+        journey.last_phase.value,
+        journey.last_channel.value,
+        journey.last_action,
+        journey.dropoff_phase.value if journey.dropoff_phase else "",
+        journey.dropoff_channel.value if journey.dropoff_channel else "",
+        journey.dropoff_action or "",
+        journey.dropoff_event_id or "",
+        [p.value for p in journey.phases_reached],
+        [_ms(at) for at in journey.phase_reached_at],
+        [p.value for p in journey.skipped_phases],
+        len(regressions),
+        [r.from_phase.value for r in regressions],
+        [r.to_phase.value for r in regressions],
+        [_ms(r.at) for r in regressions],
+        journey.touchpoint_count,
+        journey.active_touchpoint_count,
+        counts[Channel.WEB],
+        counts[Channel.EMAIL],
+        counts[Channel.PHONE],
+        counts[Channel.SOCIAL],
+        journey.failure_count,
+        len(switches),
+        [s.from_channel.value for s in switches],
+        [s.to_channel.value for s in switches],
+        [_ms(s.at) for s in switches],
+        [max(0, s.gap_seconds) for s in switches],
+        [s.phase.value for s in switches],
+        [int(s.after_failure) for s in switches],
+        [s.failure_action or "" for s in switches],
+        int(journey.converted),
+        _ms_or_none(journey.converted_at),
+        journey.revenue,
+        len(emotion.points),
+        emotion.peak,
+        emotion.low,
+        emotion.high,
+        emotion.end,
+        emotion.mean,
+        _ms(journey.watermark),
+        version,
+        int(deleted),
+        _ms(written_at),
+    )
+
+
+JOURNEY_COLUMNS = (
+    "journey_id",
+    "customer_id",
+    "persona",
+    "status",
+    "started_at",
+    "ended_at",
+    "last_active_at",
+    "entry_channel",
+    "last_phase",
+    "last_channel",
+    "last_action",
+    "dropoff_phase",
+    "dropoff_channel",
+    "dropoff_action",
+    "dropoff_event_id",
+    "phases_reached",
+    "phase_reached_at",
+    "skipped_phases",
+    "regressions",
+    "regression_from",
+    "regression_to",
+    "regression_at",
+    "touchpoint_count",
+    "active_touchpoint_count",
+    "web_touchpoints",
+    "email_touchpoints",
+    "phone_touchpoints",
+    "social_touchpoints",
+    "failure_count",
+    "channel_switches",
+    "switch_from",
+    "switch_to",
+    "switch_at",
+    "switch_gap_seconds",
+    "switch_phase",
+    "switch_after_failure",
+    "switch_failure_action",
+    "converted",
+    "converted_at",
+    "revenue",
+    "emotion_points",
+    "emotion_peak",
+    "emotion_low",
+    "emotion_high",
+    "emotion_end",
+    "emotion_mean",
+    "watermark",
+    "version",
+    "is_deleted",
+    "written_at",
+)
+
+
+def touchpoint_rows(reconstruction: Reconstruction, journey: Journey, version: int, at: datetime) -> list:
+    rows = []
+    at_ms = _ms(at)
+    for placed in journey.touchpoints:
+        step = reconstruction.step(placed.event_id)
+        tp, cls = step.touchpoint, step.classification
+        rows.append(
+            (
+                tp.event_id,
+                journey.customer_id,
+                journey.journey_id,
+                placed.seq,
+                _ms(tp.occurred_at),
+                _ms(tp.received_at or at),
+                tp.channel.value,
+                tp.source,
+                tp.action,
+                placed.phase.value,
+                cls.rule or "",
+                int(cls.passive),
+                int(cls.failure),
+                cls.failure_rule or "",
+                int(cls.conversion),
+                placed.sentiment,
+                tp.value,
+                tp.currency or "",
+                journey.persona or "",
+                _json(tp.properties),
+                version,
+                at_ms,
+            )
+        )
+    return rows
+
+
+def _current_ids(client: Client, query: str) -> set:
+    return {row[0] if len(row) == 1 else tuple(row) for row in client.query(query).result_rows}
+
+
+def write_state(client: Client, reconstruction: Reconstruction) -> tuple[int, int]:
+    """Write every customer's current journeys and touchpoints, and tombstone what vanished.
+
+    Returns (journeys written, journeys deleted).
+    """
+    version, now = _clock.next(), datetime.now(UTC)
+    journey_rows, tp_rows = [], []
+    for journey in reconstruction.journeys():
+        journey_rows.append(journey_row(journey, version, now))
+        tp_rows.extend(touchpoint_rows(reconstruction, journey, version, now))
+    live = {row[0] for row in journey_rows}
+    stale = _current_ids(client, "SELECT journey_id FROM journeys") - live
+    tombstones = _tombstones(client, stale, version, now)
+    _insert(client, "journey_versions", JOURNEY_COLUMNS, journey_rows + tombstones)
+    _insert(client, "touchpoint_versions", TOUCHPOINT_COLUMNS, tp_rows)
+    _write_identity(client, reconstruction, version, now)
+    return len(journey_rows), len(tombstones)
+
+
+def _tombstones(client: Client, stale: set[str], version: int, now: datetime) -> list[tuple]:
+    if not stale:
+        return []
+    result = client.query(
+        f"SELECT {', '.join(JOURNEY_COLUMNS)} FROM journey_versions FINAL "
+        "WHERE journey_id IN {ids:Array(String)}",
+        parameters={"ids": sorted(stale)},
+    )
+    position = {name: i for i, name in enumerate(JOURNEY_COLUMNS)}
+    tombstones = []
+    for stored in result.result_rows:
+        row = [_stored_to_insert(value) for value in stored]
+        row[position["version"]], row[position["is_deleted"]], row[position["written_at"]] = (
+            version,
+            1,
+            _ms(now),
+        )
+        tombstones.append(tuple(row))
+    return tombstones
+
+
+def _write_identity(client: Client, reconstruction: Reconstruction, version: int, now: datetime) -> None:
+    graph = reconstruction.graph
+    _insert(
+        client,
+        "identity_versions",
+        ("identifier_type", "identifier_value", "customer_id", "version", "written_at"),
+        [(t, v, customer, version, now) for (t, v), customer in graph.assignment().items()],
+    )
+    merge_columns = (
+        "event_id",
+        "occurred_at",
+        "survivor_customer_id",
+        "absorbed_customer_id",
+        "identifier_type",
+        "identifier_value",
+        "linked_type",
+        "linked_value",
+        "version",
+        "is_deleted",
+        "written_at",
+    )
+    merges = [
+        (
+            m.event_id,
+            m.occurred_at,
+            m.surviving_customer_id,
+            m.absorbed_customer_id,
+            *m.identifiers[0],
+            *m.identifiers[1],
+            version,
+            0,
+            now,
+        )
+        for m in graph.merges
+    ]
+    live = {(row[0], row[3]) for row in merges}
+    stale = _current_ids(client, "SELECT event_id, absorbed_customer_id FROM identity_merges") - live
+    merges += [(e, now, "", a, "", "", "", "", version, 1, now) for e, a in stale]
+    _insert(client, "identity_merge_versions", merge_columns, merges)
+
+    conflict_columns = (
+        "event_id",
+        "occurred_at",
+        "reason",
+        "identifier_type",
+        "identifier_value",
+        "linked_type",
+        "linked_value",
+        "customer_ids",
+        "version",
+        "is_deleted",
+        "written_at",
+    )
+    conflicts = [
+        (
+            c.event_id,
+            c.occurred_at,
+            c.reason,
+            *c.identifiers[0],
+            *c.identifiers[1],
+            list(c.customer_ids),
+            version,
+            0,
+            now,
+        )
+        for c in graph.conflicts
+    ]
+    live_conflicts = {row[0:1] + row[3:7] for row in conflicts}
+    stale_conflicts = (
+        _current_ids(
+            client,
+            "SELECT event_id, identifier_type, identifier_value, linked_type, linked_value "
+            "FROM identity_conflicts",
+        )
+        - live_conflicts
+    )
+    conflicts += [(e, now, "", t, v, lt, lv, [], version, 1, now) for e, t, v, lt, lv in stale_conflicts]
+    _insert(client, "identity_conflict_versions", conflict_columns, conflicts)
+
+
+def write_run(client: Client, summary: Any, command: str) -> None:
+    """Record a run's accounting (see processors.embedded.RunSummary)."""
+    _insert(
+        client,
+        "runs",
+        (
+            "run_id",
+            "command",
+            "started_at",
+            "finished_at",
+            "inputs",
+            "records_read",
+            "touchpoints_new",
+            "duplicates",
+            "dead_letters",
+            "journeys_written",
+            "journeys_deleted",
+            "watermark",
+        ),
+        [
+            (
+                summary.run_id,
+                command,
+                summary.started_at,
+                summary.finished_at,
+                summary.inputs,
+                summary.records_read,
+                summary.touchpoints_new,
+                summary.duplicates,
+                summary.dead_letters,
+                summary.journeys_written,
+                summary.journeys_deleted,
+                summary.watermark,
+            )
+        ],
+    )

@@ -1,0 +1,128 @@
+"""The `journeys` command line, run in-process against the session's chDB."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import orjson
+import pytest
+from typer.testing import CliRunner
+
+from processors.cli import app
+
+runner = CliRunner()
+COMMANDS = ["run", "demo", "sql", "summary", "migrate", "unlink"]
+
+ORDER = [
+    {
+        "type": "page",
+        "name": "Home",
+        "messageId": "c-1",
+        "anonymousId": "anon-1",
+        "timestamp": "2026-09-01T10:00:00.000Z",
+        "properties": {"path": "/"},
+    },
+    {
+        "type": "track",
+        "event": "Order Completed",
+        "messageId": "c-2",
+        "anonymousId": "anon-1",
+        "userId": "u-7",
+        "timestamp": "2026-09-01T10:20:00.000Z",
+        "properties": {"order_id": "o-7", "revenue": 25.5, "currency": "EUR"},
+    },
+]
+
+
+@pytest.fixture
+def web_file(tmp_path: Path) -> Path:
+    path = tmp_path / "web.jsonl"
+    path.write_bytes(b"".join(orjson.dumps(call) + b"\n" for call in ORDER))
+    return path
+
+
+def test_help_on_every_command() -> None:
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for command in COMMANDS:
+        assert command in result.output
+        sub = runner.invoke(app, [command, "--help"])
+        assert sub.exit_code == 0, command
+        assert "Usage" in sub.output
+
+
+def test_run_then_query_in_every_output_format(web_file: Path, dsn: str) -> None:
+    result = runner.invoke(app, ["run", str(web_file), "--db", dsn])
+    assert result.exit_code == 0, result.output
+    assert "2 new touchpoints" in result.stderr
+
+    query = "SELECT event_id, phase, occurred_at FROM touchpoints ORDER BY event_id"
+    as_json = runner.invoke(app, ["sql", query, "--db", dsn, "--format", "json"])
+    assert as_json.exit_code == 0, as_json.output
+    assert [orjson.loads(line) for line in as_json.stdout.splitlines()] == [
+        {"event_id": "c-1", "phase": "orientation", "occurred_at": "2026-09-01T10:00:00+00:00"},
+        {"event_id": "c-2", "phase": "purchase", "occurred_at": "2026-09-01T10:20:00+00:00"},
+    ]
+    as_csv = runner.invoke(app, ["sql", query, "--db", dsn, "--format", "csv"])
+    assert next(csv.reader(io.StringIO(as_csv.stdout))) == ["event_id", "phase", "occurred_at"]
+    as_table = runner.invoke(app, ["sql", "SELECT status FROM journeys", "--db", dsn])
+    assert "converted" in as_table.stdout
+
+
+def test_sql_error_is_reported_not_raised(dsn: str) -> None:
+    result = runner.invoke(app, ["sql", "SELECT nope FROM journeys", "--db", dsn])
+    assert result.exit_code == 2
+    assert "error" in result.stderr
+
+
+def test_run_with_unknown_format_or_missing_file(web_file: Path, dsn: str) -> None:
+    bad_format = runner.invoke(app, ["run", str(web_file), "--format", "xml", "--db", dsn])
+    assert bad_format.exit_code == 2
+    assert "unknown --format" in bad_format.stderr
+    missing = runner.invoke(app, ["run", str(web_file.with_name("nope.jsonl")), "--db", dsn])
+    assert missing.exit_code == 2
+    assert "does not exist" in missing.stderr
+
+
+def test_run_where_every_record_is_rejected_exits_1(tmp_path: Path, dsn: str) -> None:
+    junk = tmp_path / "junk.jsonl"
+    junk.write_text("not json\n{}\n")
+    result = runner.invoke(app, ["run", str(junk), "--db", dsn])
+    assert result.exit_code == 1
+    assert "every record was rejected" in result.stderr
+
+
+def test_fail_on_dead_letters(tmp_path: Path, web_file: Path, dsn: str) -> None:
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_bytes(web_file.read_bytes() + b"{broken\n")
+    assert runner.invoke(app, ["run", str(mixed), "--db", dsn]).exit_code == 0
+    assert runner.invoke(app, ["run", str(mixed), "--db", dsn, "--fail-on-dead-letters"]).exit_code == 1
+
+
+def test_migrate_and_summary(web_file: Path, dsn: str) -> None:
+    first = runner.invoke(app, ["migrate", "--db", dsn])
+    assert first.exit_code == 0 and "applied 0001_core" in first.stdout
+    assert "up to date" in runner.invoke(app, ["migrate", "--db", dsn]).stdout
+    runner.invoke(app, ["run", str(web_file), "--db", dsn])
+    summary = runner.invoke(app, ["summary", "--db", dsn])
+    assert summary.exit_code == 0
+    assert "Phase funnel" in summary.stdout and "converted 1" in summary.stdout
+
+
+def test_unlink_command(web_file: Path, dsn: str) -> None:
+    runner.invoke(app, ["run", str(web_file), "--db", dsn])
+    result = runner.invoke(app, ["unlink", "anonymous_id", "anon-1", "--reason", "shared kiosk", "--db", dsn])
+    assert result.exit_code == 0, result.output
+    assert "journeys rewritten: 2" in result.stdout
+    unknown = runner.invoke(app, ["unlink", "user_id", "nobody", "--db", dsn])
+    assert unknown.exit_code == 2 and "nothing to unlink" in unknown.stderr
+
+
+def test_bad_config_file_is_a_usage_error(tmp_path: Path, dsn: str) -> None:
+    config = tmp_path / "journeys.yaml"
+    config.write_text("identiy: {}\n")
+    result = runner.invoke(app, ["summary", "--db", dsn, "--config", str(config)])
+    assert result.exit_code == 2
+    assert "unknown section" in result.stderr
