@@ -85,6 +85,7 @@ PII_PROPERTY_KEYS: frozenset[str] = frozenset(
 # Deeper nesting than this is dropped rather than walked: it never carries
 # journey-relevant data and unbounded recursion is a crash waiting for input.
 MAX_PROPERTY_DEPTH = 16
+_RAW_CACHE_SIZE = 65536
 
 # Linear time on any input (the text is untrusted): the local part may only start
 # after a delimiter (lookbehind), contains no `@` and no `%40`, and the domain is
@@ -160,7 +161,7 @@ class PiiHasher:
     never meets an email or phone number needs no key.
     """
 
-    __slots__ = ("_cached_digest", "_key", "_loader")
+    __slots__ = ("_cached_digest", "_email_digests", "_key", "_loader")
 
     def __init__(self, key: bytes | str | None = None, *, loader: Callable[[], bytes] | None = None) -> None:
         if key is None and loader is None:
@@ -172,6 +173,8 @@ class PiiHasher:
         self._key: bytes | None = key
         self._loader = loader
         self._cached_digest = lru_cache(maxsize=65536)(self._digest)
+        # Raw address -> digest: the same customers write again and again, in the same spelling.
+        self._email_digests: dict[str, str] = {}
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> PiiHasher:
@@ -194,14 +197,22 @@ class PiiHasher:
 
     def hash_email(self, raw: str) -> str:
         """Normalise then hash an email address; `PiiError` if it is not one."""
-        return self._cached_digest(normalise_email(raw))
+        digest = self._email_digests.get(raw)
+        if digest is None:
+            digest = self._cached_digest(normalise_email(raw))
+            if len(self._email_digests) >= _RAW_CACHE_SIZE:
+                self._email_digests.clear()
+            self._email_digests[raw] = digest
+        return digest
 
     def hash_phone(self, raw: str, region: str = DEFAULT_PHONE_REGION) -> str:
         """Normalise to E.164 then hash a phone number; `PiiError` if it is not valid."""
         return self._cached_digest(normalise_phone(raw, region))
 
 
+@lru_cache(maxsize=4096)
 def _fold(key: str) -> str:
+    # Cached: property keys come from a small vocabulary and are folded for every event.
     return key.lower().replace("_", "").replace("-", "").replace(" ", "")
 
 

@@ -48,6 +48,9 @@ DEFAULT_JUNK_PATTERNS: tuple[str, ...] = (
 )
 
 
+_VERDICT_CACHE_SIZE = 100_000  # bounded: a long run sees millions of anonymous ids
+
+
 @dataclass(frozen=True)
 class IdentityPolicy:
     """How identifiers may be linked. Configurable per deployment.
@@ -75,6 +78,7 @@ class IdentityPolicy:
         "anonymous_id",
     )
     _compiled: tuple[re.Pattern[str], ...] = field(init=False, repr=False, compare=False)
+    _verdicts: dict[str, bool] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # One alternation is searched much faster than N patterns (is_junk runs for
@@ -86,16 +90,19 @@ class IdentityPolicy:
         except re.error:
             compiled = tuple(re.compile(pattern, re.IGNORECASE) for pattern in self.junk_patterns)
         object.__setattr__(self, "_compiled", compiled)
+        # Value -> is_junk: ingest asks about the same device and user ids for every event.
+        object.__setattr__(self, "_verdicts", {})
 
     def is_junk(self, value: str) -> bool:
         """True when a raw identifier value must never be used for stitching."""
-        folded = value.strip().lower()
-        if folded in self.junk_values:
-            return True
-        for pattern in self._compiled:  # noqa: SIM110 - a plain loop: this runs for every new identifier
-            if pattern.search(folded) is not None:
-                return True
-        return False
+        verdict = self._verdicts.get(value)
+        if verdict is None:
+            folded = value.strip().lower()
+            verdict = folded in self.junk_values or any(p.search(folded) is not None for p in self._compiled)
+            if len(self._verdicts) >= _VERDICT_CACHE_SIZE:
+                self._verdicts.clear()
+            self._verdicts[value] = verdict
+        return verdict
 
     def rank(self, identifier_type: str) -> int:
         """Lower is stronger; unknown types rank after all listed ones."""

@@ -131,6 +131,8 @@ class Touchpoint(BaseModel):
         if value.tzinfo is None or value.utcoffset() is None:
             raise ValueError("timestamp must carry a time zone (event time is compared across sources)")
         # Millisecond precision, the storage's: a touchpoint replayed from the log is equal to the original.
+        if value.tzinfo is UTC and value.microsecond % 1000 == 0:
+            return value  # the common case, already canonical: no copies on the per-event path
         return value.astimezone(UTC).replace(microsecond=value.microsecond // 1000 * 1000)
 
     @field_validator("value")

@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from ingest.demo import DEFAULT_CUSTOMERS
 from processors.config import ConfigError, Settings
 from processors.storage import StorageError, connect, migrate
 
@@ -117,7 +118,9 @@ def run(
 
 @app.command()
 def demo(
-    customers: Annotated[int, typer.Option(help="How many customers to simulate.", min=10)] = 5000,
+    customers: Annotated[
+        int, typer.Option(help="How many customers to simulate.", min=10)
+    ] = DEFAULT_CUSTOMERS,
     seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same data.")] = 7,
     db: Annotated[
         str | None,

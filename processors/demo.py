@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 from clickhouse_connect.driver.client import Client
 
-from ingest.demo import generate
+from ingest.demo import DEFAULT_CUSTOMERS, generate
 from processors.config import Settings
 from processors.embedded import RunSummary, run
 from processors.storage import Target, connect
@@ -99,7 +99,7 @@ def reset_database(dsn: str) -> None:
 def run_demo(
     settings: Settings,
     *,
-    customers: int = 5000,
+    customers: int = DEFAULT_CUSTOMERS,
     seed: int = 7,
     directory: Path = Path(".journeys/demo"),
     progress: Callable[[int], None] | None = None,
