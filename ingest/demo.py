@@ -40,6 +40,8 @@ import orjson
 
 from journeys.touchpoint import Channel, Phase
 
+from .adapters.callcsv import COLUMNS as CALL_EXPORT_COLUMNS
+
 TRUTH_SCHEMA = "journeys.demo-truth/v1"
 SOCIAL_SCHEMA = "journeys.social/v1"
 DEFAULT_START = datetime(2026, 9, 1, tzinfo=UTC)
@@ -74,20 +76,7 @@ FILES: dict[str, str] = {
     "social": "social.jsonl",
 }
 FILE_CHANNEL = {"web": WEB, "email": EMAIL, "twilio": PHONE, "calls": PHONE, "social": SOCIAL}
-CALL_COLUMNS: tuple[str, ...] = (
-    "call_id",
-    "started_at",
-    "ended_at",
-    "caller_number",
-    "queue",
-    "wait_seconds",
-    "outcome",
-    "ivr_path",
-    "csat",
-    "sentiment",
-    "customer_id",
-    "email",
-)
+CALL_COLUMNS = CALL_EXPORT_COLUMNS  # the documented call-record CSV, as the adapter reads it
 
 PAYMENT_KEY = (PURCHASE, PHONE, "call.abandoned")
 NURTURE_KEY = (CONSIDERATION, EMAIL, "open")

@@ -156,6 +156,16 @@ def test_redact_emails_is_linear_on_hostile_input() -> None:
 
 
 CONTEXT = IngestContext.with_key(b"pii-test-key", now=lambda: datetime(2024, 6, 1, tzinfo=UTC))
+FIXTURES_WITH_PII = (
+    "segment/track_order_completed.json",
+    "segment/identify.json",
+    "segment/batch.json",
+    "sendgrid/events.json",
+    "twilio/inbound_call.txt",
+    "twilio/outbound_calls.json",
+    "callcsv/calls.csv",
+    "social/export.jsonl",
+)
 RAW_VALUES = (
     "peter.gibbons",
     "Peter.Gibbons",
@@ -172,19 +182,7 @@ RAW_VALUES = (
 )
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        "segment/track_order_completed.json",
-        "segment/identify.json",
-        "segment/batch.json",
-        "sendgrid/events.json",
-        "twilio/inbound_call.txt",
-        "twilio/outbound_calls.json",
-        "callcsv/calls.csv",
-        "social/export.jsonl",
-    ],
-)
+@pytest.mark.parametrize("name", FIXTURES_WITH_PII)
 def test_raw_values_never_reach_the_touchpoint(name: str) -> None:
     raw_input = (FIXTURES / name).read_text()
     assert any(value in raw_input for value in RAW_VALUES)  # the fixture does carry PII
@@ -221,19 +219,7 @@ def test_rejection_reasons_do_not_quote_personal_data() -> None:
         assert "jansen" not in letter.reason and "0612345" not in letter.reason, letter.reason
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        "segment/track_order_completed.json",
-        "segment/identify.json",
-        "segment/batch.json",
-        "sendgrid/events.json",
-        "twilio/inbound_call.txt",
-        "twilio/outbound_calls.json",
-        "callcsv/calls.csv",
-        "social/export.jsonl",
-    ],
-)
+@pytest.mark.parametrize("name", FIXTURES_WITH_PII)
 def test_raw_values_never_reach_a_dead_letter(name: str) -> None:
     # The same documented records, each forced into the wrong format so that all
     # of them are dead-lettered with their personal data still inside.
