@@ -78,6 +78,14 @@ class Reconstruction:
     def step(self, event_id: str) -> ClassifiedTouchpoint:
         return self._steps[event_id]
 
+    def identifiers_of(self, event_id: str) -> tuple[tuple[str, str], ...]:
+        """The identifier keys an admitted touchpoint carries."""
+        return self._identifiers[event_id]
+
+    def event_ids(self) -> Iterator[str]:
+        """Every admitted event id, in admission order."""
+        return iter(self._steps)
+
     @property
     def watermark(self) -> datetime | None:
         if self.latest_event_time is None:

@@ -1,0 +1,186 @@
+"""Incremental reconstruction: batches of touchpoints in, the customers whose journeys changed out.
+
+The stream shell cannot refold every customer after every Kafka batch, and it
+must not miss a change either. `LiveReconstruction` drives the same
+`Reconstruction` aggregate as the embedded runner and keeps three indexes so
+that each batch touches only what it affects:
+
+- which events belong to which customer, re-keyed when the identity graph
+  reports that identifiers changed customer (a merge, a late link, an unlink);
+- each customer's next *deadline*: the event time after which the watermark
+  alone changes a journey's status (open → dropped at last activity + drop-off
+  timeout, converted/retained → churned at + churn timeout). These are the
+  event-time timers: when a batch moves the watermark past a deadline, that
+  customer is refolded even though none of its events arrived;
+- the identity merges and conflicts last reported, so only their changes go out.
+
+A customer reported with no journeys has vanished (absorbed by a merge): its
+old journeys must be deleted downstream. Folding a customer here and folding it
+in `Reconstruction.journeys()` use the same `fold_customer`, so at the same
+watermark the journeys are identical: the equivalence the stream tests check.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from journeys.fold import Journey, JourneyStatus, fold_customer
+from journeys.identity import IdentityConflict, IdentityMerge, Key
+from journeys.reconstruct import Admission, Reconstruction
+from journeys.touchpoint import Touchpoint
+
+
+@dataclass
+class BatchResult:
+    """What one batch changed.
+
+    - `admissions`: per touchpoint of the batch, in order;
+    - `new_touchpoints`: the ones admitted as new (the event log's growth);
+    - `journeys`: every affected customer with all its journeys now (empty: vanished);
+    - `identities`: identifiers whose customer changed or that are new;
+    - `merges_added` / `merges_removed`, `conflicts_added` / `conflicts_removed`:
+      changes of the identity logs (late events can rewrite them).
+    """
+
+    admissions: list[tuple[Touchpoint, Admission]] = field(default_factory=list)
+    new_touchpoints: list[Touchpoint] = field(default_factory=list)
+    journeys: dict[str, list[Journey]] = field(default_factory=dict)
+    identities: dict[Key, str] = field(default_factory=dict)
+    merges_added: list[IdentityMerge] = field(default_factory=list)
+    merges_removed: list[IdentityMerge] = field(default_factory=list)
+    conflicts_added: list[IdentityConflict] = field(default_factory=list)
+    conflicts_removed: list[IdentityConflict] = field(default_factory=list)
+    watermark: datetime | None = None
+
+
+class LiveReconstruction:
+    """A `Reconstruction` fed batch by batch, reporting exactly the customers each batch changed."""
+
+    def __init__(self, reconstruction: Reconstruction) -> None:
+        self.reconstruction = reconstruction
+        self._members: dict[str, set[str]] = {}  # customer id -> event ids
+        self._customer_of_event: dict[str, str] = {}
+        self._deadlines: list[tuple[datetime, str]] = []  # heap of (deadline, customer id)
+        self._merges: set[IdentityMerge] = set()
+        self._conflicts: set[IdentityConflict] = set()
+
+    def admit_batch(self, touchpoints: Iterable[Touchpoint]) -> BatchResult:
+        """Admit a batch (any order, redeliveries allowed) and report what changed."""
+        recon = self.reconstruction
+        graph = recon.graph
+        result = BatchResult()
+        affected: set[str] = set()
+        for touchpoint in touchpoints:
+            admission = recon.admit(touchpoint)
+            result.admissions.append((touchpoint, admission))
+            if admission is Admission.NEW:
+                result.new_touchpoints.append(touchpoint)
+
+        # Identity changes first: events of customers that merged or split are re-keyed.
+        rekeyed: set[str] = set()
+        for identifier, (old, new) in graph.drain_changes().items():
+            result.identities[identifier] = new
+            for customer in (old, new):
+                if customer is not None and customer not in rekeyed:
+                    rekeyed.add(customer)
+                    affected.add(customer)
+                    self._rekey(customer, affected)
+        for touchpoint in result.new_touchpoints:
+            self._place(touchpoint.event_id, affected)
+
+        watermark = recon.watermark
+        result.watermark = watermark
+        if watermark is None:
+            return result
+        # Event-time timers: the watermark alone changes these customers' status.
+        deadlines = self._deadlines
+        while deadlines and deadlines[0][0] < watermark:
+            affected.add(heapq.heappop(deadlines)[1])
+
+        for customer in sorted(affected):
+            result.journeys[customer] = self._fold(customer, watermark)
+        self._diff_identity_logs(result)
+        return result
+
+    def rebuild_result(self) -> BatchResult:
+        """Everything as one result: every customer, identity and log entry (after a recovery)."""
+        result = BatchResult(watermark=self.reconstruction.watermark)
+        graph = self.reconstruction.graph
+        result.identities = graph.assignment()
+        graph.drain_changes()
+        self._members.clear()
+        self._customer_of_event.clear()
+        self._deadlines.clear()
+        self._merges.clear()
+        self._conflicts.clear()
+        affected: set[str] = set()
+        for event_id in self.reconstruction.event_ids():
+            self._place(event_id, affected)
+        if result.watermark is not None:
+            for customer in sorted(affected):
+                result.journeys[customer] = self._fold(customer, result.watermark)
+        self._diff_identity_logs(result)
+        return result
+
+    # -- internals --------------------------------------------------------------
+
+    def _place(self, event_id: str, affected: set[str]) -> None:
+        customer = self.reconstruction.graph.customer_for(self.reconstruction.identifiers_of(event_id))
+        previous = self._customer_of_event.get(event_id)
+        if previous == customer:
+            return
+        if previous is not None:
+            self._members[previous].discard(event_id)
+            affected.add(previous)
+        self._customer_of_event[event_id] = customer
+        self._members.setdefault(customer, set()).add(event_id)
+        affected.add(customer)
+
+    def _rekey(self, customer: str, affected: set[str]) -> None:
+        for event_id in list(self._members.get(customer, ())):
+            self._place(event_id, affected)
+
+    def _fold(self, customer: str, watermark: datetime) -> list[Journey]:
+        members = self._members.get(customer)
+        if not members:
+            self._members.pop(customer, None)
+            return []
+        step = self.reconstruction.step
+        journeys = fold_customer(
+            customer, [step(e) for e in members], watermark, self.reconstruction.journey_policy
+        )
+        deadline = _next_deadline(journeys, watermark, self.reconstruction)
+        if deadline is not None:
+            heapq.heappush(self._deadlines, (deadline, customer))
+        return journeys
+
+    def _diff_identity_logs(self, result: BatchResult) -> None:
+        graph = self.reconstruction.graph
+        merges, conflicts = set(graph.merges), set(graph.conflicts)
+        result.merges_added = sorted(merges - self._merges, key=_log_order)
+        result.merges_removed = sorted(self._merges - merges, key=_log_order)
+        result.conflicts_added = sorted(conflicts - self._conflicts, key=_log_order)
+        result.conflicts_removed = sorted(self._conflicts - conflicts, key=_log_order)
+        self._merges, self._conflicts = merges, conflicts
+
+
+def _log_order(entry: IdentityMerge | IdentityConflict) -> tuple[datetime, str]:
+    return (entry.occurred_at, entry.event_id)
+
+
+def _next_deadline(journeys: list[Journey], watermark: datetime, recon: Reconstruction) -> datetime | None:
+    """The earliest event time past which the watermark alone changes one of these journeys."""
+    policy = recon.journey_policy
+    candidates = []
+    for journey in journeys:
+        if journey.last_active_at is None:
+            continue  # unengaged whatever the watermark
+        if journey.status is JourneyStatus.OPEN:
+            candidates.append(journey.last_active_at + policy.dropoff_timeout)
+        elif journey.status in (JourneyStatus.CONVERTED, JourneyStatus.RETAINED):
+            candidates.append(journey.last_active_at + policy.churn_timeout)
+    future = [c for c in candidates if c >= watermark]
+    return min(future) if future else None

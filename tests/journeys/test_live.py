@@ -1,0 +1,151 @@
+"""Incremental reconstruction: applying every batch's changes gives exactly the full fold."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from datetime import UTC, datetime, timedelta
+from importlib import resources
+
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from journeys.fold import JourneyStatus
+from journeys.live import LiveReconstruction
+from journeys.phases import PhaseRules
+from journeys.reconstruct import Reconstruction
+from journeys.touchpoint import Touchpoint
+
+RULES = PhaseRules.from_mapping(
+    yaml.safe_load((resources.files("infra") / "rules" / "default.yaml").read_text(encoding="utf-8"))
+)
+T0 = datetime(2026, 9, 1, tzinfo=UTC)
+ACTIONS = {
+    "web": ["Page Viewed", "Product Viewed", "Checkout Started", "Payment Failed", "Order Completed"],
+    "email": ["delivered", "open", "click", "bounce"],
+    "phone": ["call.completed", "call.abandoned"],
+    "social": ["social.mention", "social.direct_message"],
+}
+IDENTIFIERS = st.sampled_from(
+    [("anonymous_id", f"a{i}") for i in range(8)]
+    + [("user_id", f"u{i}") for i in range(3)]
+    + [("email", f"h{i}") for i in range(3)]
+    + [("phone", "p0")]
+)
+
+
+@st.composite
+def touchpoints(draw: st.DrawFn) -> list[Touchpoint]:
+    count = draw(st.integers(min_value=1, max_value=30))
+    return [
+        Touchpoint(
+            event_id=f"e{n:02d}",
+            # Up to 200 days: drop-off (14 d) and churn (90 d) deadlines are crossed by later batches.
+            occurred_at=T0 + timedelta(hours=draw(st.integers(min_value=0, max_value=24 * 200))),
+            channel=(channel := draw(st.sampled_from(sorted(ACTIONS)))),
+            source="test",
+            action=draw(st.sampled_from(ACTIONS[channel])),
+            identifiers=[
+                {"type": t, "value": v}
+                for t, v in draw(st.lists(IDENTIFIERS, min_size=1, max_size=3, unique=True))
+            ],
+        )
+        for n in range(count)
+    ]
+
+
+def downstream(live: LiveReconstruction, batches: list[list[Touchpoint]]) -> tuple[dict, dict, set, set]:
+    """What a sink holds after applying every batch's report: journeys by customer, identities, logs."""
+    journeys: dict[str, list] = {}
+    identities: dict = {}
+    merges: set = set()
+    conflicts: set = set()
+    for batch in batches:
+        result = live.admit_batch(batch)
+        for customer, current in result.journeys.items():
+            if current:
+                journeys[customer] = current
+            else:
+                journeys.pop(customer, None)
+        identities.update(result.identities)
+        merges |= set(result.merges_added)
+        merges -= set(result.merges_removed)
+        conflicts |= set(result.conflicts_added)
+        conflicts -= set(result.conflicts_removed)
+    return journeys, identities, merges, conflicts
+
+
+def at_watermark(journeys: list, watermark: datetime) -> list:
+    # A journey row records the watermark it was folded at; everything else must match.
+    return [dataclasses.replace(j, watermark=watermark) for j in journeys]
+
+
+@settings(max_examples=200, deadline=None)
+@given(touchpoints(), st.randoms(use_true_random=False), st.integers(min_value=1, max_value=8))
+def test_batches_applied_downstream_equal_the_full_fold(
+    events: list[Touchpoint], rnd: random.Random, batch_size: int
+) -> None:
+    shuffled = list(events)
+    rnd.shuffle(shuffled)
+    shuffled += rnd.sample(events, k=min(3, len(events)))  # redeliveries
+    batches = [shuffled[i : i + batch_size] for i in range(0, len(shuffled), batch_size)]
+    live = LiveReconstruction(Reconstruction(RULES))
+    journeys, identities, merges, conflicts = downstream(live, batches)
+
+    full = Reconstruction(RULES)
+    full.admit_all(events)
+    watermark = full.watermark
+    expected: dict[str, list] = {}
+    for journey in full.journeys():
+        expected.setdefault(journey.customer_id, []).append(journey)
+    assert {c: at_watermark(j, watermark) for c, j in journeys.items()} == expected
+    assert identities == full.graph.assignment()
+    assert merges == set(full.graph.merges)
+    assert conflicts == set(full.graph.conflicts)
+
+
+def test_the_watermark_alone_drops_a_journey() -> None:
+    live = LiveReconstruction(Reconstruction(RULES))
+
+    def viewed(event_id: str, days: float, visitor: str) -> Touchpoint:
+        return Touchpoint(
+            event_id=event_id,
+            occurred_at=T0 + timedelta(days=days),
+            channel="web",
+            source="test",
+            action="Product Viewed",
+            identifiers=[{"type": "anonymous_id", "value": visitor}],
+        )
+
+    first = live.admit_batch([viewed("e1", 0, "a1")])
+    ((only,),) = first.journeys.values()
+    assert only.status is JourneyStatus.OPEN
+    # Another visitor, 20 days later: nothing of a1 arrives, yet a1's journey is now dropped.
+    later = live.admit_batch([viewed("e2", 20, "a2")])
+    statuses = {c: [j.status for j in js] for c, js in later.journeys.items()}
+    assert sorted(statuses.values()) == [[JourneyStatus.DROPPED], [JourneyStatus.OPEN]]
+
+
+def test_a_merge_reports_the_absorbed_customer_as_vanished() -> None:
+    live = LiveReconstruction(Reconstruction(RULES))
+
+    def seen(event_id: str, hours: int, *ids: tuple[str, str]) -> Touchpoint:
+        return Touchpoint(
+            event_id=event_id,
+            occurred_at=T0 + timedelta(hours=hours),
+            channel="web",
+            source="test",
+            action="Page Viewed",
+            identifiers=[{"type": t, "value": v} for t, v in ids],
+        )
+
+    a = live.admit_batch([seen("e1", 0, ("anonymous_id", "laptop"))])
+    b = live.admit_batch([seen("e2", 1, ("anonymous_id", "phone"))])
+    (laptop,), (phone,) = a.journeys, b.journeys
+    merged = live.admit_batch([seen("e3", 2, ("anonymous_id", "phone"), ("anonymous_id", "laptop"))])
+    assert merged.journeys[phone] == []  # absorbed: its journeys must be deleted downstream
+    assert [j.touchpoint_count for j in merged.journeys[laptop]] == [3]
+    assert [(m.surviving_customer_id, m.absorbed_customer_id) for m in merged.merges_added] == [
+        (laptop, phone)
+    ]
