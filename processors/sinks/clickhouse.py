@@ -20,6 +20,7 @@ from clickhouse_connect.driver.client import Client
 
 from ingest.records import DeadLetter
 from journeys.fold import Journey
+from journeys.identity import IdentityConflict, IdentityMerge
 from journeys.reconstruct import Reconstruction
 from journeys.touchpoint import Channel, Identifier, Touchpoint
 
@@ -218,6 +219,11 @@ def write_dead_letters(client: Client, letters: Iterable[DeadLetter], run_id: st
 
 
 def journey_row(journey: Journey, version: int, written_at: datetime, deleted: bool = False) -> tuple:
+    return (*journey_values(journey), version, int(deleted), _ms(written_at))
+
+
+def journey_values(journey: Journey) -> tuple:
+    """A journey's columns without the write bookkeeping (version, is_deleted, written_at)."""
     switches = journey.channel_switches
     regressions = journey.regressions
     emotion = journey.emotion
@@ -270,9 +276,6 @@ def journey_row(journey: Journey, version: int, written_at: datetime, deleted: b
         emotion.end,
         emotion.mean,
         _ms(journey.watermark),
-        version,
-        int(deleted),
-        _ms(written_at),
     )
 
 
@@ -331,8 +334,13 @@ JOURNEY_COLUMNS = (
 
 
 def touchpoint_rows(reconstruction: Reconstruction, journey: Journey, version: int, at: datetime) -> list:
-    rows = []
     at_ms = _ms(at)
+    return [(*values, version, at_ms) for values in touchpoint_values(reconstruction, journey, at)]
+
+
+def touchpoint_values(reconstruction: Reconstruction, journey: Journey, at: datetime) -> list[tuple]:
+    """The placed touchpoints' columns without the write bookkeeping (version, written_at)."""
+    rows = []
     for placed in journey.touchpoints:
         step = reconstruction.step(placed.event_id)
         tp, cls = step.touchpoint, step.classification
@@ -358,8 +366,6 @@ def touchpoint_rows(reconstruction: Reconstruction, journey: Journey, version: i
                 tp.currency or "",
                 journey.persona or "",
                 _json(tp.properties),
-                version,
-                at_ms,
             )
         )
     return rows
@@ -409,84 +415,150 @@ def _tombstones(client: Client, stale: set[str], version: int, now: datetime) ->
     return tombstones
 
 
+MERGE_COLUMNS = (
+    "event_id",
+    "occurred_at",
+    "survivor_customer_id",
+    "absorbed_customer_id",
+    "identifier_type",
+    "identifier_value",
+    "linked_type",
+    "linked_value",
+    "version",
+    "is_deleted",
+    "written_at",
+)
+CONFLICT_COLUMNS = (
+    "event_id",
+    "occurred_at",
+    "reason",
+    "identifier_type",
+    "identifier_value",
+    "linked_type",
+    "linked_value",
+    "customer_ids",
+    "version",
+    "is_deleted",
+    "written_at",
+)
+IDENTITY_COLUMNS = ("identifier_type", "identifier_value", "customer_id", "version", "written_at")
+
+
+def merge_values(merge: IdentityMerge) -> tuple:
+    """An identity merge's columns without the write bookkeeping."""
+    return (
+        merge.event_id,
+        _ms(merge.occurred_at),
+        merge.surviving_customer_id,
+        merge.absorbed_customer_id,
+        *merge.identifiers[0],
+        *merge.identifiers[1],
+    )
+
+
+def conflict_values(conflict: IdentityConflict) -> tuple:
+    """A refused link's columns without the write bookkeeping."""
+    return (
+        conflict.event_id,
+        _ms(conflict.occurred_at),
+        conflict.reason,
+        *conflict.identifiers[0],
+        *conflict.identifiers[1],
+        list(conflict.customer_ids),
+    )
+
+
+def _merge_tombstone(key: tuple, version: int, now_ms: int) -> tuple:
+    event_id, absorbed = key
+    return (event_id, now_ms, "", absorbed, "", "", "", "", version, 1, now_ms)
+
+
+def _conflict_tombstone(key: tuple, version: int, now_ms: int) -> tuple:
+    event_id, identifier_type, value, linked_type, linked_value = key
+    return (event_id, now_ms, "", identifier_type, value, linked_type, linked_value, [], version, 1, now_ms)
+
+
+def _merge_key(values: Sequence[Any]) -> tuple:
+    return (values[0], values[3])  # ReplacingMergeTree key: (event_id, absorbed_customer_id)
+
+
+def _conflict_key(values: Sequence[Any]) -> tuple:
+    return (values[0], *values[3:7])  # (event_id, identifier, linked identifier)
+
+
 def _write_identity(client: Client, reconstruction: Reconstruction, version: int, now: datetime) -> None:
-    graph = reconstruction.graph
+    graph, now_ms = reconstruction.graph, _ms(now)
     _insert(
         client,
         "identity_versions",
-        ("identifier_type", "identifier_value", "customer_id", "version", "written_at"),
-        [(t, v, customer, version, now) for (t, v), customer in graph.assignment().items()],
+        IDENTITY_COLUMNS,
+        [(t, v, customer, version, now_ms) for (t, v), customer in graph.assignment().items()],
     )
-    merge_columns = (
-        "event_id",
-        "occurred_at",
-        "survivor_customer_id",
-        "absorbed_customer_id",
-        "identifier_type",
-        "identifier_value",
-        "linked_type",
-        "linked_value",
-        "version",
-        "is_deleted",
-        "written_at",
-    )
-    merges = [
-        (
-            m.event_id,
-            m.occurred_at,
-            m.surviving_customer_id,
-            m.absorbed_customer_id,
-            *m.identifiers[0],
-            *m.identifiers[1],
-            version,
-            0,
-            now,
-        )
-        for m in graph.merges
-    ]
-    live = {(row[0], row[3]) for row in merges}
-    stale = _current_ids(client, "SELECT event_id, absorbed_customer_id FROM identity_merges") - live
-    merges += [(e, now, "", a, "", "", "", "", version, 1, now) for e, a in stale]
-    _insert(client, "identity_merge_versions", merge_columns, merges)
+    merges = [(*merge_values(m), version, 0, now_ms) for m in graph.merges]
+    stale = _current_ids(client, "SELECT event_id, absorbed_customer_id FROM identity_merges") - {
+        _merge_key(row) for row in merges
+    }
+    merges += [_merge_tombstone(key, version, now_ms) for key in stale]
+    _insert(client, "identity_merge_versions", MERGE_COLUMNS, merges)
 
-    conflict_columns = (
-        "event_id",
-        "occurred_at",
-        "reason",
-        "identifier_type",
-        "identifier_value",
-        "linked_type",
-        "linked_value",
-        "customer_ids",
-        "version",
-        "is_deleted",
-        "written_at",
-    )
-    conflicts = [
-        (
-            c.event_id,
-            c.occurred_at,
-            c.reason,
-            *c.identifiers[0],
-            *c.identifiers[1],
-            list(c.customer_ids),
-            version,
-            0,
-            now,
-        )
-        for c in graph.conflicts
+    conflicts = [(*conflict_values(c), version, 0, now_ms) for c in graph.conflicts]
+    stale = _current_ids(
+        client,
+        "SELECT event_id, identifier_type, identifier_value, linked_type, linked_value "
+        "FROM identity_conflicts",
+    ) - {_conflict_key(row) for row in conflicts}
+    conflicts += [_conflict_tombstone(key, version, now_ms) for key in stale]
+    _insert(client, "identity_conflict_versions", CONFLICT_COLUMNS, conflicts)
+
+
+# -- the stream sink: changes, not whole snapshots ----------------------------------
+
+
+def write_customer_journeys(
+    client: Client, customers: dict[str, tuple[list[Sequence[Any]], list[Sequence[Any]]]]
+) -> tuple[int, int]:
+    """Replace the journeys and touchpoints of these customers; delete their journeys that vanished.
+
+    `customers` maps a customer id to (journey values, touchpoint values) as
+    `journey_values` / `touchpoint_values` give them; an empty pair means the
+    customer no longer exists (absorbed by a merge). Returns (written, deleted).
+    """
+    if not customers:
+        return 0, 0
+    version, now = _clock.next(), datetime.now(UTC)
+    now_ms = _ms(now)
+    journey_rows = [
+        (*values, version, 0, now_ms) for journeys, _ in customers.values() for values in journeys
     ]
-    live_conflicts = {row[0:1] + row[3:7] for row in conflicts}
-    stale_conflicts = (
-        _current_ids(
-            client,
-            "SELECT event_id, identifier_type, identifier_value, linked_type, linked_value "
-            "FROM identity_conflicts",
-        )
-        - live_conflicts
-    )
-    conflicts += [(e, now, "", t, v, lt, lv, [], version, 1, now) for e, t, v, lt, lv in stale_conflicts]
-    _insert(client, "identity_conflict_versions", conflict_columns, conflicts)
+    tp_rows = [(*values, version, now_ms) for _, touchpoints in customers.values() for values in touchpoints]
+    current = client.query(
+        "SELECT journey_id FROM journeys WHERE customer_id IN {ids:Array(String)}",
+        parameters={"ids": sorted(customers)},
+    ).result_rows
+    stale = {row[0] for row in current} - {row[0] for row in journey_rows}
+    tombstones = _tombstones(client, stale, version, now)
+    _insert(client, "journey_versions", JOURNEY_COLUMNS, journey_rows + tombstones)
+    _insert(client, "touchpoint_versions", TOUCHPOINT_COLUMNS, tp_rows)
+    return len(journey_rows), len(tombstones)
+
+
+def write_identity_changes(
+    client: Client,
+    identities: Iterable[Sequence[str]],
+    merges_added: Iterable[Sequence[Any]] = (),
+    merges_removed: Iterable[Sequence[Any]] = (),
+    conflicts_added: Iterable[Sequence[Any]] = (),
+    conflicts_removed: Iterable[Sequence[Any]] = (),
+) -> None:
+    """Upsert changed identifier assignments; apply identity-log changes (as `merge_values` gives them)."""
+    version, now_ms = _clock.next(), _ms(datetime.now(UTC))
+    _insert(client, "identity_versions", IDENTITY_COLUMNS, [(*row, version, now_ms) for row in identities])
+    merges = [(*values, version, 0, now_ms) for values in merges_added]
+    merges += [_merge_tombstone(_merge_key(values), version, now_ms) for values in merges_removed]
+    _insert(client, "identity_merge_versions", MERGE_COLUMNS, merges)
+    conflicts = [(*values, version, 0, now_ms) for values in conflicts_added]
+    conflicts += [_conflict_tombstone(_conflict_key(values), version, now_ms) for values in conflicts_removed]
+    _insert(client, "identity_conflict_versions", CONFLICT_COLUMNS, conflicts)
 
 
 def write_run(client: Client, summary: Any, command: str) -> None:
