@@ -235,7 +235,7 @@ def journey_values(journey: Journey) -> tuple:
         journey.status.value,
         _ms(journey.started_at),
         _ms(journey.ended_at),
-        _ms(journey.last_active_at),
+        _ms_or_none(journey.last_active_at),
         journey.entry_channel.value,
         journey.last_phase.value,
         journey.last_channel.value,

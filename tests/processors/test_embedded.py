@@ -265,3 +265,22 @@ def test_a_directory_stands_for_its_input_files(tmp_path: Path, settings: Settin
     empty.mkdir()
     with pytest.raises(FileNotFoundError, match="holds no"):
         run([empty], settings)
+
+
+def test_a_journey_of_only_passive_touchpoints_is_stored(tmp_path: Path, settings: Settings) -> None:
+    # SendGrid "processed"/"delivered" are passive: sent to the customer, not done by them.
+    sent = [
+        {
+            "email": "new.lead@ziggo.nl",
+            "timestamp": 1788253200,
+            "event": event,
+            "sg_event_id": f"sg-{event}",
+            "sg_message_id": "m-1",
+        }
+        for event in ("processed", "delivered")
+    ]
+    path = tmp_path / "sendgrid.json"
+    path.write_bytes(orjson.dumps(sent))
+    summary = run([path], settings)
+    assert summary.touchpoints_new == 2
+    assert rows(settings.dsn, "SELECT touchpoint_count, last_active_at FROM journeys") == [(2, None)]
