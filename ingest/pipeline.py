@@ -63,6 +63,23 @@ def detect_format(obj: Any) -> str | None:
     return adapter.name if adapter is not None else None
 
 
+def record_format(record: RawRecord) -> str | None:
+    """The format of a raw record: its hint, else detected from its (first) object; None if unknown.
+
+    For routing (which channel's topic a record goes to) before it is parsed
+    properly; a record this cannot place is still parsed, and dead-lettered, downstream.
+    """
+    if record.format is not None:
+        return record.format if record.format in ADAPTERS else None
+    try:
+        obj = orjson.loads(record.raw)
+    except orjson.JSONDecodeError:
+        obj = parse_form(record.raw)
+    if isinstance(obj, list):
+        obj = obj[0] if obj else None
+    return detect_format(obj) if obj is not None else None
+
+
 def parse_records(
     records: Iterable[RawRecord], context: IngestContext, format: str | None = None
 ) -> Iterator[Outcome]:

@@ -8,8 +8,9 @@ agree on this and nothing else:
 - one message = one `RawRecord`: the value is the record's bytes exactly as
   received (a Segment call or batch, a SendGrid POST body, a Twilio form body,
   one call-CSV row as a JSON object, a social record); headers carry `format`
-  (the adapter name; absent: detect per record), `origin` and `received_at`
-  (epoch milliseconds, ASCII);
+  (the adapter name; absent: detect per record), `origin`, `received_at`
+  (epoch milliseconds, ASCII) and, for a record the reader already found
+  damaged (a CSV row with the wrong field count), `error`;
 - the key is a keyed hash of the record's source identity, so one visitor,
   address or call stays in order on one partition and no PII is in the key;
 - `<prefix>.dead-letters` holds records any stage refused: the value is the
@@ -23,7 +24,12 @@ import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import parse_qs
 
+import orjson
+
+from .pii import PiiHasher
 from .records import DeadLetter, RawRecord
 
 DEFAULT_PREFIX = "journeys"
@@ -87,6 +93,67 @@ class Topics:
         return f"{self.prefix}.state"
 
 
+# Fields naming who or what a record is about, most specific first. Twilio callbacks
+# are keyed by call (CallSid), so the progress events of one call stay in order
+# without putting every outbound call (From = the organisation) on one partition.
+_SOURCE_FIELDS: tuple[str, ...] = (
+    "userId",
+    "anonymousId",
+    "email",
+    "CallSid",
+    "call_id",
+    "handle",
+    "user_id",
+    "id",
+)
+
+
+def source_identity(raw: bytes) -> str | None:
+    """Who or what a raw record is about (`field:value`), read cheaply; None if it names nobody.
+
+    Batch envelopes (a Segment batch, a SendGrid array) are keyed by their
+    first element: a batch travels as one message, so it stays in order with
+    itself whatever its key.
+    """
+    text = raw.lstrip()
+    if not text:
+        return None
+    if text[:1] not in (b"{", b"["):
+        fields = parse_qs(text.decode("utf-8", "replace"), max_num_fields=200)
+        return _identity_of({name: values[0] for name, values in fields.items() if values})
+    try:
+        return _identity_of(orjson.loads(text))
+    except orjson.JSONDecodeError:
+        return None
+
+
+def _identity_of(obj: Any) -> str | None:
+    for _ in range(3):  # [first element] -> {"batch": [first message]} / {"entry": [...]}
+        if isinstance(obj, list):
+            obj = obj[0] if obj else None
+        elif isinstance(obj, dict) and isinstance(obj.get("batch") or obj.get("entry"), list):
+            obj = obj.get("batch") or obj.get("entry")
+        else:
+            break
+    if not isinstance(obj, dict):
+        return None
+    for name in _SOURCE_FIELDS:
+        value = obj.get(name)
+        if isinstance(value, str | int) and not isinstance(value, bool) and str(value).strip():
+            return f"{name}:{value}"
+    return None
+
+
+def message_key(raw: bytes, hasher: PiiHasher) -> bytes | None:
+    """The Kafka key of a raw record: a keyed hash of its source identity (no PII in keys).
+
+    None when the record names nobody; the producer then spreads such records
+    over the partitions (a malformed record has no order to keep).
+    """
+    identity = source_identity(raw)
+    return None if identity is None else hasher.hash(identity)[:32].encode("ascii")
+
+
 def bootstrap_from_env(environ: Mapping[str, str] | None = None) -> str:
     env = os.environ if environ is None else environ
     return env.get(KAFKA_ENV, "").strip() or DEFAULT_BOOTSTRAP
@@ -101,6 +168,8 @@ def raw_headers(record: RawRecord, received_at: datetime) -> list[tuple[str, byt
     headers = [("origin", record.origin.encode("utf-8")), ("received_at", str(_ms(received_at)).encode())]
     if record.format is not None:
         headers.append(("format", record.format.encode("utf-8")))
+    if record.error is not None:
+        headers.append(("error", record.error.encode("utf-8")))
     return headers
 
 
@@ -117,7 +186,8 @@ def record_from_message(
     format_name = fields.get("format", b"").decode("utf-8", "replace") or None
     if value is None:
         return RawRecord(b"", origin, format_name, error="empty Kafka message (no value)")
-    return RawRecord(value, origin, format_name)
+    error = fields.get("error")
+    return RawRecord(value, origin, format_name, error.decode("utf-8", "replace") if error else None)
 
 
 def received_at_of(headers: Headers | None) -> datetime | None:

@@ -249,6 +249,113 @@ def unlink(
     )
 
 
+KafkaOption = Annotated[
+    str | None,
+    typer.Option("--kafka", help="Kafka bootstrap HOST:PORT (default: $JOURNEYS_KAFKA or localhost:9092)."),
+]
+
+
+@app.command()
+def worker(
+    kafka: KafkaOption = None,
+    config: ConfigOption = None,
+    rules: RulesOption = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(help="Port of /metrics (Prometheus); default $JOURNEYS_METRICS_PORT or 9108."),
+    ] = None,
+    data_dir: Annotated[Path, typer.Option(help="Faust's local data directory.")] = Path(".journeys/worker"),
+    partitions: Annotated[
+        int | None,
+        typer.Option(help="Partitions of missing raw/dead-letter topics ($JOURNEYS_PARTITIONS or 6).", min=1),
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Records per batch through the core.", min=1)] = 2000,
+    session_timeout: Annotated[float | None, typer.Option(help="Kafka group session timeout, s.")] = None,
+    heartbeat_interval: Annotated[float | None, typer.Option(help="Kafka group heartbeat, s.")] = None,
+    rebalance_timeout: Annotated[float | None, typer.Option(help="Kafka group rebalance timeout, s.")] = None,
+) -> None:
+    """Run the stream processors (normalise, reconstruct) as a Faust worker; start several to scale."""
+    import dataclasses
+    import os
+
+    import faust
+    from kafka.errors import KafkaError
+
+    from ingest.kafka import TopicLayoutError, ensure_topics
+    from ingest.pii import PiiKeyError
+    from ingest.topics import Topics, bootstrap_from_env
+    from processors.stream.app import StreamConfig, create_app
+
+    settings = _settings(None, config, rules)
+    try:
+        settings.pii_key()
+    except PiiKeyError as exc:
+        _fail(str(exc))
+    timeouts = (session_timeout, heartbeat_interval, rebalance_timeout)
+    port = metrics_port if metrics_port is not None else int(os.environ.get("JOURNEYS_METRICS_PORT", "9108"))
+    stream_config = StreamConfig(
+        bootstrap=kafka or bootstrap_from_env(),
+        topics=Topics.from_env(),
+        batch_size=batch_size,
+        web_port=port or None,
+        data_dir=str(data_dir),
+        group_timeouts=None if None in timeouts else timeouts,  # type: ignore[arg-type]
+    )
+    try:
+        counts = ensure_topics(stream_config.bootstrap, stream_config.topics, partitions)
+    except (KafkaError, TopicLayoutError) as exc:
+        _fail(f"Kafka at {stream_config.bootstrap}: {exc}")
+    stream_config = dataclasses.replace(stream_config, partitions=counts[stream_config.topics.raw("web")])
+    faust_app = create_app(settings, stream_config)
+    faust.Worker(faust_app, loglevel="INFO").execute_from_commandline()
+
+
+@app.command()
+def sink(
+    kafka: KafkaOption = None,
+    db: DbOption = None,
+    config: ConfigOption = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(help="Port of /metrics (Prometheus); default $JOURNEYS_METRICS_PORT or 9109."),
+    ] = None,
+    max_messages: Annotated[int, typer.Option(help="Most messages per ClickHouse write.", min=1)] = 5000,
+    max_seconds: Annotated[float, typer.Option(help="Longest wait before a partial batch is written.")] = 1.0,
+    idle_exit: Annotated[
+        float | None, typer.Option(help="Stop after this many seconds without messages (replays).")
+    ] = None,
+) -> None:
+    """Write the stream processors' output to ClickHouse (the only writer of an embedded database)."""
+    import logging
+    import os
+
+    from ingest.topics import Topics, bootstrap_from_env
+    from processors.stream.sink import SinkConfig, run_sink
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    settings = _settings(db, config)
+    port = metrics_port if metrics_port is not None else int(os.environ.get("JOURNEYS_METRICS_PORT", "9109"))
+    try:
+        client = connect(settings.dsn)
+        migrate(client)
+    except StorageError as exc:
+        _fail(str(exc))
+    sink_config = SinkConfig(
+        bootstrap=kafka or bootstrap_from_env(),
+        topics=Topics.from_env(),
+        max_messages=max_messages,
+        max_seconds=max_seconds,
+        idle_exit=idle_exit,
+        metrics_port=port or None,
+    )
+    summary = run_sink(lambda: client, sink_config)
+    console.print(
+        f"sink: {summary.messages:,} messages in {summary.batches:,} batches; {summary.events:,} events, "
+        f"{summary.journeys_written:,} journey rows, {summary.journeys_deleted:,} deleted, "
+        f"{summary.dead_letters:,} dead letters, {summary.retries} retries"
+    )
+
+
 def _progress() -> Progress:
     return Progress(
         TextColumn("[progress.description]{task.description}"),

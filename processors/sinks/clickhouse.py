@@ -553,11 +553,17 @@ def write_identity_changes(
     """Upsert changed identifier assignments; apply identity-log changes (as `merge_values` gives them)."""
     version, now_ms = _clock.next(), _ms(datetime.now(UTC))
     _insert(client, "identity_versions", IDENTITY_COLUMNS, [(*row, version, now_ms) for row in identities])
+    # A removed entry whose key is re-added (same event, other survivor) is replaced, not deleted:
+    # a tombstone and a row with one key and one version would leave the winner to chance.
     merges = [(*values, version, 0, now_ms) for values in merges_added]
-    merges += [_merge_tombstone(_merge_key(values), version, now_ms) for values in merges_removed]
+    kept = {_merge_key(values) for values in merges_added}
+    stale = {_merge_key(values) for values in merges_removed} - kept
+    merges += [_merge_tombstone(key, version, now_ms) for key in sorted(stale)]
     _insert(client, "identity_merge_versions", MERGE_COLUMNS, merges)
     conflicts = [(*values, version, 0, now_ms) for values in conflicts_added]
-    conflicts += [_conflict_tombstone(_conflict_key(values), version, now_ms) for values in conflicts_removed]
+    kept = {_conflict_key(values) for values in conflicts_added}
+    stale = {_conflict_key(values) for values in conflicts_removed} - kept
+    conflicts += [_conflict_tombstone(key, version, now_ms) for key in sorted(stale)]
     _insert(client, "identity_conflict_versions", CONFLICT_COLUMNS, conflicts)
 
 

@@ -1,0 +1,119 @@
+"""Replay files into the raw topics: what `journeys produce` does.
+
+Each raw record (a line, an array element, a CSV row, as `ingest.files` reads
+them) becomes one message on its channel's raw topic, framed as
+`ingest.topics` describes: the record's bytes unchanged, `format`/`origin`/
+`received_at` headers, and a keyed hash of its source identity as the key, so
+one visitor, address or call stays in order on one partition.
+
+The producer is idempotent with acks from all in-sync replicas
+(`ingest.kafka.make_producer`): a retried send is never written twice. A record
+whose format cannot be told goes to the web topic without a `format` header;
+the normalise stage dead-letters it with the reason, so it is never dropped.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from .files import read_records
+from .kafka import ensure_topics, make_producer
+from .pii import PiiHasher
+from .pipeline import record_format
+from .records import RawRecord
+from .topics import FORMAT_CHANNEL, Topics, message_key, raw_headers
+
+UNPLACED_CHANNEL = "web"  # where records of no known format go, to be dead-lettered downstream
+
+
+@dataclass
+class ProduceSummary:
+    """What a replay sent: records per topic, and per file."""
+
+    records: int = 0
+    by_topic: Counter[str] = field(default_factory=Counter)
+    by_file: Counter[str] = field(default_factory=Counter)
+    unplaced: int = 0  # of unknown format: sent to the web topic for the normalise stage to dead-letter
+    failed: int = 0  # not acknowledged by Kafka
+    first_error: BaseException | None = None
+
+    def fail(self, exc: BaseException) -> None:
+        self.failed += 1
+        self.first_error = self.first_error or exc
+
+
+def route(record: RawRecord, topics: Topics) -> tuple[str, RawRecord]:
+    """The raw topic for a record, and the record with its format made explicit when detected."""
+    name = record_format(record)
+    if name is None:
+        return topics.raw(UNPLACED_CHANNEL), record
+    placed = record if record.format == name else RawRecord(record.raw, record.origin, name, record.error)
+    return topics.raw(FORMAT_CHANNEL[name]), placed
+
+
+def produce_records(
+    records: Iterable[RawRecord],
+    producer: Any,
+    topics: Topics,
+    hasher: PiiHasher,
+    summary: ProduceSummary,
+    *,
+    file: str = "",
+) -> None:
+    """Send records without waiting; `producer.flush()` (done by `produce_files`) waits for them all."""
+    for record in records:
+        topic, placed = route(record, topics)
+        producer.send(
+            topic,
+            key=message_key(placed.raw, hasher),
+            value=placed.raw,
+            headers=raw_headers(placed, received_at=datetime.now(UTC)),
+        ).add_errback(summary.fail)
+        summary.records += 1
+        summary.by_topic[topic] += 1
+        summary.by_file[file] += 1
+        summary.unplaced += placed.format is None
+
+
+class ProduceError(RuntimeError):
+    """Kafka did not take every record (after the producer's own retries)."""
+
+
+def produce_files(
+    paths: Iterable[Path],
+    bootstrap: str,
+    topics: Topics,
+    hasher: PiiHasher,
+    *,
+    format: str | None = None,
+    on_file: Callable[[Path, int], None] | None = None,
+    producer_options: dict[str, Any] | None = None,
+) -> ProduceSummary:
+    """Replay files into the raw topics; returns once Kafka has acknowledged every record.
+
+    Raises `ProduceError` if any record was not acknowledged (the file can be
+    replayed again: the workers drop duplicate event ids).
+    """
+    ensure_topics(bootstrap, topics)
+    summary = ProduceSummary()
+    producer = make_producer(bootstrap, **(producer_options or {}))
+    try:
+        for path in paths:
+            before = summary.records
+            produce_records(read_records(path, format), producer, topics, hasher, summary, file=str(path))
+            if on_file is not None:
+                on_file(path, summary.records - before)
+        producer.flush()
+    finally:
+        producer.close()
+    if summary.failed:
+        raise ProduceError(
+            f"Kafka did not acknowledge {summary.failed:,} of {summary.records:,} records: "
+            f"{summary.first_error}"
+        ) from summary.first_error
+    return summary

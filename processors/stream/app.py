@@ -1,0 +1,285 @@
+"""The Faust app: normalise and reconstruct stages around the pure core.
+
+Both stages take Kafka batches (`take_events`) and hand them to the core whole:
+a one-record-at-a-time agent is about 40 times slower than the broker.
+
+- **normalise** runs `ingest.pipeline.parse_records` on raw-topic messages and
+  sends canonical touchpoints (keyed by event_id) and dead letters on.
+- **reconstruct** keeps every accepted touchpoint in the `event-log` table
+  (backed by its changelog topic, so a restarted or moved worker recovers it),
+  folds them with `Reconstruction` — rebuilt from the table after every
+  partition assignment — and publishes each batch's changed customers, identity
+  changes and new events to the state topic for the ClickHouse sink.
+
+The touchpoints topic has one partition: identity stitching is a connected-
+components problem over all identifiers, and one owner of the whole graph is
+what makes merges across any two customers exact. Normalising (the expensive,
+per-record part) scales with the raw topics' partitions and the workers.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import faust
+from pydantic import ValidationError
+
+from ingest.pipeline import parse_records
+from ingest.records import DeadLetter
+from ingest.topics import Topics, dead_letter_headers, record_from_message
+from journeys.fold import JourneyStatus
+from journeys.live import BatchResult, LiveReconstruction
+from journeys.reconstruct import Admission, Reconstruction
+from journeys.touchpoint import Touchpoint
+from processors.config import Settings
+from processors.embedded import ingest_context, refusal_letter
+from processors.stream.messages import decode_touchpoint, encode_touchpoint, state_messages
+from processors.stream.metrics import Metrics
+
+log = logging.getLogger("journeys.worker")
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    """How a worker reaches Kafka and batches its work.
+
+    The group timeouts default to Faust's; tests against the in-memory broker
+    lower them (the first group join otherwise takes about 30 s there).
+    """
+
+    bootstrap: str
+    topics: Topics = field(default_factory=Topics)
+    app_id: str = "journeys"
+    batch_size: int = 2000
+    batch_seconds: float = 0.5
+    partitions: int = 6
+    replication_factor: int = 1
+    web_port: int | None = 9108
+    data_dir: str = ".journeys/worker"
+    group_timeouts: tuple[float, float, float] | None = None  # (session, heartbeat, rebalance) seconds
+
+
+Message = tuple[bytes | str, bytes | DeadLetter]  # a state-topic message, or a dead letter to send
+
+
+def _origin(event: Any) -> str:
+    return f"{event.message.topic}[{event.message.partition}]@{event.message.offset}"
+
+
+def _first_error(exc: ValidationError) -> str:
+    errors = exc.errors()
+    if not errors:
+        return str(exc)
+    where = ".".join(str(part) for part in errors[0]["loc"])
+    return f"{where}: {errors[0]['msg']}" if where else errors[0]["msg"]
+
+
+def _headers(event: Any) -> list[tuple[str, bytes]]:
+    headers = event.headers or {}
+    return list(headers.items()) if isinstance(headers, dict) else list(headers)
+
+
+class EventLogTable(faust.Table):
+    """A one-partition table written after a whole batch, not inside one event.
+
+    Faust takes a key's changelog partition from the event being processed;
+    a batch (`take_events`) has no single current event, and the table has
+    exactly one partition, so every key goes to partition 0.
+    """
+
+    def partition_for_key(self, key: Any) -> int:
+        return 0
+
+
+class ReconstructStage:
+    """The reconstruct stage's in-memory aggregate, rebuilt from the event-log table when needed."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.live: LiveReconstruction | None = None
+        self._open: dict[str, int] = {}  # customer id -> open journeys, for the gauge
+
+    @property
+    def open_journeys(self) -> int:
+        return sum(self._open.values())
+
+    def count_open(self, result: BatchResult) -> None:
+        for customer, journeys in result.journeys.items():
+            self._open[customer] = sum(1 for j in journeys if j.status is JourneyStatus.OPEN)
+
+    def reset(self) -> None:
+        """Partitions moved: the table is restored again, so the aggregate must be rebuilt from it."""
+        self.live = None
+        self._open.clear()
+
+    def rebuild(self, stored: Sequence[bytes]) -> tuple[LiveReconstruction, BatchResult]:
+        """The aggregate as a fold over the stored event log; the result re-reports everything."""
+        settings = self.settings
+        reconstruction = Reconstruction(settings.rules(), settings.identity, settings.journey)
+        reconstruction.admit_all(decode_touchpoint(raw) for raw in stored)
+        self.live = LiveReconstruction(reconstruction)
+        result = self.live.rebuild_result()
+        self.count_open(result)
+        return self.live, result
+
+
+def create_app(settings: Settings, config: StreamConfig) -> faust.App:
+    """The worker app; `journeys worker` runs it, tests start it in real worker processes."""
+    options: dict[str, Any] = {
+        "broker": f"kafka://{config.bootstrap}",
+        "store": "memory://",
+        "value_serializer": "raw",
+        "key_serializer": "raw",
+        "topic_partitions": config.partitions,
+        "topic_replication_factor": config.replication_factor,
+        "consumer_auto_offset_reset": "earliest",
+        "web_enabled": config.web_port is not None,
+        "web_port": config.web_port or 6066,
+        "web_bind": "0.0.0.0",
+        "producer_acks": -1,
+        "datadir": config.data_dir,
+    }
+    if config.group_timeouts is not None:
+        session, heartbeat, rebalance = config.group_timeouts
+        options |= {
+            "broker_session_timeout": session,
+            "broker_heartbeat_interval": heartbeat,
+            "broker_rebalance_timeout": rebalance,
+        }
+    app = faust.App(config.app_id, **options)
+    topics, metrics = config.topics, Metrics()
+    context = ingest_context(settings, create_key=False)
+    raw_topic = app.topic(*topics.all_raw, key_type=bytes, value_type=bytes)
+    touchpoints_topic = app.topic(topics.touchpoints, partitions=1, key_type=bytes, value_type=bytes)
+    state_topic = app.topic(topics.state, partitions=1, key_type=bytes, value_type=bytes)
+    dead_letter_topic = app.topic(topics.dead_letters, key_type=bytes, value_type=bytes)
+    event_log = app.tables.add(
+        EventLogTable(
+            app,
+            name="event-log",
+            beacon=app.tables.beacon,
+            partitions=1,
+            key_type=bytes,
+            value_type=bytes,
+            help="Every accepted touchpoint by event id: the log the reconstruction folds.",
+        )
+    )
+    stage = ReconstructStage(settings)
+
+    async def send_dead_letter(letter: DeadLetter, stage_name: str) -> None:
+        metrics.inc("journeys_dead_letters_total", stage=stage_name)
+        await dead_letter_topic.send(
+            key=letter.origin.encode("utf-8"),
+            value=letter.raw,
+            headers=dead_letter_headers(letter, stage_name),
+        )
+
+    @app.agent(raw_topic)
+    async def normalise(stream: faust.StreamT) -> None:
+        async for events in stream.take_events(config.batch_size, within=config.batch_seconds):
+            records = [
+                record_from_message(
+                    event.value,
+                    _headers(event),
+                    topic=event.message.topic,
+                    partition=event.message.partition,
+                    offset=event.message.offset,
+                )
+                for event in events
+            ]
+            metrics.inc("journeys_records_in_total", len(records), stage="normalise")
+            out = 0
+            for outcome in parse_records(records, context):
+                if isinstance(outcome, DeadLetter):
+                    await send_dead_letter(outcome, "normalise")
+                else:
+                    out += 1
+                    await touchpoints_topic.send(
+                        key=outcome.event_id.encode(), value=encode_touchpoint(outcome)
+                    )
+            metrics.inc("journeys_records_out_total", out, stage="normalise")
+
+    def fold_batch(batch: list[Touchpoint], raw_events: dict[str, bytes], now: datetime) -> list[Message]:
+        """Admit one batch into the aggregate (rebuilt from the event log first if needed)."""
+        messages: list[Message] = []
+        live = stage.live
+        if live is None:
+            stored = {key.decode(): value for key, value in event_log.items()}
+            live, rebuilt = stage.rebuild(list(stored.values()))
+            log.info("reconstruct: rebuilt from %d stored events", len(stored))
+            messages += state_messages(rebuilt, live.reconstruction, stored, now)
+        result = live.admit_batch(batch)
+        for touchpoint, admission in result.admissions:
+            if admission in (Admission.CONFLICT, Admission.UNIDENTIFIED):
+                messages.append(("letter", refusal_letter(touchpoint, admission)))
+        messages += state_messages(result, live.reconstruction, raw_events, now)
+        for touchpoint in result.new_touchpoints:
+            event_log[touchpoint.event_id.encode()] = raw_events[touchpoint.event_id]
+        stage.count_open(result)
+        return messages
+
+    async def publish(messages: list[Message]) -> None:
+        for key, value in messages:
+            if isinstance(value, DeadLetter):
+                await send_dead_letter(value, "reconstruct")
+            else:
+                await state_topic.send(key=key, value=value)
+
+    @app.agent(touchpoints_topic)
+    async def reconstruct(stream: faust.StreamT) -> None:
+        async for events in stream.take_events(config.batch_size, within=config.batch_seconds):
+            metrics.inc("journeys_records_in_total", len(events), stage="reconstruct")
+            now = datetime.now(UTC)
+            batch: list[Touchpoint] = []
+            raw_events: dict[str, bytes] = {}
+            for event in events:
+                try:
+                    touchpoint = decode_touchpoint(event.value)
+                except ValidationError as exc:
+                    reason = f"not a canonical touchpoint: {_first_error(exc)}"
+                    await send_dead_letter(
+                        DeadLetter(event.value or b"", reason, "touchpoint", _origin(event), now),
+                        "reconstruct",
+                    )
+                    continue
+                batch.append(touchpoint)
+                raw_events[touchpoint.event_id] = event.value
+            try:
+                messages = fold_batch(batch, raw_events, now)
+            except Exception:
+                # A fault in the core must not stall the log or lose the batch: rebuild
+                # from the event log, then admit one touchpoint at a time so only the
+                # touchpoint that fails again is dead-lettered.
+                log.exception("reconstruct: batch of %d failed; retrying one at a time", len(batch))
+                stage.reset()
+                messages = []
+                for touchpoint in batch:
+                    try:
+                        messages += fold_batch([touchpoint], raw_events, now)
+                    except Exception as exc:
+                        stage.reset()
+                        reason = f"reconstruction failed: {type(exc).__name__}: {exc}"
+                        raw = raw_events[touchpoint.event_id]
+                        messages.append(
+                            ("letter", DeadLetter(raw, reason, "touchpoint", touchpoint.event_id, now))
+                        )
+            await publish(messages)
+            metrics.inc("journeys_records_out_total", len(messages), stage="reconstruct")
+            metrics.set("journeys_open_journeys", stage.open_journeys)
+
+    @app.on_partitions_assigned.connect
+    async def on_assigned(app: faust.App, assigned: set, **kwargs: Any) -> None:
+        stage.reset()
+
+    if config.web_port is not None:
+
+        @app.page("/metrics")
+        async def metrics_page(web: Any, request: Any) -> Any:
+            return web.text(metrics.render(), content_type="text/plain; version=0.0.4")
+
+    app.journeys_metrics = metrics  # type: ignore[attr-defined]
+    return app

@@ -1,0 +1,61 @@
+"""Prometheus metrics in the text exposition format, without a client library.
+
+A handful of counters and gauges with labels is all the workers and the sink
+need; the text format (version 0.0.4) is stable and small.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+
+_HELP = {
+    "journeys_records_in_total": ("counter", "Records taken in, per stage"),
+    "journeys_records_out_total": ("counter", "Records sent on, per stage"),
+    "journeys_dead_letters_total": ("counter", "Records refused with a reason, per stage"),
+    "journeys_open_journeys": ("gauge", "Journeys currently open (not converted, not dropped)"),
+    "journeys_sink_batches_total": ("counter", "Batches written to ClickHouse"),
+    "journeys_sink_rows_total": ("counter", "Rows written to ClickHouse, per table"),
+    "journeys_sink_batch_size": ("gauge", "Messages in the last batch written"),
+    "journeys_sink_batch_seconds": ("gauge", "Seconds the last batch took to write"),
+    "journeys_sink_retries_total": ("counter", "Failed ClickHouse writes that were retried"),
+    "journeys_consumer_lag": ("gauge", "Messages not yet consumed, per topic partition"),
+}
+
+
+class Metrics:
+    """Thread-safe counters and gauges keyed by (name, labels)."""
+
+    def __init__(self) -> None:
+        self._values: dict[tuple[str, tuple[tuple[str, str], ...]], float] = defaultdict(float)
+        self._lock = threading.Lock()
+
+    def inc(self, name: str, amount: float = 1, **labels: str) -> None:
+        with self._lock:
+            self._values[(name, tuple(sorted(labels.items())))] += amount
+
+    def set(self, name: str, value: float, **labels: str) -> None:
+        with self._lock:
+            self._values[(name, tuple(sorted(labels.items())))] = value
+
+    def get(self, name: str, **labels: str) -> float:
+        with self._lock:
+            return self._values.get((name, tuple(sorted(labels.items()))), 0.0)
+
+    def render(self) -> str:
+        with self._lock:
+            items = sorted(self._values.items())
+        lines: list[str] = []
+        seen: set[str] = set()
+        for (name, labels), value in items:
+            if name not in seen:
+                seen.add(name)
+                kind, text = _HELP.get(name, ("untyped", name))
+                lines += [f"# HELP {name} {text}", f"# TYPE {name} {kind}"]
+            label_text = ",".join(f'{k}="{_escape(v)}"' for k, v in labels)
+            lines.append(f"{name}{{{label_text}}} {value:g}" if label_text else f"{name} {value:g}")
+        return "\n".join(lines) + "\n"
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")

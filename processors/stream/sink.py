@@ -1,0 +1,265 @@
+"""The ClickHouse sink: the state and dead-letter topics in, batched idempotent writes out.
+
+It is its own consumer process (`journeys sink`) so that exactly one process
+writes an embedded chDB database. The state topic has one partition (changes
+must be applied in the order the reconstruct stage made them), so one sink
+runs per deployment; a second one in the group stands by and takes over.
+
+- **Batches** are bounded by message count and by time, whichever comes first.
+- **At least once**: offsets are committed only after a batch is written. A
+  redelivered batch rewrites the same rows (ReplacingMergeTree keyed on event,
+  journey and identifier ids), so nothing is counted twice.
+- **Back-pressure**: when ClickHouse fails, the batch is retried with
+  exponential backoff and no further messages are polled until it is written;
+  Kafka holds the rest.
+- **Shutdown** (SIGTERM, SIGINT, or `idle_exit` seconds without messages):
+  the pending batch is written and committed before the consumer leaves.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import orjson
+from clickhouse_connect.driver.client import Client
+
+from ingest.kafka import ensure_topics
+from ingest.records import DeadLetter
+from ingest.topics import Topics, received_at_of
+from processors.sinks import clickhouse as tables
+from processors.stream.messages import decode_touchpoint
+from processors.stream.metrics import Metrics
+
+log = logging.getLogger("journeys.sink")
+
+
+@dataclass(frozen=True)
+class SinkConfig:
+    bootstrap: str
+    topics: Topics = field(default_factory=Topics)
+    group_id: str = "journeys-sink"
+    max_messages: int = 5000
+    max_seconds: float = 1.0
+    idle_exit: float | None = None  # stop after this many seconds without a message (replays, tests)
+    metrics_port: int | None = 9109
+    retry_initial: float = 0.5
+    retry_max: float = 30.0
+    session_timeout_ms: int = 10_000
+    heartbeat_interval_ms: int = 3_000
+
+
+@dataclass
+class SinkSummary:
+    messages: int = 0
+    batches: int = 0
+    events: int = 0
+    journeys_written: int = 0
+    journeys_deleted: int = 0
+    dead_letters: int = 0
+    retries: int = 0
+
+
+def _header_text(headers: Iterable[tuple[str, bytes]] | None, name: str, default: str = "") -> str:
+    for key, value in headers or ():
+        if key == name and value is not None:
+            return value.decode("utf-8", "replace")
+    return default
+
+
+def write_batch(client: Client, records: list[Any], topics: Topics, summary: SinkSummary) -> None:
+    """Write one batch of consumer records (state and dead-letter messages) to ClickHouse."""
+    events, letters, identity_messages = [], [], []
+    customers: dict[str, tuple[list, list]] = {}
+    for record in records:
+        if record.topic == topics.dead_letters:
+            headers = record.headers
+            letters.append(
+                DeadLetter(
+                    raw=record.value or b"",
+                    reason=_header_text(headers, "reason", "no reason given"),
+                    format=_header_text(headers, "format", "unknown"),
+                    origin=_header_text(
+                        headers, "origin", f"{record.topic}[{record.partition}]@{record.offset}"
+                    ),
+                    received_at=received_at_of(headers) or datetime.now(UTC),
+                )
+            )
+            continue
+        try:
+            message = orjson.loads(record.value)
+            kind = message.get("kind")
+            if kind == "events":
+                events.extend(decode_touchpoint(orjson.dumps(raw)) for raw in message["events"])
+            elif kind == "identity":
+                identity_messages.append(message)
+            elif kind == "customer":
+                # Later snapshots of a customer replace earlier ones within the batch.
+                customers[message["customer_id"]] = (message["journeys"], message["touchpoints"])
+            else:
+                raise ValueError(f"unknown kind {kind!r}")
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            # A poison message must not stall the partition: it becomes a dead letter.
+            letters.append(
+                DeadLetter(
+                    raw=record.value or b"",
+                    reason=f"unreadable state message: {type(exc).__name__}: {str(exc)[:200]}",
+                    format="state",
+                    origin=f"{record.topic}[{record.partition}]@{record.offset}",
+                    received_at=datetime.now(UTC),
+                )
+            )
+    if events:
+        summary.events += tables.write_events(client, events)
+    if letters:
+        summary.dead_letters += tables.write_dead_letters(client, letters, "stream")
+    for message in identity_messages:
+        tables.write_identity_changes(
+            client,
+            message.get("identities", []),
+            message.get("merges_added", []),
+            message.get("merges_removed", []),
+            message.get("conflicts_added", []),
+            message.get("conflicts_removed", []),
+        )
+    written, deleted = tables.write_customer_journeys(client, customers)
+    summary.journeys_written += written
+    summary.journeys_deleted += deleted
+
+
+class _MetricsHandler(BaseHTTPRequestHandler):
+    metrics: Metrics
+
+    def do_GET(self) -> None:
+        if self.path != "/metrics":
+            self.send_error(404)
+            return
+        body = self.metrics.render().encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain; version=0.0.4")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return
+
+
+def serve_metrics(metrics: Metrics, port: int) -> ThreadingHTTPServer:
+    handler = type("Handler", (_MetricsHandler,), {"metrics": metrics})
+    server = ThreadingHTTPServer(("0.0.0.0", port), handler)
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+    return server
+
+
+def run_sink(
+    connect: Callable[[], Client],
+    config: SinkConfig,
+    *,
+    stop: threading.Event | None = None,
+    metrics: Metrics | None = None,
+) -> SinkSummary:
+    """Consume until stopped; returns what was written."""
+    from kafka import KafkaConsumer
+
+    stop = stop or threading.Event()
+    metrics = metrics or Metrics()
+    summary = SinkSummary()
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: stop.set())
+    server = serve_metrics(metrics, config.metrics_port) if config.metrics_port is not None else None
+    consumer = KafkaConsumer(
+        bootstrap_servers=config.bootstrap,
+        group_id=config.group_id,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_poll_records=config.max_messages,
+        session_timeout_ms=config.session_timeout_ms,
+        heartbeat_interval_ms=config.heartbeat_interval_ms,
+    )
+    ensure_topics(config.bootstrap, config.topics)
+    consumer.subscribe([config.topics.state, config.topics.dead_letters])
+    client = connect()
+    pending: list[Any] = []
+    started = time.monotonic()
+    last_message = time.monotonic()
+    try:
+        while True:
+            timeout = (
+                max(0.0, config.max_seconds - (time.monotonic() - started)) if pending else config.max_seconds
+            )
+            polled = consumer.poll(
+                timeout_ms=int(timeout * 1000), max_records=config.max_messages - len(pending)
+            )
+            for records in polled.values():
+                if not pending:
+                    started = time.monotonic()
+                pending.extend(records)
+            if polled:
+                last_message = time.monotonic()
+            due = len(pending) >= config.max_messages or (
+                pending and time.monotonic() - started >= config.max_seconds
+            )
+            stopping = stop.is_set() or (
+                config.idle_exit is not None and time.monotonic() - last_message >= config.idle_exit
+            )
+            if pending and (due or stopping):
+                _write_with_retries(client, pending, config, summary, metrics, stop)
+                consumer.commit()
+                pending = []
+                _record_lag(consumer, metrics)
+            if stopping:
+                break
+    finally:
+        consumer.close()
+        if server is not None:
+            server.shutdown()
+    return summary
+
+
+def _write_with_retries(
+    client: Client, batch: list[Any], config: SinkConfig, summary: SinkSummary, metrics: Metrics, stop: Any
+) -> None:
+    delay = config.retry_initial
+    # Sort by partition then offset: messages of one key stay in order whatever poll returned.
+    batch.sort(key=lambda r: (r.topic, r.partition, r.offset))
+    while True:
+        began = time.monotonic()
+        try:
+            write_batch(client, batch, config.topics, summary)
+        except Exception as exc:  # ClickHouse down, slow or refusing: hold the batch and retry
+            summary.retries += 1
+            metrics.inc("journeys_sink_retries_total")
+            log.warning("ClickHouse write failed (%s); retrying in %.1f s", type(exc).__name__, delay)
+            if stop.wait(delay) and summary.retries > 3:
+                raise RuntimeError("stopping with an unwritten batch; its offsets stay uncommitted") from exc
+            delay = min(delay * 2, config.retry_max)
+            continue
+        summary.batches += 1
+        summary.messages += len(batch)
+        metrics.inc("journeys_sink_batches_total")
+        metrics.set("journeys_sink_batch_size", len(batch))
+        metrics.set("journeys_sink_batch_seconds", time.monotonic() - began)
+        metrics.inc("journeys_records_in_total", len(batch), stage="sink")
+        return
+
+
+def _record_lag(consumer: Any, metrics: Metrics) -> None:
+    assignment = consumer.assignment()
+    if not assignment:
+        return
+    for tp, end in consumer.end_offsets(list(assignment)).items():
+        metrics.set(
+            "journeys_consumer_lag",
+            max(0, end - consumer.position(tp)),
+            topic=tp.topic,
+            partition=str(tp.partition),
+        )

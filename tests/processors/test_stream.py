@@ -1,0 +1,193 @@
+"""The stream stack against a real broker: the same events give the same rows as `journeys run`.
+
+A Tansu broker (real Kafka protocol) is started by the session fixture, the
+workers run as real `journeys worker` processes, and the sink runs here (the
+only process writing this test session's chDB path).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from ingest.demo import generate
+from ingest.files import read_records
+from ingest.pii import PiiHasher
+from ingest.producer import produce_files
+from ingest.topics import Topics
+from processors.config import Settings
+from processors.embedded import expand_inputs, run
+from processors.storage import connect, migrate
+from processors.stream.sink import SinkConfig, run_sink
+
+pytestmark = pytest.mark.slow
+JOURNEYS = str(Path(sys.executable).with_name("journeys"))
+# Faust's default group timeouts make the first join take ~30 s on this broker.
+FAST_GROUP = ["--session-timeout", "6", "--heartbeat-interval", "1", "--rebalance-timeout", "6"]
+
+# Columns that record when or how far processing had got, not what happened (docs/stream.md).
+INGEST_TIME_COLUMNS = {
+    "touchpoints": {"received_at"},
+    "events": {"received_at", "ingested_at"},
+    "journeys": {"watermark"},
+}
+
+
+@pytest.fixture
+def stream_env(kafka_bootstrap: str, topic_prefix: str, tmp_path: Path, pii_key: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env |= {
+        "JOURNEYS_TOPIC_PREFIX": topic_prefix,
+        "JOURNEYS_PII_KEY": pii_key,
+        "JOURNEYS_KAFKA": kafka_bootstrap,
+    }
+    env.pop("JOURNEYS_DB", None)
+    return env
+
+
+@pytest.fixture
+def start_worker(stream_env: dict[str, str], tmp_path: Path) -> Iterator[Callable[[str], subprocess.Popen]]:
+    workers: list[subprocess.Popen] = []
+
+    def start(name: str) -> subprocess.Popen:
+        log = (tmp_path / f"{name}.log").open("wb")
+        process = subprocess.Popen(
+            [JOURNEYS, "worker", *FAST_GROUP, "--metrics-port", "0", "--data-dir", str(tmp_path / name)],
+            env=stream_env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        workers.append(process)
+        return process
+
+    yield start
+    for process in workers:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    for process in workers:
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+class SinkThread:
+    """The ClickHouse sink consuming in this process until stopped."""
+
+    def __init__(self, dsn: str, bootstrap: str, topics: Topics) -> None:
+        self.dsn = dsn
+        self.stop = threading.Event()
+        self.error: BaseException | None = None
+        config = SinkConfig(
+            bootstrap=bootstrap,
+            topics=topics,
+            metrics_port=None,
+            max_seconds=0.5,
+            session_timeout_ms=6000,
+            heartbeat_interval_ms=1000,
+        )
+        self.thread = threading.Thread(target=self._run, args=(config,), daemon=True)
+        self.thread.start()
+
+    def _run(self, config: SinkConfig) -> None:
+        try:
+            self.summary = run_sink(lambda: connect(self.dsn), config, stop=self.stop)
+        except BaseException as exc:  # surfaced by join()
+            self.error = exc
+
+    def join(self) -> None:
+        self.stop.set()
+        self.thread.join(timeout=60)
+        if self.error is not None:
+            raise self.error
+
+
+def count(dsn: str, query: str) -> int:
+    return connect(dsn).query(query).result_rows[0][0]
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str, logs: Path | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.5)
+    detail = ""
+    if logs is not None:
+        detail = "\n".join(p.read_text(errors="replace")[-3000:] for p in sorted(logs.glob("*.log")))
+    raise AssertionError(f"timed out waiting for {what}\n{detail}")
+
+
+def settled(dsn: str, expected_events: int) -> Callable[[], bool]:
+    """All events stored and the journeys unchanged for two seconds."""
+    last: list[tuple] = []
+
+    def check() -> bool:
+        if count(dsn, "SELECT count() FROM events") < expected_events:
+            return False
+        now = connect(dsn).query("SELECT count(), max(written_at) FROM journey_versions").result_rows[0]
+        if last and last[-1] == now and time.monotonic() - last[-2] >= 2:  # type: ignore[operator]
+            return True
+        if not last or last[-1] != now:
+            last[:] = [time.monotonic(), now]
+        return False
+
+    return check
+
+
+def rows_of(dsn: str, table: str, order_by: str) -> list[tuple]:
+    """A view's rows without its ingest-time columns."""
+    client = connect(dsn)
+    excluded = INGEST_TIME_COLUMNS.get(table, set())
+    columns = [c for c in client.query(f"SELECT * FROM {table} LIMIT 0").column_names if c not in excluded]
+    return client.query(f"SELECT {', '.join(columns)} FROM {table} ORDER BY {order_by}").result_rows
+
+
+def test_stream_gives_the_same_rows_as_the_embedded_run(
+    tmp_path: Path,
+    chdb_path: Path,
+    kafka_bootstrap: str,
+    topic_prefix: str,
+    pii_key: str,
+    start_worker: Callable,
+) -> None:
+    files = generate(customers=80, seed=5, days=40).write(tmp_path / "demo")
+    inputs = expand_inputs([*files.inputs()])
+    embedded = Settings(dsn=f"chdb://{chdb_path}?database={topic_prefix.replace('-', '_')}_embedded")
+    summary = run(inputs, embedded)
+    assert summary.accounted and summary.dead_letters > 0
+
+    topics = Topics(topic_prefix)
+    streamed = f"chdb://{chdb_path}?database={topic_prefix.replace('-', '_')}_stream"
+    produced = produce_files(inputs, kafka_bootstrap, topics, PiiHasher(pii_key))
+    assert produced.records == sum(1 for path in inputs for _ in read_records(path)) and not produced.failed
+    migrate(connect(streamed))
+    sink = SinkThread(streamed, kafka_bootstrap, topics)
+    start_worker("w1")
+    try:
+        wait_until(settled(streamed, summary.touchpoints_new), 180, "the stream to settle", tmp_path)
+    finally:
+        sink.join()
+
+    for table, order_by in (
+        ("touchpoints", "event_id"),
+        ("journeys", "journey_id"),
+        ("events", "event_id"),
+        ("identities", "identifier_type, identifier_value"),
+        ("identity_merges", "event_id, absorbed_customer_id"),
+        ("identity_conflicts", "event_id"),
+    ):
+        assert rows_of(streamed, table, order_by) == rows_of(embedded.dsn, table, order_by), table
+    dead_letters = "SELECT reason, format FROM dead_letters ORDER BY reason, format"
+    assert (
+        connect(streamed).query(dead_letters).result_rows
+        == connect(embedded.dsn).query(dead_letters).result_rows
+    )
