@@ -274,6 +274,8 @@ def create_app(settings: Settings, config: StreamConfig) -> faust.App:
     @app.on_partitions_assigned.connect
     async def on_assigned(app: faust.App, assigned: set, **kwargs: Any) -> None:
         stage.reset()
+        names = sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned)
+        log.info("assigned partitions: %s", ", ".join(names) or "none")
 
     if config.web_port is not None:
 

@@ -16,12 +16,14 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import orjson
 import pytest
 
 from ingest.demo import generate
 from ingest.files import read_records
+from ingest.kafka import ensure_topics, make_producer
 from ingest.pii import PiiHasher
-from ingest.producer import produce_files
+from ingest.producer import ProduceSummary, produce_files, produce_records
 from ingest.topics import Topics
 from processors.config import Settings
 from processors.embedded import expand_inputs, run
@@ -191,3 +193,143 @@ def test_stream_gives_the_same_rows_as_the_embedded_run(
         connect(streamed).query(dead_letters).result_rows
         == connect(embedded.dsn).query(dead_letters).result_rows
     )
+
+
+def owner_of_reconstruct(logs: dict[str, Path], topics: Topics) -> str | None:
+    """The worker whose latest assignment holds the touchpoints partition (it logs each assignment)."""
+    owner = None
+    marker = f"{topics.touchpoints}[0]"
+    latest: dict[str, str] = {}
+    for name, path in logs.items():
+        lines = [
+            line for line in path.read_text(errors="replace").splitlines() if "assigned partitions:" in line
+        ]
+        if lines:
+            latest[name] = lines[-1]
+    for name, line in latest.items():
+        if marker in line:
+            owner = name
+    return owner
+
+
+def assigned_raw_partitions(log: Path, topics: Topics) -> set[str]:
+    lines = [line for line in log.read_text(errors="replace").splitlines() if "assigned partitions:" in line]
+    if not lines:
+        return set()
+    names = lines[-1].split("assigned partitions:", 1)[1].strip().split(", ")
+    return {name for name in names if name.startswith(f"{topics.prefix}.raw.")}
+
+
+def test_two_workers_share_the_work_and_one_takes_over_when_the_other_is_killed(
+    tmp_path: Path,
+    chdb_path: Path,
+    kafka_bootstrap: str,
+    topic_prefix: str,
+    pii_key: str,
+    start_worker: Callable,
+) -> None:
+    files = generate(customers=60, seed=11, days=40).write(tmp_path / "demo")
+    inputs = expand_inputs([*files.inputs()])
+    database = topic_prefix.replace("-", "_")
+    embedded = Settings(dsn=f"chdb://{chdb_path}?database={database}_embedded")
+    summary = run(inputs, embedded)
+    records = [record for path in inputs for record in read_records(path)]
+    first, rest = records[: len(records) // 2], records[len(records) // 2 :]
+
+    topics = Topics(topic_prefix)
+    ensure_topics(kafka_bootstrap, topics, partitions=4)
+    streamed = f"chdb://{chdb_path}?database={database}_stream"
+    migrate(connect(streamed))
+    sink = SinkThread(streamed, kafka_bootstrap, topics)
+    workers = {"w1": start_worker("w1"), "w2": start_worker("w2")}
+    logs = {name: tmp_path / f"{name}.log" for name in workers}
+    try:
+        send(kafka_bootstrap, topics, first, pii_key)
+        wait_until(
+            lambda: (
+                all(assigned_raw_partitions(log, topics) for log in logs.values())
+                and owner_of_reconstruct(logs, topics) is not None
+            ),
+            90,
+            "both workers to hold partitions",
+            tmp_path,
+        )
+        # The group shares the raw partitions: neither worker holds them all.
+        shares = [assigned_raw_partitions(log, topics) for log in logs.values()]
+        assert not shares[0] & shares[1] and len(shares[0] | shares[1]) == 16
+        wait_until(
+            lambda: count(streamed, "SELECT count() FROM events") > 0, 90, "the first events", tmp_path
+        )
+
+        victim = owner_of_reconstruct(logs, topics)
+        assert victim is not None
+        survivor = next(name for name in workers if name != victim)
+        workers[victim].kill()  # no graceful shutdown: state must come back from the changelog
+        workers[victim].wait(timeout=10)
+        send(kafka_bootstrap, topics, rest, pii_key)
+        wait_until(settled(streamed, summary.touchpoints_new), 180, "the survivor to catch up", tmp_path)
+        assert owner_of_reconstruct({survivor: logs[survivor]}, topics) == survivor
+        assert "rebuilt from" in logs[survivor].read_text(errors="replace")
+    finally:
+        sink.join()
+
+    # No loss, no double count: the same rows as one embedded run over all the events.
+    for table, order_by in (("touchpoints", "event_id"), ("journeys", "journey_id"), ("identities", "1, 2")):
+        assert rows_of(streamed, table, order_by) == rows_of(embedded.dsn, table, order_by), table
+    assert count(streamed, "SELECT count() FROM touchpoints") == summary.touchpoints_new
+
+
+def send(bootstrap: str, topics: Topics, records: list, pii_key: str) -> None:
+    producer = make_producer(bootstrap)
+    result = ProduceSummary()
+    produce_records(records, producer, topics, PiiHasher(pii_key), result)
+    producer.flush()
+    producer.close()
+    assert result.failed == 0
+
+
+def test_a_poison_record_is_dead_lettered_and_its_partition_keeps_moving(
+    tmp_path: Path, chdb_path: Path, kafka_bootstrap: str, topic_prefix: str, start_worker: Callable
+) -> None:
+    topics = Topics(topic_prefix)
+    ensure_topics(kafka_bootstrap, topics, partitions=1)
+    producer = make_producer(bootstrap=kafka_bootstrap)
+    web = topics.raw("web")
+    track = orjson.dumps(
+        {
+            "type": "track",
+            "event": "Product Viewed",
+            "messageId": "after-poison",
+            "anonymousId": "a-77",
+            "timestamp": "2026-09-01T10:00:00Z",
+            "properties": {},
+        }
+    )
+    # One partition each, so every poison sits in front of the valid record.
+    producer.send(web, value=b"\xff\xfe not json", headers=[("format", b"segment")])
+    producer.send(topics.touchpoints, key=b"junk", value=b'{"event_id": "x"}')
+    producer.send(topics.state, key=b"junk", value=b"[not a state message")
+    producer.send(web, value=track, headers=[("format", b"segment")])
+    producer.flush()
+    producer.close()
+
+    dsn = f"chdb://{chdb_path}?database={topic_prefix.replace('-', '_')}"
+    migrate(connect(dsn))
+    sink = SinkThread(dsn, kafka_bootstrap, topics)
+    start_worker("w1")
+    try:
+        wait_until(
+            lambda: (
+                count(dsn, "SELECT count() FROM touchpoints WHERE event_id = 'after-poison'") == 1
+                and count(dsn, "SELECT count() FROM dead_letters") >= 3
+            ),
+            120,
+            "the valid record behind the poison ones",
+            tmp_path,
+        )
+    finally:
+        sink.join()
+    reasons = dict(connect(dsn).query("SELECT format, reason FROM dead_letters").result_rows)
+    assert reasons["segment"].startswith("malformed JSON")
+    assert reasons["touchpoint"].startswith("not a canonical touchpoint")
+    assert reasons["state"].startswith("unreadable state message")
