@@ -14,7 +14,7 @@ from datetime import UTC, date, datetime
 from decimal import Decimal
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import orjson
 import typer
@@ -65,7 +65,7 @@ def _settings(db: str | None, config: Path | None, rules: Path | None = None) ->
         _fail(str(exc))
 
 
-def _fail(message: str, code: int = 2) -> None:
+def _fail(message: str, code: int = 2) -> NoReturn:
     console.print(f"[bold red]error:[/] {message}")
     raise typer.Exit(code)
 
@@ -255,6 +255,23 @@ KafkaOption = Annotated[
 ]
 
 
+LogFormatOption = Annotated[
+    str | None,
+    typer.Option(
+        "--log-format", help="text or json (one object per line); default $JOURNEYS_LOG_FORMAT or text."
+    ),
+]
+
+
+def _log_format(value: str | None) -> str:
+    from processors.logs import log_format_from_env
+
+    try:
+        return log_format_from_env(value)
+    except ValueError as exc:
+        _fail(str(exc))
+
+
 @app.command()
 def worker(
     kafka: KafkaOption = None,
@@ -273,6 +290,7 @@ def worker(
     session_timeout: Annotated[float | None, typer.Option(help="Kafka group session timeout, s.")] = None,
     heartbeat_interval: Annotated[float | None, typer.Option(help="Kafka group heartbeat, s.")] = None,
     rebalance_timeout: Annotated[float | None, typer.Option(help="Kafka group rebalance timeout, s.")] = None,
+    log_format: LogFormatOption = None,
 ) -> None:
     """Run the stream processors (normalise, reconstruct) as a Faust worker; start several to scale."""
     import dataclasses
@@ -284,6 +302,7 @@ def worker(
     from ingest.kafka import TopicLayoutError, ensure_topics
     from ingest.pii import PiiKeyError
     from ingest.topics import Topics, bootstrap_from_env
+    from processors.logs import logging_config
     from processors.stream.app import StreamConfig, create_app
 
     settings = _settings(None, config, rules)
@@ -307,7 +326,9 @@ def worker(
         _fail(f"Kafka at {stream_config.bootstrap}: {exc}")
     stream_config = dataclasses.replace(stream_config, partitions=counts[stream_config.topics.raw("web")])
     faust_app = create_app(settings, stream_config)
-    faust.Worker(faust_app, loglevel="INFO").execute_from_commandline()
+    faust.Worker(
+        faust_app, loglevel="INFO", logging_config=logging_config(_log_format(log_format))
+    ).execute_from_commandline()
 
 
 @app.command()
@@ -324,15 +345,16 @@ def sink(
     idle_exit: Annotated[
         float | None, typer.Option(help="Stop after this many seconds without messages (replays).")
     ] = None,
+    log_format: LogFormatOption = None,
 ) -> None:
     """Write the stream processors' output to ClickHouse (the only writer of an embedded database)."""
-    import logging
     import os
 
     from ingest.topics import Topics, bootstrap_from_env
+    from processors.logs import configure as configure_logs
     from processors.stream.sink import SinkConfig, run_sink
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logs(_log_format(log_format))
     settings = _settings(db, config)
     port = metrics_port if metrics_port is not None else int(os.environ.get("JOURNEYS_METRICS_PORT", "9109"))
     try:

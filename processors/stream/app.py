@@ -169,6 +169,12 @@ def create_app(settings: Settings, config: StreamConfig) -> faust.App:
         )
     )
     stage = ReconstructStage(settings)
+    read_up_to: dict[Any, int] = {}  # (topic, partition) -> next offset to read, for the lag gauge
+
+    def note_read(events: Sequence[Any]) -> None:
+        for event in events:
+            message = event.message
+            read_up_to[message.tp] = max(read_up_to.get(message.tp, 0), message.offset + 1)
 
     async def send_dead_letter(letter: DeadLetter, stage_name: str) -> None:
         metrics.inc("journeys_dead_letters_total", stage=stage_name)
@@ -181,6 +187,7 @@ def create_app(settings: Settings, config: StreamConfig) -> faust.App:
     @app.agent(raw_topic)
     async def normalise(stream: faust.StreamT) -> None:
         async for events in stream.take_events(config.batch_size, within=config.batch_seconds):
+            note_read(events)
             records = [
                 record_from_message(
                     event.value,
@@ -232,6 +239,7 @@ def create_app(settings: Settings, config: StreamConfig) -> faust.App:
     @app.agent(touchpoints_topic)
     async def reconstruct(stream: faust.StreamT) -> None:
         async for events in stream.take_events(config.batch_size, within=config.batch_seconds):
+            note_read(events)
             metrics.inc("journeys_records_in_total", len(events), stage="reconstruct")
             now = datetime.now(UTC)
             batch: list[Touchpoint] = []
@@ -270,6 +278,19 @@ def create_app(settings: Settings, config: StreamConfig) -> faust.App:
             await publish(messages)
             metrics.inc("journeys_records_out_total", len(messages), stage="reconstruct")
             metrics.set("journeys_open_journeys", stage.open_journeys)
+
+    @app.timer(5.0)
+    async def record_lag() -> None:
+        """Consumer lag per assigned partition: the broker's high-water mark minus what was read."""
+        for tp in app.consumer.assignment():
+            try:
+                highwater = app.consumer.highwater(tp)
+            except Exception:  # not fetched yet
+                continue
+            if highwater is None:
+                continue
+            lag = max(0, highwater - read_up_to.get(tp, 0))
+            metrics.set("journeys_consumer_lag", lag, topic=tp.topic, partition=str(tp.partition))
 
     @app.on_partitions_assigned.connect
     async def on_assigned(app: faust.App, assigned: set, **kwargs: Any) -> None:

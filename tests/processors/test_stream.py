@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -59,10 +61,20 @@ def stream_env(kafka_bootstrap: str, topic_prefix: str, tmp_path: Path, pii_key:
 def start_worker(stream_env: dict[str, str], tmp_path: Path) -> Iterator[Callable[[str], subprocess.Popen]]:
     workers: list[subprocess.Popen] = []
 
-    def start(name: str) -> subprocess.Popen:
+    def start(name: str, metrics_port: int = 0) -> subprocess.Popen:
         log = (tmp_path / f"{name}.log").open("wb")
         process = subprocess.Popen(
-            [JOURNEYS, "worker", *FAST_GROUP, "--metrics-port", "0", "--data-dir", str(tmp_path / name)],
+            [
+                JOURNEYS,
+                "worker",
+                *FAST_GROUP,
+                "--metrics-port",
+                str(metrics_port),
+                "--data-dir",
+                str(tmp_path / name),
+                "--log-format",
+                "json",
+            ],
             env=stream_env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -84,14 +96,14 @@ def start_worker(stream_env: dict[str, str], tmp_path: Path) -> Iterator[Callabl
 class SinkThread:
     """The ClickHouse sink consuming in this process until stopped."""
 
-    def __init__(self, dsn: str, bootstrap: str, topics: Topics) -> None:
+    def __init__(self, dsn: str, bootstrap: str, topics: Topics, metrics_port: int | None = None) -> None:
         self.dsn = dsn
         self.stop = threading.Event()
         self.error: BaseException | None = None
         config = SinkConfig(
             bootstrap=bootstrap,
             topics=topics,
-            metrics_port=None,
+            metrics_port=metrics_port,
             max_seconds=0.5,
             session_timeout_ms=6000,
             heartbeat_interval_ms=1000,
@@ -110,6 +122,24 @@ class SinkThread:
         self.thread.join(timeout=60)
         if self.error is not None:
             raise self.error
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def scrape(port: int) -> dict[str, float]:
+    """A Prometheus text page as {series: value}."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    series = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            series[name] = float(value)
+    return series
 
 
 def count(dsn: str, query: str) -> int:
@@ -315,8 +345,9 @@ def test_a_poison_record_is_dead_lettered_and_its_partition_keeps_moving(
 
     dsn = f"chdb://{chdb_path}?database={topic_prefix.replace('-', '_')}"
     migrate(connect(dsn))
-    sink = SinkThread(dsn, kafka_bootstrap, topics)
-    start_worker("w1")
+    worker_port, sink_port = free_port(), free_port()
+    sink = SinkThread(dsn, kafka_bootstrap, topics, metrics_port=sink_port)
+    start_worker("w1", metrics_port=worker_port)
     try:
         wait_until(
             lambda: (
@@ -327,8 +358,16 @@ def test_a_poison_record_is_dead_lettered_and_its_partition_keeps_moving(
             "the valid record behind the poison ones",
             tmp_path,
         )
+        worker_metrics = scrape(worker_port)
+        sink_metrics = scrape(sink_port)
     finally:
         sink.join()
+    assert worker_metrics['journeys_dead_letters_total{stage="normalise"}'] == 1
+    assert worker_metrics['journeys_dead_letters_total{stage="reconstruct"}'] == 1
+    assert worker_metrics['journeys_records_in_total{stage="normalise"}'] == 2
+    assert worker_metrics["journeys_open_journeys"] == 1
+    assert sink_metrics["journeys_sink_batches_total"] >= 1 and "journeys_sink_batch_seconds" in sink_metrics
+    assert any(name.startswith("journeys_consumer_lag{") for name in sink_metrics)
     reasons = dict(connect(dsn).query("SELECT format, reason FROM dead_letters").result_rows)
     assert reasons["segment"].startswith("malformed JSON")
     assert reasons["touchpoint"].startswith("not a canonical touchpoint")
