@@ -101,3 +101,32 @@ def kafka_bootstrap() -> Iterator[str]:
 def topic_prefix(request: pytest.FixtureRequest) -> str:
     """A topic prefix of this test's own, so tests sharing the broker never see each other's records."""
     return re.sub(r"[^A-Za-z0-9_-]", "-", f"t{next(_databases)}-{request.node.name[:40]}")
+
+
+def docker_unavailable() -> str | None:
+    """Why the testcontainers variants cannot run here, or None when a Docker engine answers."""
+    try:
+        import docker
+
+        docker.from_env(timeout=3).ping()
+    except Exception as exc:  # no socket, no permission, engine down: all mean "skip"
+        return f"no Docker engine reachable ({type(exc).__name__}); testcontainers tests run where one is"
+    return None
+
+
+@pytest.fixture(scope="session")
+def docker_services() -> Iterator[tuple[str, str]]:
+    """Apache Kafka (KRaft) and a ClickHouse server in containers: (bootstrap, ClickHouse DSN)."""
+    reason = docker_unavailable()
+    if reason is not None:
+        pytest.skip(reason)
+    from testcontainers.community.clickhouse import ClickHouseContainer
+    from testcontainers.community.kafka import KafkaContainer
+
+    with (
+        KafkaContainer("confluentinc/cp-kafka:7.6.0").with_kraft() as kafka,
+        ClickHouseContainer("clickhouse/clickhouse-server:24.8") as clickhouse,
+    ):
+        host, port = clickhouse.get_container_host_ip(), clickhouse.get_exposed_port(8123)
+        dsn = f"http://{clickhouse.username}:{clickhouse.password}@{host}:{port}/{clickhouse.dbname}"
+        yield kafka.get_bootstrap_server(), dsn

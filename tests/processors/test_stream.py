@@ -61,7 +61,7 @@ def stream_env(kafka_bootstrap: str, topic_prefix: str, tmp_path: Path, pii_key:
 def start_worker(stream_env: dict[str, str], tmp_path: Path) -> Iterator[Callable[[str], subprocess.Popen]]:
     workers: list[subprocess.Popen] = []
 
-    def start(name: str, metrics_port: int = 0) -> subprocess.Popen:
+    def start(name: str, metrics_port: int = 0, bootstrap: str | None = None) -> subprocess.Popen:
         log = (tmp_path / f"{name}.log").open("wb")
         process = subprocess.Popen(
             [
@@ -74,6 +74,7 @@ def start_worker(stream_env: dict[str, str], tmp_path: Path) -> Iterator[Callabl
                 str(tmp_path / name),
                 "--log-format",
                 "json",
+                *(["--kafka", bootstrap] if bootstrap else []),
             ],
             env=stream_env,
             stdout=log,
@@ -183,29 +184,28 @@ def rows_of(dsn: str, table: str, order_by: str) -> list[tuple]:
     return client.query(f"SELECT {', '.join(columns)} FROM {table} ORDER BY {order_by}").result_rows
 
 
-def test_stream_gives_the_same_rows_as_the_embedded_run(
+def assert_stream_matches_embedded(
     tmp_path: Path,
-    chdb_path: Path,
-    kafka_bootstrap: str,
-    topic_prefix: str,
+    bootstrap: str,
+    topics: Topics,
     pii_key: str,
     start_worker: Callable,
+    embedded_dsn: str,
+    streamed_dsn: str,
 ) -> None:
+    """The demo dataset through produce -> worker -> sink gives the embedded run's rows."""
     files = generate(customers=80, seed=5, days=40).write(tmp_path / "demo")
     inputs = expand_inputs([*files.inputs()])
-    embedded = Settings(dsn=f"chdb://{chdb_path}?database={topic_prefix.replace('-', '_')}_embedded")
-    summary = run(inputs, embedded)
+    summary = run(inputs, Settings(dsn=embedded_dsn))
     assert summary.accounted and summary.dead_letters > 0
 
-    topics = Topics(topic_prefix)
-    streamed = f"chdb://{chdb_path}?database={topic_prefix.replace('-', '_')}_stream"
-    produced = produce_files(inputs, kafka_bootstrap, topics, PiiHasher(pii_key))
+    produced = produce_files(inputs, bootstrap, topics, PiiHasher(pii_key))
     assert produced.records == sum(1 for path in inputs for _ in read_records(path)) and not produced.failed
-    migrate(connect(streamed))
-    sink = SinkThread(streamed, kafka_bootstrap, topics)
-    start_worker("w1")
+    migrate(connect(streamed_dsn))
+    sink = SinkThread(streamed_dsn, bootstrap, topics)
+    start_worker("w1", bootstrap=bootstrap)
     try:
-        wait_until(settled(streamed, summary.touchpoints_new), 180, "the stream to settle", tmp_path)
+        wait_until(settled(streamed_dsn, summary.touchpoints_new), 180, "the stream to settle", tmp_path)
     finally:
         sink.join()
 
@@ -217,11 +217,52 @@ def test_stream_gives_the_same_rows_as_the_embedded_run(
         ("identity_merges", "event_id, absorbed_customer_id"),
         ("identity_conflicts", "event_id"),
     ):
-        assert rows_of(streamed, table, order_by) == rows_of(embedded.dsn, table, order_by), table
+        assert rows_of(streamed_dsn, table, order_by) == rows_of(embedded_dsn, table, order_by), table
     dead_letters = "SELECT reason, format FROM dead_letters ORDER BY reason, format"
     assert (
-        connect(streamed).query(dead_letters).result_rows
-        == connect(embedded.dsn).query(dead_letters).result_rows
+        connect(streamed_dsn).query(dead_letters).result_rows
+        == connect(embedded_dsn).query(dead_letters).result_rows
+    )
+
+
+def test_stream_gives_the_same_rows_as_the_embedded_run(
+    tmp_path: Path,
+    chdb_path: Path,
+    kafka_bootstrap: str,
+    topic_prefix: str,
+    pii_key: str,
+    start_worker: Callable,
+) -> None:
+    database = topic_prefix.replace("-", "_")
+    assert_stream_matches_embedded(
+        tmp_path,
+        kafka_bootstrap,
+        Topics(topic_prefix),
+        pii_key,
+        start_worker,
+        embedded_dsn=f"chdb://{chdb_path}?database={database}_embedded",
+        streamed_dsn=f"chdb://{chdb_path}?database={database}_stream",
+    )
+
+
+def test_stream_on_apache_kafka_and_a_clickhouse_server(
+    tmp_path: Path,
+    chdb_path: Path,
+    docker_services: tuple[str, str],
+    topic_prefix: str,
+    pii_key: str,
+    start_worker: Callable,
+) -> None:
+    """The same check against the server images (testcontainers); skipped where no Docker engine runs."""
+    bootstrap, clickhouse_dsn = docker_services
+    assert_stream_matches_embedded(
+        tmp_path,
+        bootstrap,
+        Topics(topic_prefix),
+        pii_key,
+        start_worker,
+        embedded_dsn=f"chdb://{chdb_path}?database={topic_prefix.replace('-', '_')}_embedded",
+        streamed_dsn=clickhouse_dsn,
     )
 
 
