@@ -203,7 +203,8 @@ def run_sink(
                 if not pending:
                     started = time.monotonic()
                 pending.extend(records)
-            if polled:
+            if polled or not consumer.assignment():
+                # Idle time counts from the group join: joining alone can take seconds.
                 last_message = time.monotonic()
             due = len(pending) >= config.max_messages or (
                 pending and time.monotonic() - started >= config.max_seconds
