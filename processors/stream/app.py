@@ -53,7 +53,7 @@ class StreamConfig:
 
     bootstrap: str
     topics: Topics = field(default_factory=Topics)
-    app_id: str = "journeys"
+    app_id: str | None = None  # Faust app id = consumer group and changelog prefix; default: the topic prefix
     batch_size: int = 2000
     batch_seconds: float = 0.5
     partitions: int = 6
@@ -150,7 +150,9 @@ def create_app(settings: Settings, config: StreamConfig) -> faust.App:
             "broker_heartbeat_interval": heartbeat,
             "broker_rebalance_timeout": rebalance,
         }
-    app = faust.App(config.app_id, **options)
+    # One group and one changelog per deployment: deployments sharing a cluster
+    # under different topic prefixes must not restore each other's event log.
+    app = faust.App(config.app_id or config.topics.prefix, **options)
     topics, metrics = config.topics, Metrics()
     context = ingest_context(settings, create_key=False)
     raw_topic = app.topic(*topics.all_raw, key_type=bytes, value_type=bytes)

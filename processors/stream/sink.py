@@ -45,7 +45,7 @@ log = logging.getLogger("journeys.sink")
 class SinkConfig:
     bootstrap: str
     topics: Topics = field(default_factory=Topics)
-    group_id: str = "journeys-sink"
+    group_id: str | None = None  # default: "<topic prefix>-sink", one group per deployment
     max_messages: int = 5000
     max_seconds: float = 1.0
     idle_exit: float | None = None  # stop after this many seconds without a message (replays, tests)
@@ -178,7 +178,7 @@ def run_sink(
     server = serve_metrics(metrics, config.metrics_port) if config.metrics_port is not None else None
     consumer = KafkaConsumer(
         bootstrap_servers=config.bootstrap,
-        group_id=config.group_id,
+        group_id=config.group_id or f"{config.topics.prefix}-sink",
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         max_poll_records=config.max_messages,
