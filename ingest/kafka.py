@@ -56,7 +56,11 @@ def _admin(bootstrap: str, timeout: float) -> KafkaAdminClient:
     deadline = time.monotonic() + timeout
     while True:
         try:
-            return KafkaAdminClient(bootstrap_servers=bootstrap, client_id="journeys-admin")
+            return KafkaAdminClient(
+                bootstrap_servers=bootstrap,
+                client_id="journeys-admin",
+                bootstrap_timeout_ms=max(1000, int(min(timeout, 10.0) * 1000)),
+            )
         except KafkaError:  # broker not up yet
             if time.monotonic() > deadline:
                 raise

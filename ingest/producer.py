@@ -64,8 +64,10 @@ def produce_records(
     summary: ProduceSummary,
     *,
     file: str = "",
+    progress: Callable[[int], None] | None = None,
 ) -> None:
     """Send records without waiting; `producer.flush()` (done by `produce_files`) waits for them all."""
+    pending = 0
     for record in records:
         topic, placed = route(record, topics)
         producer.send(
@@ -78,6 +80,12 @@ def produce_records(
         summary.by_topic[topic] += 1
         summary.by_file[file] += 1
         summary.unplaced += placed.format is None
+        pending += 1
+        if progress is not None and pending == 1000:
+            progress(pending)
+            pending = 0
+    if progress is not None and pending:
+        progress(pending)
 
 
 class ProduceError(RuntimeError):
@@ -91,23 +99,24 @@ def produce_files(
     hasher: PiiHasher,
     *,
     format: str | None = None,
-    on_file: Callable[[Path, int], None] | None = None,
+    progress: Callable[[int], None] | None = None,
     producer_options: dict[str, Any] | None = None,
+    timeout: float = 30.0,
 ) -> ProduceSummary:
     """Replay files into the raw topics; returns once Kafka has acknowledged every record.
+
+    `progress` is called with the number of records sent since its last call.
 
     Raises `ProduceError` if any record was not acknowledged (the file can be
     replayed again: the workers drop duplicate event ids).
     """
-    ensure_topics(bootstrap, topics)
+    ensure_topics(bootstrap, topics, timeout=timeout)
     summary = ProduceSummary()
     producer = make_producer(bootstrap, **(producer_options or {}))
     try:
         for path in paths:
-            before = summary.records
-            produce_records(read_records(path, format), producer, topics, hasher, summary, file=str(path))
-            if on_file is not None:
-                on_file(path, summary.records - before)
+            records = read_records(path, format)
+            produce_records(records, producer, topics, hasher, summary, file=str(path), progress=progress)
         producer.flush()
     finally:
         producer.close()

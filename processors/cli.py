@@ -378,6 +378,65 @@ def sink(
     )
 
 
+@app.command()
+def produce(
+    inputs: Annotated[
+        list[Path],
+        typer.Argument(help="Files or directories (JSON lines, JSON, CSV; .gz too).", show_default=False),
+    ],
+    kafka: KafkaOption = None,
+    bootstrap: Annotated[str | None, typer.Option("--bootstrap", help="Alias of --kafka.")] = None,
+    format: Annotated[
+        str | None,
+        typer.Option(
+            "--format", "-f", help="Force one format for every record (default: detect per record)."
+        ),
+    ] = None,
+    config: ConfigOption = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for Kafka before giving up.")] = 30.0,
+) -> None:
+    """Replay files into the raw Kafka topics (idempotent, acks=all, keyed by source identity)."""
+    from kafka.errors import KafkaError
+
+    from ingest.kafka import TopicLayoutError
+    from ingest.pii import PiiHasher, PiiKeyError
+    from ingest.pipeline import FORMATS
+    from ingest.producer import ProduceError, produce_files
+    from ingest.topics import Topics, bootstrap_from_env
+    from processors.embedded import expand_inputs
+
+    if format is not None and format not in FORMATS:
+        _fail(f"unknown --format {format!r}; choose one of {', '.join(FORMATS)}")
+    settings = _settings(None, config)
+    target = kafka or bootstrap or bootstrap_from_env()
+    try:
+        files = expand_inputs(inputs)
+        hasher = PiiHasher(settings.pii_key())
+        with _progress() as progress:
+            task = progress.add_task("records", total=None)
+            summary = produce_files(
+                files,
+                target,
+                Topics.from_env(),
+                hasher,
+                format=format,
+                progress=lambda n: progress.advance(task, n),
+                timeout=timeout,
+            )
+    except (FileNotFoundError, PiiKeyError) as exc:
+        _fail(str(exc))
+    except (KafkaError, TopicLayoutError, ProduceError) as exc:
+        _fail(f"Kafka at {target}: {exc}", code=1)
+    console.print(f"produced [bold]{summary.records:,}[/] records to Kafka at {target}")
+    for topic, count in sorted(summary.by_topic.items()):
+        console.print(f"  {topic}: {count:,}")
+    if summary.unplaced:
+        console.print(
+            f"  [yellow]{summary.unplaced:,} of unknown format[/] (sent to the web topic; "
+            "the worker dead-letters them with the reason)"
+        )
+
+
 def _progress() -> Progress:
     return Progress(
         TextColumn("[progress.description]{task.description}"),

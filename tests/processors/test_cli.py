@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from processors.cli import app
 
 runner = CliRunner()
-COMMANDS = ["run", "demo", "sql", "summary", "migrate", "unlink"]
+COMMANDS = ["run", "demo", "sql", "summary", "migrate", "unlink", "produce", "worker", "sink"]
 
 ORDER = [
     {
@@ -126,3 +126,24 @@ def test_bad_config_file_is_a_usage_error(tmp_path: Path, dsn: str) -> None:
     result = runner.invoke(app, ["summary", "--db", dsn, "--config", str(config)])
     assert result.exit_code == 2
     assert "unknown section" in result.stderr
+
+
+def test_produce_replays_files_into_the_raw_topics(
+    web_file: Path, kafka_bootstrap: str, topic_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("JOURNEYS_TOPIC_PREFIX", topic_prefix)
+    result = runner.invoke(app, ["produce", str(web_file), "--kafka", kafka_bootstrap])
+    assert result.exit_code == 0, result.output
+    assert "produced 2 records" in result.output
+    assert f"{topic_prefix}.raw.web: 2" in result.output
+
+
+def test_produce_without_kafka_says_so(web_file: Path, topic_prefix: str) -> None:
+    result = runner.invoke(app, ["produce", str(web_file), "--bootstrap", "127.0.0.1:9", "--timeout", "1"])
+    assert result.exit_code == 1
+    assert "Kafka at 127.0.0.1:9" in result.output
+
+
+def test_produce_refuses_an_unknown_format(web_file: Path) -> None:
+    result = runner.invoke(app, ["produce", str(web_file), "--format", "mailchimp"])
+    assert result.exit_code == 2 and "unknown --format" in result.output

@@ -1,0 +1,98 @@
+"""`journeys produce`: files replayed into the raw topics of a real broker, framed and keyed as documented."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from kafka import KafkaConsumer
+
+from ingest.pii import PiiHasher
+from ingest.producer import produce_files
+from ingest.topics import Topics, message_key, record_from_message
+
+FIXTURES = Path(__file__).parents[1] / "fixtures"
+
+
+def consume(bootstrap: str, topics: list[str]) -> list:
+    consumer = KafkaConsumer(
+        *topics, bootstrap_servers=bootstrap, auto_offset_reset="earliest", consumer_timeout_ms=3000
+    )
+    messages = list(consumer)
+    consumer.close()
+    return messages
+
+
+def test_every_record_lands_once_on_its_channel_topic(
+    kafka_bootstrap: str, topic_prefix: str, pii_key: str, tmp_path: Path
+) -> None:
+    unknown = tmp_path / "mystery.jsonl"
+    unknown.write_text('{"what": "no provider sends this"}\nnot json at all, phone 06 12345678\n')
+    files = [
+        FIXTURES / "segment" / "batch.json",
+        FIXTURES / "sendgrid" / "events.json",
+        FIXTURES / "twilio" / "inbound_call.txt",
+        FIXTURES / "callcsv" / "calls_bad.csv",
+        FIXTURES / "social" / "export.jsonl",
+        unknown,
+    ]
+    topics = Topics(topic_prefix)
+    hasher = PiiHasher(pii_key)
+    seen: list[int] = []
+    summary = produce_files(files, kafka_bootstrap, topics, hasher, progress=seen.append)
+    assert summary.failed == 0 and sum(seen) == summary.records
+    assert summary.unplaced == 2
+
+    messages = consume(kafka_bootstrap, list(topics.all_raw))
+    assert len(messages) == summary.records
+    by_format: dict[str | None, set[str]] = {}
+    for message in messages:
+        record = record_from_message(
+            message.value,
+            message.headers,
+            topic=message.topic,
+            partition=message.partition,
+            offset=message.offset,
+        )
+        by_format.setdefault(record.format, set()).add(message.topic)
+        # Keys are keyed hashes of the source identity: never an address or a number.
+        assert message.key is None or message.key == message_key(message.value, hasher)
+        assert all(b"@" not in value and b"+31" not in value for _, value in message.headers)
+    assert by_format == {
+        "segment": {topics.raw("web")},
+        "sendgrid": {topics.raw("email")},
+        "twilio": {topics.raw("phone")},
+        "callcsv": {topics.raw("phone")},
+        "social": {topics.raw("social")},
+        None: {topics.raw("web")},  # no known format: the normalise stage dead-letters them
+    }
+
+
+def test_a_damaged_csv_row_carries_its_error(kafka_bootstrap: str, topic_prefix: str, pii_key: str) -> None:
+    topics = Topics(topic_prefix)
+    produce_files([FIXTURES / "callcsv" / "calls_bad.csv"], kafka_bootstrap, topics, PiiHasher(pii_key))
+    errors = [
+        record_from_message(m.value, m.headers, topic=m.topic, partition=m.partition, offset=m.offset).error
+        for m in consume(kafka_bootstrap, [topics.raw("phone")])
+    ]
+    assert any(error and "fields" in error for error in errors)
+
+
+def test_the_same_source_identity_always_gets_the_same_key(pii_key: str) -> None:
+    hasher = PiiHasher(pii_key)
+    first = b'{"type": "track", "anonymousId": "a-1", "event": "x"}'
+    later = b'{"type": "page", "anonymousId": "a-1", "name": "Home"}'
+    assert message_key(first, hasher) == message_key(later, hasher) is not None
+    assert message_key(b'{"type": "page", "anonymousId": "a-2"}', hasher) != message_key(first, hasher)
+    assert message_key(b"", hasher) is None
+
+
+def test_unreachable_kafka_is_an_error(topic_prefix: str, pii_key: str) -> None:
+    with pytest.raises(Exception, match=r"(?i)kafka|broker|connect|timed out"):
+        produce_files(
+            [FIXTURES / "segment" / "batch.json"],
+            "127.0.0.1:9",
+            Topics(topic_prefix),
+            PiiHasher(pii_key),
+            timeout=1,
+        )
