@@ -437,6 +437,43 @@ def produce(
         )
 
 
+@app.command()
+def collect(
+    kafka: KafkaOption = None,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "0.0.0.0",
+    port: Annotated[
+        int | None, typer.Option(help="Port to listen on ($JOURNEYS_COLLECTOR_PORT or 8080).", min=1)
+    ] = None,
+    config: ConfigOption = None,
+    log_format: LogFormatOption = None,
+) -> None:
+    """Receive webhooks (Segment, SendGrid, Twilio, social, Meta) and put them on the raw topics."""
+    import os
+
+    from kafka.errors import KafkaError
+
+    from ingest.collector import CollectorConfig, run_collector
+    from ingest.kafka import TopicLayoutError
+    from ingest.pii import PiiKeyError
+    from processors.embedded import ingest_context
+    from processors.logs import configure as configure_logs
+
+    configure_logs(_log_format(log_format))
+    settings = _settings(None, config)
+    try:
+        context = ingest_context(settings, create_key=False)
+    except PiiKeyError as exc:
+        _fail(str(exc))
+    overrides = {"bootstrap": kafka} if kafka else {}
+    collector_config = CollectorConfig.from_env(**overrides)
+    try:
+        run_collector(
+            collector_config, context, host, port or int(os.environ.get("JOURNEYS_COLLECTOR_PORT", "8080"))
+        )
+    except (KafkaError, TopicLayoutError) as exc:
+        _fail(f"Kafka at {collector_config.bootstrap}: {exc}")
+
+
 def _progress() -> Progress:
     return Progress(
         TextColumn("[progress.description]{task.description}"),

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from processors.cli import app
 
 runner = CliRunner()
-COMMANDS = ["run", "demo", "sql", "summary", "migrate", "unlink", "produce", "worker", "sink"]
+COMMANDS = ["run", "demo", "sql", "summary", "migrate", "unlink", "produce", "collect", "worker", "sink"]
 
 ORDER = [
     {

@@ -1,0 +1,418 @@
+"""`journeys collect`: an HTTP collector speaking each provider's own webhook convention.
+
+Providers push events; the collector checks who is calling, validates the
+payload with the same adapters the workers use, and answers **2xx only after
+Kafka has the record** (acks from all in-sync replicas), so a provider's own
+retry covers every failure on our side:
+
+- `POST /v1/{track,page,screen,identify,alias,group,batch}`: the Segment HTTP
+  tracking API, HTTP Basic auth with the write key as user name;
+- `POST /sendgrid/events`: the SendGrid Event Webhook (JSON array), with the
+  optional ECDSA signature headers checked when a verification key is set;
+- `POST /twilio/voice/status`: Twilio Voice status callbacks (form-encoded),
+  `X-Twilio-Signature` checked when an auth token is set;
+- `POST /social`: the project's social JSON (object or array);
+- `GET`/`POST /meta/webhook`: Meta Graph webhooks (verify token handshake,
+  `X-Hub-Signature-256` checked when an app secret is set);
+- `GET /health/live`, `/health/ready` (ready = Kafka reachable).
+
+Answers: 200 with `{"accepted": n, "rejected": [...]}` when at least one
+record is valid (the raw record goes on its channel's raw topic unchanged;
+invalid elements of a partly valid batch are dead-lettered by the normalise
+stage, once); 400 with the reasons when nothing in the body is valid (each
+reason also goes to the dead-letter topic); 401/403 for failed
+authentication; 413 over the size limit; 415 for a wrong content type; 503
+with `Retry-After` when Kafka does not acknowledge in time or a provider's
+secret is not configured.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import logging
+import os
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import parse_qsl
+
+import orjson
+from aiohttp import web
+
+from .context import IngestContext
+from .kafka import ensure_topics, make_producer
+from .pipeline import parse_records
+from .records import DeadLetter, RawRecord
+from .topics import Topics, bootstrap_from_env, dead_letter_headers, message_key, raw_headers
+
+log = logging.getLogger("journeys.collector")
+
+SEGMENT_CALL_LIMIT = 32 * 1024  # Segment: "maximum of 32KB per call"
+SEGMENT_BATCH_LIMIT = 500 * 1024  # Segment: "maximum of 500KB per batch request"
+WEBHOOK_LIMIT = 1024 * 1024
+SEGMENT_CALLS = ("track", "page", "screen", "identify", "alias", "group")
+SIGNATURE_TOLERANCE = 300  # seconds a SendGrid signature timestamp may be old (replay window)
+
+
+@dataclass(frozen=True)
+class CollectorConfig:
+    """Where records go and the providers' secrets; `from_env` reads the documented variables."""
+
+    bootstrap: str
+    topics: Topics = field(default_factory=Topics)
+    segment_write_key: str | None = None
+    sendgrid_verification_key: str | None = None
+    twilio_auth_token: str | None = None
+    meta_verify_token: str | None = None
+    meta_app_secret: str | None = None
+    public_url: str | None = None  # the URL providers call, for Twilio signatures behind a proxy
+    send_timeout: float = 10.0
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> CollectorConfig:
+        env = os.environ if environ is None else environ
+
+        def value(name: str) -> str | None:
+            return env.get(name, "").strip() or None
+
+        config = cls(
+            bootstrap=bootstrap_from_env(env),
+            topics=Topics.from_env(env),
+            segment_write_key=value("JOURNEYS_SEGMENT_WRITE_KEY"),
+            sendgrid_verification_key=value("JOURNEYS_SENDGRID_VERIFICATION_KEY"),
+            twilio_auth_token=value("JOURNEYS_TWILIO_AUTH_TOKEN"),
+            meta_verify_token=value("JOURNEYS_META_VERIFY_TOKEN"),
+            meta_app_secret=value("JOURNEYS_META_APP_SECRET"),
+            public_url=value("JOURNEYS_COLLECTOR_PUBLIC_URL"),
+        )
+        return config if not overrides else type(config)(**{**config.__dict__, **overrides})
+
+
+class KafkaUnavailable(RuntimeError):
+    """Kafka did not acknowledge in time."""
+
+
+class KafkaSender:
+    """The idempotent kafka-python producer, awaited from the event loop without blocking it.
+
+    The producer is made on first use and made again after a failed start, so
+    the collector starts (live, not ready) while Kafka is still down.
+    """
+
+    def __init__(self, bootstrap: str, timeout: float, probe_topic: str) -> None:
+        self.bootstrap = bootstrap
+        self.timeout = timeout
+        self.probe_topic = probe_topic
+        self._producer: Any = None
+        self._lock = threading.Lock()
+
+    def _ensure(self) -> Any:
+        with self._lock:
+            if self._producer is None:
+                self._producer = make_producer(
+                    self.bootstrap,
+                    client_id="journeys-collector",
+                    linger_ms=5,
+                    max_block_ms=int(self.timeout * 1000),
+                    bootstrap_timeout_ms=int(self.timeout * 1000),
+                )
+            return self._producer
+
+    async def send(
+        self, topic: str, key: bytes | None, value: bytes, headers: list[tuple[str, bytes]]
+    ) -> None:
+        loop = asyncio.get_running_loop()
+
+        def send_and_wait() -> None:
+            producer = self._ensure()
+            producer.send(topic, key=key, value=value, headers=headers).get(timeout=self.timeout)
+
+        try:
+            await loop.run_in_executor(None, send_and_wait)
+        except Exception as exc:
+            raise KafkaUnavailable(f"{type(exc).__name__}: {exc}") from exc
+
+    def ready(self) -> bool:
+        """Kafka answers a metadata request for one of our topics within the send timeout."""
+        try:
+            return bool(self._ensure().partitions_for(self.probe_topic))
+        except Exception:
+            return False
+
+    def close(self) -> None:
+        with self._lock:
+            if self._producer is not None:
+                self._producer.flush(timeout=self.timeout)
+                self._producer.close(timeout=self.timeout)
+                self._producer = None
+
+
+def _problem(status: int, reason: str, **extra: Any) -> web.Response:
+    headers = {"Retry-After": "5"} if status == 503 else None
+    return web.json_response({"error": reason, **extra}, status=status, headers=headers)
+
+
+async def _read_body(request: web.Request, limit: int) -> bytes | web.Response:
+    if request.content_length is not None and request.content_length > limit:
+        return _problem(413, f"request body of {request.content_length} bytes is over the limit of {limit}")
+    body = await request.content.read(limit + 1)
+    if len(body) > limit:
+        return _problem(413, f"request body is over the limit of {limit} bytes")
+    return body
+
+
+def _wants(request: web.Request, content_type: str) -> web.Response | None:
+    if request.content_type != content_type:
+        return _problem(415, f"expected Content-Type {content_type}, got {request.content_type or 'none'}")
+    return None
+
+
+class Collector:
+    """The request handlers; one instance per app."""
+
+    def __init__(self, config: CollectorConfig, context: IngestContext, sender: Any) -> None:
+        self.config = config
+        self.context = context
+        self.sender = sender
+        self._sendgrid_key = _load_ecdsa_key(config.sendgrid_verification_key)
+
+    # -- the shared path: validate, then Kafka, then answer
+
+    async def accept(self, request: web.Request, raw: bytes, format_name: str) -> web.Response:
+        record = RawRecord(raw, f"{request.method} {request.path}", format_name)
+        outcomes = list(parse_records([record], self.context))
+        letters = [o for o in outcomes if isinstance(o, DeadLetter)]
+        accepted = len(outcomes) - len(letters)
+        rejected = [{"origin": letter.origin, "reason": letter.reason} for letter in letters]
+        try:
+            if accepted == 0:
+                for letter in letters:
+                    await self.sender.send(
+                        self.config.topics.dead_letters,
+                        letter.origin.encode("utf-8"),
+                        letter.raw,
+                        dead_letter_headers(letter, "collect"),
+                    )
+                log.info("rejected %s: %d record(s)", request.path, len(letters))
+                return _problem(400, "no valid record in the request", rejected=rejected)
+            await self.sender.send(
+                self.config.topics.raw_for_format(format_name),
+                message_key(raw, self.context.hasher),
+                raw,
+                raw_headers(record, received_at=datetime.now(UTC)),
+            )
+        except KafkaUnavailable as exc:
+            log.warning("Kafka unavailable for %s: %s", request.path, exc)
+            return _problem(503, "the event store is unavailable; retry later")
+        log.info("accepted %s: %d record(s), %d rejected", request.path, accepted, len(letters))
+        return web.json_response({"accepted": accepted, "rejected": rejected})
+
+    # -- Segment
+
+    async def segment(self, request: web.Request) -> web.Response:
+        if self.config.segment_write_key is None:
+            return _problem(503, "Segment endpoints are not configured (set JOURNEYS_SEGMENT_WRITE_KEY)")
+        if not _basic_user_matches(request, self.config.segment_write_key):
+            return web.json_response(
+                {"error": "missing or wrong write key (HTTP Basic, write key as user name)"},
+                status=401,
+                headers={"WWW-Authenticate": 'Basic realm="segment"'},
+            )
+        if (problem := _wants(request, "application/json")) is not None:
+            return problem
+        call = request.match_info["call"]
+        body = await _read_body(request, SEGMENT_BATCH_LIMIT if call == "batch" else SEGMENT_CALL_LIMIT)
+        if isinstance(body, web.Response):
+            return body
+        if call != "batch":
+            body = _with_type(body, call)
+        return await self.accept(request, body, "segment")
+
+    # -- SendGrid
+
+    async def sendgrid(self, request: web.Request) -> web.Response:
+        if (problem := _wants(request, "application/json")) is not None:
+            return problem
+        body = await _read_body(request, WEBHOOK_LIMIT)
+        if isinstance(body, web.Response):
+            return body
+        if self._sendgrid_key is not None:
+            problem = _check_sendgrid_signature(self._sendgrid_key, request, body)
+            if problem is not None:
+                return _problem(403, problem)
+        return await self.accept(request, body, "sendgrid")
+
+    # -- Twilio
+
+    async def twilio(self, request: web.Request) -> web.Response:
+        if (problem := _wants(request, "application/x-www-form-urlencoded")) is not None:
+            return problem
+        body = await _read_body(request, WEBHOOK_LIMIT)
+        if isinstance(body, web.Response):
+            return body
+        token = self.config.twilio_auth_token
+        if token is not None:
+            url = (
+                (self.config.public_url.rstrip("/") + request.path_qs)
+                if self.config.public_url
+                else str(request.url)
+            )
+            expected = twilio_signature(token, url, body)
+            given = request.headers.get("X-Twilio-Signature", "")
+            if not hmac.compare_digest(expected, given):
+                return _problem(
+                    403, "X-Twilio-Signature does not match (check JOURNEYS_COLLECTOR_PUBLIC_URL)"
+                )
+        return await self.accept(request, body, "twilio")
+
+    # -- social
+
+    async def social(self, request: web.Request) -> web.Response:
+        if (problem := _wants(request, "application/json")) is not None:
+            return problem
+        body = await _read_body(request, WEBHOOK_LIMIT)
+        if isinstance(body, web.Response):
+            return body
+        return await self.accept(request, body, "social")
+
+    # -- Meta
+
+    async def meta_verify(self, request: web.Request) -> web.Response:
+        query = request.query
+        token = self.config.meta_verify_token
+        if token is None:
+            return _problem(503, "Meta webhooks are not configured (set JOURNEYS_META_VERIFY_TOKEN)")
+        if query.get("hub.mode") != "subscribe" or not hmac.compare_digest(
+            query.get("hub.verify_token", ""), token
+        ):
+            return _problem(403, "hub.mode must be subscribe and hub.verify_token must match")
+        return web.Response(text=query.get("hub.challenge", ""))
+
+    async def meta(self, request: web.Request) -> web.Response:
+        if (problem := _wants(request, "application/json")) is not None:
+            return problem
+        body = await _read_body(request, WEBHOOK_LIMIT)
+        if isinstance(body, web.Response):
+            return body
+        secret = self.config.meta_app_secret
+        if secret is not None:
+            expected = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+            if not hmac.compare_digest(expected, request.headers.get("X-Hub-Signature-256", "")):
+                return _problem(403, "X-Hub-Signature-256 does not match the app secret")
+        return await self.accept(request, body, "meta")
+
+    # -- health
+
+    async def live(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "live"})
+
+    async def ready(self, request: web.Request) -> web.Response:
+        loop = asyncio.get_running_loop()
+        if await loop.run_in_executor(None, self.sender.ready):
+            return web.json_response({"status": "ready"})
+        return _problem(503, f"Kafka at {self.config.bootstrap} is not reachable")
+
+
+def create_collector(config: CollectorConfig, context: IngestContext, sender: Any) -> web.Application:
+    """The aiohttp application; `sender` has `async send(topic, key, value, headers)` and `ready()`."""
+    handlers = Collector(config, context, sender)
+    # aiohttp's own limit sits above ours so that ours answers with the reason.
+    app = web.Application(client_max_size=SEGMENT_BATCH_LIMIT * 4)
+    app.add_routes(
+        [
+            web.post("/v1/{call:track|page|screen|identify|alias|group|batch}", handlers.segment),
+            web.post("/sendgrid/events", handlers.sendgrid),
+            web.post("/twilio/voice/status", handlers.twilio),
+            web.post("/social", handlers.social),
+            web.get("/meta/webhook", handlers.meta_verify),
+            web.post("/meta/webhook", handlers.meta),
+            web.get("/health/live", handlers.live),
+            web.get("/health/ready", handlers.ready),
+        ]
+    )
+    return app
+
+
+def run_collector(config: CollectorConfig, context: IngestContext, host: str, port: int) -> None:
+    """Serve until SIGTERM/SIGINT; the producer is flushed and closed on the way out."""
+    ensure_topics(config.bootstrap, config.topics)
+    sender = KafkaSender(config.bootstrap, config.send_timeout, config.topics.raw("web"))
+    app = create_collector(config, context, sender)
+
+    async def close_sender(_: web.Application) -> None:
+        sender.close()
+
+    app.on_cleanup.append(close_sender)
+    log.info("collecting on %s:%d into Kafka at %s", host, port, config.bootstrap)
+    web.run_app(app, host=host, port=port, print=None, access_log=None)
+
+
+# -- provider conventions
+
+
+def _basic_user_matches(request: web.Request, write_key: str) -> bool:
+    header = request.headers.get("Authorization", "")
+    if not header.startswith("Basic "):
+        return False
+    try:
+        user = base64.b64decode(header[6:], validate=True).decode("utf-8").split(":", 1)[0]
+    except (ValueError, UnicodeDecodeError):
+        return False
+    return hmac.compare_digest(user, write_key)
+
+
+def _with_type(body: bytes, call: str) -> bytes:
+    """A single Segment call with `type` taken from its path when the body lacks it."""
+    try:
+        obj = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return body  # the pipeline gives the reason
+    if isinstance(obj, dict) and "type" not in obj:
+        obj["type"] = call
+        return orjson.dumps(obj)
+    return body
+
+
+def twilio_signature(auth_token: str, url: str, body: bytes) -> str:
+    """Twilio's request signature: HMAC-SHA1 over the URL and the sorted POST parameters, base64."""
+    params = sorted(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
+    data = url + "".join(name + value for name, value in params)
+    return base64.b64encode(
+        hmac.new(auth_token.encode(), data.encode("utf-8"), hashlib.sha1).digest()
+    ).decode()
+
+
+def _load_ecdsa_key(text: str | None) -> Any:
+    if text is None:
+        return None
+    from cryptography.hazmat.primitives.serialization import load_der_public_key, load_pem_public_key
+
+    text = text.strip()
+    if text.startswith("-----BEGIN"):
+        return load_pem_public_key(text.encode())
+    return load_der_public_key(base64.b64decode(text))  # SendGrid shows base64 DER without PEM framing
+
+
+def _check_sendgrid_signature(key: Any, request: web.Request, body: bytes) -> str | None:
+    """None when the ECDSA (P-256, SHA-256) signature over timestamp + body verifies, else why not."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    signature = request.headers.get("X-Twilio-Email-Event-Webhook-Signature")
+    timestamp = request.headers.get("X-Twilio-Email-Event-Webhook-Timestamp")
+    if not signature or not timestamp:
+        return "missing X-Twilio-Email-Event-Webhook-Signature or -Timestamp header"
+    try:
+        if abs(time.time() - int(timestamp)) > SIGNATURE_TOLERANCE:
+            return f"signature timestamp is more than {SIGNATURE_TOLERANCE} s old"
+        key.verify(base64.b64decode(signature), timestamp.encode() + body, ec.ECDSA(hashes.SHA256()))
+    except (InvalidSignature, ValueError):
+        return "the SendGrid signature does not verify with JOURNEYS_SENDGRID_VERIFICATION_KEY"
+    return None
