@@ -26,15 +26,27 @@ DEFAULT_PARTITIONS = 6
 PARTITIONS_ENV = "JOURNEYS_PARTITIONS"
 
 
-def partitions_from_env(environ: Mapping[str, str] | None = None) -> int:
-    """Partitions of the raw and dead-letter topics: $JOURNEYS_PARTITIONS, default 6."""
-    raw = (os.environ if environ is None else environ).get(PARTITIONS_ENV, "").strip()
+REPLICATION_ENV = "JOURNEYS_REPLICATION_FACTOR"
+
+
+def _whole_number(name: str, default: int, environ: Mapping[str, str] | None) -> int:
+    raw = (os.environ if environ is None else environ).get(name, "").strip()
     if not raw:
-        return DEFAULT_PARTITIONS
+        return default
     try:
         return int(raw)
     except ValueError:
-        raise ValueError(f"{PARTITIONS_ENV} must be a whole number, got {raw!r}") from None
+        raise ValueError(f"{name} must be a whole number, got {raw!r}") from None
+
+
+def partitions_from_env(environ: Mapping[str, str] | None = None) -> int:
+    """Partitions of the raw and dead-letter topics: $JOURNEYS_PARTITIONS, default 6."""
+    return _whole_number(PARTITIONS_ENV, DEFAULT_PARTITIONS, environ)
+
+
+def replication_from_env(environ: Mapping[str, str] | None = None) -> int:
+    """Replication factor of the topics the app creates: $JOURNEYS_REPLICATION_FACTOR, default 1."""
+    return _whole_number(REPLICATION_ENV, 1, environ)
 
 
 class TopicLayoutError(RuntimeError):
@@ -71,7 +83,7 @@ def ensure_topics(
     bootstrap: str,
     topics: Topics,
     partitions: int | None = None,
-    replication_factor: int = 1,
+    replication_factor: int | None = None,
     timeout: float = 30.0,
 ) -> dict[str, int]:
     """Create missing topics; check the single-partition ones. Returns each topic's partition count.
@@ -81,14 +93,11 @@ def ensure_topics(
     left as the operator made them.
     """
     layout = topic_layout(topics, partitions_from_env() if partitions is None else partitions)
+    replicas = replication_from_env() if replication_factor is None else replication_factor
     admin = _admin(bootstrap, timeout)
     try:
         existing = set(admin.list_topics())
-        missing = [
-            NewTopic(name, count, replication_factor)
-            for name, count in layout.items()
-            if name not in existing
-        ]
+        missing = [NewTopic(name, count, replicas) for name, count in layout.items() if name not in existing]
         if missing:
             with contextlib.suppress(TopicAlreadyExistsError):  # another process won the race
                 admin.create_topics(missing, timeout_ms=int(timeout * 1000))

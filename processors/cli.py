@@ -299,7 +299,7 @@ def worker(
     import faust
     from kafka.errors import KafkaError
 
-    from ingest.kafka import TopicLayoutError, ensure_topics
+    from ingest.kafka import TopicLayoutError, ensure_topics, replication_from_env
     from ingest.pii import PiiKeyError
     from ingest.topics import Topics, bootstrap_from_env
     from processors.logs import logging_config
@@ -324,7 +324,11 @@ def worker(
         counts = ensure_topics(stream_config.bootstrap, stream_config.topics, partitions)
     except (KafkaError, TopicLayoutError) as exc:
         _fail(f"Kafka at {stream_config.bootstrap}: {exc}")
-    stream_config = dataclasses.replace(stream_config, partitions=counts[stream_config.topics.raw("web")])
+    stream_config = dataclasses.replace(
+        stream_config,
+        partitions=counts[stream_config.topics.raw("web")],
+        replication_factor=replication_from_env(),
+    )
     faust_app = create_app(settings, stream_config)
     faust.Worker(
         faust_app, loglevel="INFO", logging_config=logging_config(_log_format(log_format))

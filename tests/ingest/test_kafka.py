@@ -57,3 +57,13 @@ def test_the_producer_delivers_in_key_order(kafka_bootstrap: str, topic_prefix: 
     consumer.close()
     assert sum(len(values) for values in by_key.values()) == 50
     assert all(values == sorted(values) for values in by_key.values())
+
+
+def test_partitions_and_replication_come_from_the_environment() -> None:
+    from ingest.kafka import partitions_from_env, replication_from_env
+
+    assert partitions_from_env({}) == 6 and replication_from_env({}) == 1
+    assert partitions_from_env({"JOURNEYS_PARTITIONS": "12"}) == 12
+    assert replication_from_env({"JOURNEYS_REPLICATION_FACTOR": "3"}) == 3
+    with pytest.raises(ValueError, match="JOURNEYS_PARTITIONS must be a whole number"):
+        partitions_from_env({"JOURNEYS_PARTITIONS": "many"})
