@@ -20,12 +20,14 @@ per-record part) scales with the raw topics' partitions and the workers.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import faust
+import orjson
 from pydantic import ValidationError
 
 from ingest.pipeline import parse_records
@@ -37,7 +39,14 @@ from journeys.reconstruct import Admission, Reconstruction
 from journeys.touchpoint import Touchpoint
 from processors.config import Settings
 from processors.embedded import ingest_context, refusal_letter
-from processors.stream.messages import decode_touchpoint, encode_touchpoint, state_messages
+from processors.stream.messages import (
+    CHUNK,
+    decode_touchpoint,
+    encode_touchpoints,
+    join_touchpoints,
+    split_touchpoints,
+    state_messages,
+)
 from processors.stream.metrics import Metrics
 
 log = logging.getLogger("journeys.worker")
@@ -201,23 +210,26 @@ def create_app(settings: Settings, config: StreamConfig) -> faust.App:
                 for event in events
             ]
             metrics.inc("journeys_records_in_total", len(records), stage="normalise")
-            out = 0
+            touchpoints: list[Touchpoint] = []
             for outcome in parse_records(records, context):
                 if isinstance(outcome, DeadLetter):
                     await send_dead_letter(outcome, "normalise")
                 else:
-                    out += 1
-                    await touchpoints_topic.send(
-                        key=outcome.event_id.encode(), value=encode_touchpoint(outcome)
-                    )
-            metrics.inc("journeys_records_out_total", out, stage="normalise")
+                    touchpoints.append(outcome)
+            for key, value in encode_touchpoints(touchpoints):
+                await touchpoints_topic.send(key=key, value=value)
+            metrics.inc("journeys_records_out_total", len(touchpoints), stage="normalise")
 
     def fold_batch(batch: list[Touchpoint], raw_events: dict[str, bytes], now: datetime) -> list[Message]:
         """Admit one batch into the aggregate (rebuilt from the event log first if needed)."""
         messages: list[Message] = []
         live = stage.live
         if live is None:
-            stored = {key.decode(): value for key, value in event_log.items()}
+            stored = {
+                orjson.loads(raw)["event_id"]: raw
+                for entry in event_log.values()
+                for raw in split_touchpoints(entry)
+            }
             live, rebuilt = stage.rebuild(list(stored.values()))
             log.info("reconstruct: rebuilt from %d stored events", len(stored))
             messages += state_messages(rebuilt, live.reconstruction, stored, now)
@@ -226,8 +238,11 @@ def create_app(settings: Settings, config: StreamConfig) -> faust.App:
             if admission in (Admission.CONFLICT, Admission.UNIDENTIFIED):
                 messages.append(("letter", refusal_letter(touchpoint, admission)))
         messages += state_messages(result, live.reconstruction, raw_events, now)
-        for touchpoint in result.new_touchpoints:
-            event_log[touchpoint.event_id.encode()] = raw_events[touchpoint.event_id]
+        # One table entry per CHUNK new events, keyed by the first (an event is admitted once).
+        new = result.new_touchpoints
+        for start in range(0, len(new), CHUNK):
+            chunk = new[start : start + CHUNK]
+            event_log[chunk[0].event_id.encode()] = join_touchpoints(raw_events[tp.event_id] for tp in chunk)
         stage.count_open(result)
         return messages
 
@@ -238,26 +253,36 @@ def create_app(settings: Settings, config: StreamConfig) -> faust.App:
             else:
                 await state_topic.send(key=key, value=value)
 
+    # Touchpoint messages carry up to CHUNK touchpoints: take about 5 * batch_size touchpoints per fold.
+    fold_messages = max(1, 5 * config.batch_size // CHUNK)
+
     @app.agent(touchpoints_topic)
     async def reconstruct(stream: faust.StreamT) -> None:
-        async for events in stream.take_events(config.batch_size, within=config.batch_seconds):
+        async for events in stream.take_events(fold_messages, within=config.batch_seconds):
             note_read(events)
-            metrics.inc("journeys_records_in_total", len(events), stage="reconstruct")
             now = datetime.now(UTC)
             batch: list[Touchpoint] = []
             raw_events: dict[str, bytes] = {}
             for event in events:
                 try:
-                    touchpoint = decode_touchpoint(event.value)
-                except ValidationError as exc:
-                    reason = f"not a canonical touchpoint: {_first_error(exc)}"
-                    await send_dead_letter(
-                        DeadLetter(event.value or b"", reason, "touchpoint", _origin(event), now),
-                        "reconstruct",
-                    )
+                    elements = split_touchpoints(event.value)
+                except ValueError as exc:
+                    reason = f"not a canonical touchpoint: {exc}"
+                    letter = DeadLetter(event.value or b"", reason, "touchpoint", _origin(event), now)
+                    await send_dead_letter(letter, "reconstruct")
                     continue
-                batch.append(touchpoint)
-                raw_events[touchpoint.event_id] = event.value
+                for index, raw in enumerate(elements):
+                    try:
+                        touchpoint = decode_touchpoint(raw)
+                    except ValidationError as exc:
+                        reason = f"not a canonical touchpoint: {_first_error(exc)}"
+                        letter = DeadLetter(raw, reason, "touchpoint", f"{_origin(event)}#[{index}]", now)
+                        await send_dead_letter(letter, "reconstruct")
+                        continue
+                    batch.append(touchpoint)
+                    raw_events[touchpoint.event_id] = raw
+            metrics.inc("journeys_records_in_total", len(batch), stage="reconstruct")
+            began = time.perf_counter()
             try:
                 messages = fold_batch(batch, raw_events, now)
             except Exception:
@@ -277,7 +302,16 @@ def create_app(settings: Settings, config: StreamConfig) -> faust.App:
                         messages.append(
                             ("letter", DeadLetter(raw, reason, "touchpoint", touchpoint.event_id, now))
                         )
+            folded = time.perf_counter()
             await publish(messages)
+            log.info(
+                "reconstruct: %d touchpoints -> %d messages; fold %.3f s, publish %.3f s",
+                len(batch),
+                len(messages),
+                folded - began,
+                time.perf_counter() - folded,
+                extra={"touchpoints": len(batch), "messages": len(messages)},
+            )
             metrics.inc("journeys_records_out_total", len(messages), stage="reconstruct")
             metrics.set("journeys_open_journeys", stage.open_journeys)
 
