@@ -10,6 +10,8 @@ The producer is idempotent with acks from all in-sync replicas
 (`ingest.kafka.make_producer`): a retried send is never written twice. A record
 whose format cannot be told goes to the web topic without a `format` header;
 the normalise stage dead-letters it with the reason, so it is never dropped.
+A record over Kafka's message size goes straight to the dead-letter topic
+with the reason and its redacted first 64 KB.
 """
 
 from __future__ import annotations
@@ -23,11 +25,13 @@ from typing import Any
 
 from .files import read_records
 from .kafka import ensure_topics, make_producer
-from .pii import PiiHasher
+from .pii import PiiHasher, redact_record
 from .pipeline import record_format
-from .records import RawRecord
-from .topics import FORMAT_CHANNEL, Topics, message_key, raw_headers
+from .records import DeadLetter, RawRecord
+from .topics import FORMAT_CHANNEL, Topics, dead_letter_headers, message_key, raw_headers
 
+OVERHEAD = 16 * 1024  # headers, key and record framing within max_request_size
+DEAD_LETTER_SAMPLE = 64 * 1024  # how much of an oversized record its dead letter keeps
 UNPLACED_CHANNEL = "web"  # where records of no known format go, to be dead-lettered downstream
 
 
@@ -39,6 +43,7 @@ class ProduceSummary:
     by_topic: Counter[str] = field(default_factory=Counter)
     by_file: Counter[str] = field(default_factory=Counter)
     unplaced: int = 0  # of unknown format: sent to the web topic for the normalise stage to dead-letter
+    too_large: int = 0  # over Kafka's message size: sent to the dead-letter topic instead
     failed: int = 0  # not acknowledged by Kafka
     first_error: BaseException | None = None
 
@@ -68,7 +73,28 @@ def produce_records(
 ) -> None:
     """Send records without waiting; `producer.flush()` (done by `produce_files`) waits for them all."""
     pending = 0
+    limit = producer.config["max_request_size"] - OVERHEAD
     for record in records:
+        if len(record.raw) > limit:
+            # Kafka would refuse the whole request: the record becomes a dead letter with
+            # the reason and its (redacted) beginning; the source keeps the original.
+            letter = DeadLetter(
+                redact_record(record.raw[:DEAD_LETTER_SAMPLE], hasher),
+                f"record of {len(record.raw):,} bytes is over Kafka's message limit of {limit:,} bytes",
+                record.format or "unknown",
+                record.origin,
+                datetime.now(UTC),
+            )
+            producer.send(
+                topics.dead_letters,
+                key=record.origin.encode("utf-8"),
+                value=letter.raw,
+                headers=dead_letter_headers(letter, "produce"),
+            ).add_errback(summary.fail)
+            summary.too_large += 1
+            summary.records += 1
+            summary.by_file[file] += 1
+            continue
         topic, placed = route(record, topics)
         producer.send(
             topic,

@@ -434,6 +434,11 @@ def produce(
     console.print(f"produced [bold]{summary.records:,}[/] records to Kafka at {target}")
     for topic, count in sorted(summary.by_topic.items()):
         console.print(f"  {topic}: {count:,}")
+    if summary.too_large:
+        console.print(
+            f"  [yellow]{summary.too_large:,} over Kafka's message size[/] "
+            "(sent to the dead-letter topic with the reason)"
+        )
     if summary.unplaced:
         console.print(
             f"  [yellow]{summary.unplaced:,} of unknown format[/] (sent to the web topic; "

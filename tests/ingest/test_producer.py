@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import orjson
 import pytest
 from kafka import KafkaConsumer
 
@@ -96,3 +97,21 @@ def test_unreachable_kafka_is_an_error(topic_prefix: str, pii_key: str) -> None:
             PiiHasher(pii_key),
             timeout=1,
         )
+
+
+def test_a_record_over_the_message_size_becomes_a_dead_letter(
+    kafka_bootstrap: str, topic_prefix: str, pii_key: str, tmp_path: Path
+) -> None:
+    huge = tmp_path / "huge.json"
+    huge.write_bytes(orjson.dumps({"email": "jan@ziggo.nl", "blob": "x" * 2_000_000}))
+    topics = Topics(topic_prefix)
+    summary = produce_files(
+        [huge, FIXTURES / "social" / "export.jsonl"], kafka_bootstrap, topics, PiiHasher(pii_key)
+    )
+    assert summary.too_large == 1 and summary.failed == 0
+    (letter,) = consume(kafka_bootstrap, [topics.dead_letters])
+    headers = dict(letter.headers)
+    assert headers["reason"].startswith(b"record of 2,000,0")
+    assert headers["stage"] == b"produce" and b"jan@ziggo.nl" not in letter.value
+    assert len(letter.value) <= 70_000
+    assert len(consume(kafka_bootstrap, [topics.raw("social")])) > 0
