@@ -244,11 +244,13 @@ def _write_with_retries(
                 raise RuntimeError("stopping with an unwritten batch; its offsets stay uncommitted") from exc
             delay = min(delay * 2, config.retry_max)
             continue
+        took = time.monotonic() - began
+        log.info("wrote %d messages in %.2f s", len(batch), took, extra={"messages": len(batch)})
         summary.batches += 1
         summary.messages += len(batch)
         metrics.inc("journeys_sink_batches_total")
         metrics.set("journeys_sink_batch_size", len(batch))
-        metrics.set("journeys_sink_batch_seconds", time.monotonic() - began)
+        metrics.set("journeys_sink_batch_seconds", took)
         metrics.inc("journeys_records_in_total", len(batch), stage="sink")
         return
 
