@@ -75,31 +75,32 @@ def _check_database(name: str, dsn: str) -> None:
 
 
 _lock = threading.Lock()
-_embedded: dict[str, Client] = {}
+_embedded: dict[tuple[str, str], Client] = {}  # (path, database) -> client
 
 
 def connect(dsn: str, *, create: bool = True) -> Client:
     """A client whose default database is the DSN's; the database is created if missing.
 
-    Embedded clients are shared per process (chDB allows one engine per path and
-    one path per process); server clients are new each call.
+    Embedded clients are shared per process and database (chDB allows one data
+    path per process; clients of several databases in that path live side by
+    side, each keeping its own default database); server clients are new each call.
     """
     target = Target.parse(dsn)
     if target.embedded:
         with _lock:
-            key = target.path or ":memory:"
-            client = _embedded.get(key)
+            path = target.path or ":memory:"
+            client = _embedded.get((path, target.database))
             if client is None:
-                if _embedded:
-                    other = next(iter(_embedded))
+                held = {held_path for held_path, _ in _embedded}
+                if held - {path}:
                     raise StorageError(
-                        f"this process already holds the embedded database at {other}; "
+                        f"this process already holds the embedded database at {held.pop()}; "
                         "chDB allows one data path per process — close it first"
                     )
                 if target.path:
                     Path(target.path).mkdir(parents=True, exist_ok=True)
                 client = _open(target)
-                _embedded[key] = client
+                _embedded[(path, target.database)] = client
     else:
         client = _open(target)
     if create:

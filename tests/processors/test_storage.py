@@ -43,6 +43,15 @@ def test_one_embedded_path_per_process(dsn: str, tmp_path: Path) -> None:
         connect(f"chdb://{tmp_path / 'other'}?database=x")
 
 
+def test_clients_of_two_databases_in_one_path_keep_their_own_database(chdb_path: Path) -> None:
+    first = connect(f"chdb://{chdb_path}?database=keeps_a")
+    second = connect(f"chdb://{chdb_path}?database=keeps_b")
+    # Connecting to another database must not switch a client someone else holds.
+    assert first.query("SELECT currentDatabase()").result_rows == [("keeps_a",)]
+    assert second.query("SELECT currentDatabase()").result_rows == [("keeps_b",)]
+    assert connect(f"chdb://{chdb_path}?database=keeps_a") is first
+
+
 def test_migrate_is_idempotent_and_creates_the_analyst_views(dsn: str) -> None:
     client = connect(dsn)
     assert [m.version for m in migrate(client)] == [m.version for m in migrations()]
