@@ -483,6 +483,50 @@ def collect(
         _fail(f"Kafka at {collector_config.bootstrap}: {exc}")
 
 
+@app.command()
+def serve(
+    db: DbOption = None,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.", min=1)] = 8050,
+    config: ConfigOption = None,
+) -> None:
+    """Serve the page for product teams: funnel, flows, drop-off points, switches, emotion, moments."""
+    from aiohttp import web as aiohttp_web
+
+    from processors.web import create_web_app
+
+    settings = _settings(db, config)
+    try:
+        client = connect(settings.dsn)
+        migrate(client)
+    except StorageError as exc:
+        _fail(str(exc))
+    console.print(
+        f"journeys page on [bold]http://{host}:{port}/[/] (database {settings.dsn}); Ctrl-C stops it"
+    )
+    aiohttp_web.run_app(create_web_app(client), host=host, port=port, print=None)
+
+
+@app.command()
+def report(
+    out: Annotated[Path, typer.Option("--out", "-o", help="The HTML file to write.")] = Path("report.html"),
+    db: DbOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Write the page as one self-contained HTML file (no server, no network needed to open it)."""
+    from processors.web import report_html
+
+    settings = _settings(db, config)
+    try:
+        client = connect(settings.dsn)
+        migrate(client)
+        html = report_html(client)
+    except StorageError as exc:
+        _fail(str(exc))
+    out.write_text(html, encoding="utf-8")
+    console.print(f"wrote [bold]{out}[/] ({len(html.encode()) / 1e6:.1f} MB); open it in any browser")
+
+
 def _progress() -> Progress:
     return Progress(
         TextColumn("[progress.description]{task.description}"),

@@ -13,7 +13,20 @@ from typer.testing import CliRunner
 from processors.cli import app
 
 runner = CliRunner()
-COMMANDS = ["run", "demo", "sql", "summary", "migrate", "unlink", "produce", "collect", "worker", "sink"]
+COMMANDS = [
+    "run",
+    "demo",
+    "sql",
+    "summary",
+    "migrate",
+    "unlink",
+    "produce",
+    "collect",
+    "worker",
+    "sink",
+    "serve",
+    "report",
+]
 
 ORDER = [
     {

@@ -9,26 +9,21 @@ from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from clickhouse_connect.driver.client import Client
 
-from processors.config import Settings
-from processors.demo import DemoResult, run_demo
-from processors.storage import connect
+from processors.demo import DemoResult
 
 COOKBOOK = Path(__file__).parents[2] / "docs" / "cookbook.md"
 QUERIES = re.findall(r"```sql\n(.*?)```", COOKBOOK.read_text(), flags=re.S)
 
 
-@pytest.fixture(scope="module")
-def demo(chdb_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Client, DemoResult]]:
-    settings = Settings.load(dsn=f"chdb://{chdb_path}?database=mining_demo")
-    result = run_demo(settings, customers=600, seed=21, directory=tmp_path_factory.mktemp("mining"))
-    yield connect(settings.dsn), result
+@pytest.fixture
+def demo(mining_demo: tuple[Client, DemoResult]) -> tuple[Client, DemoResult]:
+    return mining_demo
 
 
 def rows(client: Client, query: str) -> list[dict[str, Any]]:
