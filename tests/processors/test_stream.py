@@ -20,6 +20,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+from kafka import KafkaConsumer
 
 from ingest.demo import generate
 from ingest.files import read_records
@@ -294,11 +295,12 @@ def assigned_raw_partitions(log: Path, topics: Topics) -> set[str]:
 def test_two_workers_share_the_work_and_one_takes_over_when_the_other_is_killed(
     tmp_path: Path,
     chdb_path: Path,
-    kafka_bootstrap: str,
+    fresh_kafka: str,
     topic_prefix: str,
     pii_key: str,
     start_worker: Callable,
 ) -> None:
+    kafka_bootstrap = fresh_kafka
     files = generate(customers=60, seed=11, days=40).write(tmp_path / "demo")
     inputs = expand_inputs([*files.inputs()])
     database = topic_prefix.replace("-", "_")
@@ -312,7 +314,7 @@ def test_two_workers_share_the_work_and_one_takes_over_when_the_other_is_killed(
     streamed = f"chdb://{chdb_path}?database={database}_stream"
     migrate(connect(streamed))
     sink = SinkThread(streamed, kafka_bootstrap, topics)
-    workers = {"w1": start_worker("w1"), "w2": start_worker("w2")}
+    workers = {name: start_worker(name, bootstrap=kafka_bootstrap) for name in ("w1", "w2")}
     logs = {name: tmp_path / f"{name}.log" for name in workers}
     try:
         send(kafka_bootstrap, topics, first, pii_key)
@@ -338,7 +340,12 @@ def test_two_workers_share_the_work_and_one_takes_over_when_the_other_is_killed(
         workers[victim].kill()  # no graceful shutdown: state must come back from the changelog
         workers[victim].wait(timeout=10)
         send(kafka_bootstrap, topics, rest, pii_key)
-        wait_until(settled(streamed, summary.touchpoints_new), 180, "the survivor to catch up", tmp_path)
+        try:
+            wait_until(settled(streamed, summary.touchpoints_new), 180, "the survivor to catch up", tmp_path)
+        except AssertionError as timeout:
+            raise AssertionError(
+                explain_missing(streamed, embedded.dsn, kafka_bootstrap, topics)
+            ) from timeout
         assert owner_of_reconstruct({survivor: logs[survivor]}, topics) == survivor
         assert "rebuilt from" in logs[survivor].read_text(errors="replace")
     finally:
@@ -348,6 +355,26 @@ def test_two_workers_share_the_work_and_one_takes_over_when_the_other_is_killed(
     for table, order_by in (("touchpoints", "event_id"), ("journeys", "journey_id"), ("identities", "1, 2")):
         assert rows_of(streamed, table, order_by) == rows_of(embedded.dsn, table, order_by), table
     assert count(streamed, "SELECT count() FROM touchpoints") == summary.touchpoints_new
+
+
+def explain_missing(streamed: str, embedded: str, bootstrap: str, topics: Topics) -> str:
+    """The events that never arrived, and whether their raw records are on the broker at all."""
+    have = {row[0] for row in connect(streamed).query("SELECT event_id FROM events").result_rows}
+    want = {row[0] for row in connect(embedded).query("SELECT event_id FROM events").result_rows}
+    missing = sorted(want - have)
+    consumer = KafkaConsumer(
+        *topics.all_raw, bootstrap_servers=bootstrap, auto_offset_reset="earliest", consumer_timeout_ms=3000
+    )
+    on_broker = {}
+    for message in consumer:
+        for event_id in missing:
+            stem = event_id.split(":", 1)[0].encode()
+            if stem in (message.value or b""):
+                on_broker.setdefault(event_id, []).append(
+                    f"{message.topic}[{message.partition}]@{message.offset}"
+                )
+    consumer.close()
+    return f"missing events {missing}; raw records on the broker: {on_broker}"
 
 
 def send(bootstrap: str, topics: Topics, records: list, pii_key: str) -> None:
