@@ -15,7 +15,6 @@ _HELP = {
     "journeys_dead_letters_total": ("counter", "Records refused with a reason, per stage"),
     "journeys_open_journeys": ("gauge", "Journeys currently open (not converted, not dropped)"),
     "journeys_sink_batches_total": ("counter", "Batches written to ClickHouse"),
-    "journeys_sink_rows_total": ("counter", "Rows written to ClickHouse, per table"),
     "journeys_sink_batch_size": ("gauge", "Messages in the last batch written"),
     "journeys_sink_batch_seconds": ("gauge", "Seconds the last batch took to write"),
     "journeys_sink_retries_total": ("counter", "Failed ClickHouse writes that were retried"),

@@ -71,6 +71,8 @@ def test_clickhouse_has_a_writer_and_a_read_only_analyst() -> None:
     assert {ip.text for ip in default.iter("ip")} == {"::1", "127.0.0.1"}
     for variable in ("CLICKHOUSE_WRITER_PASSWORD", "CLICKHOUSE_ANALYST_PASSWORD"):
         assert ":?" in clickhouse["environment"][variable]
+    # The entrypoint must leave the users alone: it would write over the read-only default-user.xml.
+    assert clickhouse["environment"]["CLICKHOUSE_SKIP_USER_SETUP"] == "1"
 
 
 @pytest.mark.parametrize("name", APP_SERVICES)
