@@ -118,10 +118,18 @@ def test_paths_collapse_repeats_and_count_loops(demo: tuple[Client, DemoResult])
     assert any(path["loops"] > 0 for path in paths)
 
 
-def test_anomalies_are_the_journeys_own_skips_and_regressions(demo: tuple[Client, DemoResult]) -> None:
+def test_anomalies_are_the_journeys_own_skips_regressions_and_reversals(
+    demo: tuple[Client, DemoResult],
+) -> None:
     client, _ = demo
     counted = dict(client.query("SELECT kind, count() FROM phase_anomalies GROUP BY kind").result_rows)
     expected = client.query("SELECT sum(length(skipped_phases)), sum(regressions) FROM journeys").result_rows[
         0
     ]
     assert (counted.get("skipped", 0), counted.get("regression", 0)) == expected
+    order = ["orientation", "consideration", "purchase", "usage", "retention"]
+    reached = [row[0] for row in client.query("SELECT phases_reached FROM journeys").result_rows]
+    reversals = sum(
+        1 for phases in reached for a, b in itertools.pairwise(phases) if order.index(b) < order.index(a)
+    )
+    assert counted.get("reversed", 0) == reversals
