@@ -198,7 +198,7 @@ def sql(
 
 @app.command()
 def summary(db: DbOption = None, config: ConfigOption = None) -> None:
-    """Print the phase funnel, top drop-off points and the channel-switch matrix."""
+    """Print the phase funnel, drop-off points, channel switches, moments of truth and email progress."""
     from processors.summary import summarize
 
     settings = _settings(db, config)
@@ -589,6 +589,38 @@ def _print_summary(summary: Any) -> None:
             cells.append(f"{n:,} ({share:.0%})" if n else "·")
         matrix.add_row(source, *cells)
     out.print(matrix)
+    if summary.moments:
+        moments = Table(
+            "channel",
+            "action",
+            "journeys",
+            "converted",
+            "lift",
+            "dropped",
+            "lift",
+            title="Moments of truth (lift 1 = no effect)",
+        )
+        for m in summary.moments:
+            moments.add_row(
+                m["channel"],
+                m["action"],
+                f"{m['journeys_with']:,}",
+                f"{m['conversion_with']:.0%}",
+                f"{m['conversion_lift']:.2f}",
+                f"{m['dropoff_with']:.0%}",
+                f"{m['dropoff_lift']:.2f}",
+            )
+        out.print(moments)
+    if summary.emails:
+        emails = Table("campaign", "sent", "opened", "progressed", title="Emails and the progress after them")
+        for e in summary.emails:
+            emails.add_row(
+                e["campaign"],
+                f"{e['journeys_sent']:,}",
+                f"{e['journeys_opened']:,}",
+                f"{e['journeys_progressed']:,} ({e['progress_rate']:.0%})",
+            )
+        out.print(emails)
 
 
 def _plain(value: Any) -> Any:

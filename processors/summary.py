@@ -6,7 +6,8 @@ the demo and `journeys summary` print them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from clickhouse_connect.driver.client import Client
 
@@ -40,6 +41,8 @@ class Summary:
     dropoffs: list[DropOffPoint]
     switch_matrix: dict[tuple[str, str], tuple[int, float]]  # (from, to) -> (switches, share after failure)
     dead_letters: int
+    moments: list[dict[str, Any]] = field(default_factory=list)  # moments_of_truth, strongest first
+    emails: list[dict[str, Any]] = field(default_factory=list)  # email_progress, least progress first
 
 
 def phase_funnel(client: Client) -> list[FunnelStep]:
@@ -98,7 +101,14 @@ def summarize(client: Client) -> Summary:
         dropoffs=top_dropoffs(client),
         switch_matrix=switch_matrix(client),
         dead_letters=client.query("SELECT count() FROM dead_letters").result_rows[0][0],
+        moments=_rows(client, "SELECT * FROM moments_of_truth LIMIT 5"),
+        emails=_rows(client, "SELECT * FROM email_progress WHERE journeys_opened >= 10 LIMIT 5"),
     )
+
+
+def _rows(client: Client, query: str) -> list[dict[str, Any]]:
+    result = client.query(query)
+    return [dict(zip(result.column_names, row, strict=True)) for row in result.result_rows]
 
 
 CHANNELS = [c.value for c in Channel]

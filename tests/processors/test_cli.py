@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -160,3 +161,11 @@ def test_produce_without_kafka_says_so(web_file: Path, topic_prefix: str) -> Non
 def test_produce_refuses_an_unknown_format(web_file: Path) -> None:
     result = runner.invoke(app, ["produce", str(web_file), "--format", "mailchimp"])
     assert result.exit_code == 2 and "unknown --format" in result.output
+
+
+def test_summary_shows_the_moments_of_truth_and_dead_end_emails(mining_demo: Any, chdb_path: Path) -> None:
+    result = runner.invoke(app, ["summary", "--db", f"chdb://{chdb_path}?database=mining_demo"])
+    assert result.exit_code == 0, result.output
+    assert "Moments of truth" in result.stdout and "call.abandoned" in result.stdout
+    emails = result.stdout.split("Emails and the progress after them", 1)[1]
+    assert emails.strip().splitlines()[3].split("│")[1].strip() == "spring-nurture"  # least progress first
