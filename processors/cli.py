@@ -150,7 +150,8 @@ def demo(
         f"\nInputs: {out_dir}/  ·  Database: {settings.dsn}\n"
         'Query it:  journeys sql "SELECT status, count() FROM journeys GROUP BY status" '
         f"--db '{settings.dsn}'\n"
-        "Schema and views: docs/schema.md"
+        f"See it:    journeys serve --db '{settings.dsn}'   (or journeys report --db … --out report.html)\n"
+        "Schema, mining views and tested queries: docs/schema.md, docs/cookbook.md"
     )
 
 
