@@ -24,6 +24,13 @@ def test_target_parse(dsn: str, database: str, embedded: bool, path: str | None)
     assert "database=" not in target.dsn
 
 
+def test_a_relative_embedded_path_becomes_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    target = Target.parse("chdb://.journeys/chdb?database=demo")
+    assert (target.path, target.database) == (str(tmp_path / ".journeys" / "chdb"), "demo")
+    assert target.dsn == f"chdb://{tmp_path}/.journeys/chdb"
+
+
 @pytest.mark.parametrize(
     ("dsn", "message"),
     [("mysql://h/db", "unsupported DSN scheme"), ("chdb:///x?database=a;DROP", "not a plain identifier")],
