@@ -56,11 +56,13 @@ class Target:
             database = query.pop("database", [DEFAULT_DATABASE])[0]
             location = parsed.netloc + parsed.path if parsed.netloc not in ("", "memory") else parsed.path
             path = None if parsed.netloc == "memory" or location in ("", ":memory:") else location
+            rest = urlencode(query, doseq=True)
             if path is not None:
                 # chdb://.journeys/chdb (relative) works too: the driver is given the absolute path.
                 path = str(Path(path).expanduser().absolute())
-                parsed = parsed._replace(netloc="", path=path)
-            bare = urlunparse(parsed._replace(query=urlencode(query, doseq=True)))
+                bare = f"chdb://{path}" + (f"?{rest}" if rest else "")
+            else:
+                bare = urlunparse(parsed._replace(query=rest))
             _check_database(database, dsn)
             return cls(dsn=bare, database=database, embedded=True, path=path)
         if parsed.scheme in ("http", "https", "clickhouse", "clickhouses"):
