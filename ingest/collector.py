@@ -167,10 +167,11 @@ async def _read_body(request: web.Request, limit: int) -> bytes | web.Response:
     return body
 
 
-def _wants(request: web.Request, content_type: str) -> web.Response | None:
+async def _body(request: web.Request, content_type: str, limit: int) -> bytes | web.Response:
+    """The request body, or the 415/413 answer saying why not."""
     if request.content_type != content_type:
         return _problem(415, f"expected Content-Type {content_type}, got {request.content_type or 'none'}")
-    return None
+    return await _read_body(request, limit)
 
 
 class Collector:
@@ -224,10 +225,10 @@ class Collector:
                 status=401,
                 headers={"WWW-Authenticate": 'Basic realm="segment"'},
             )
-        if (problem := _wants(request, "application/json")) is not None:
-            return problem
         call = request.match_info["call"]
-        body = await _read_body(request, SEGMENT_BATCH_LIMIT if call == "batch" else SEGMENT_CALL_LIMIT)
+        body = await _body(
+            request, "application/json", SEGMENT_BATCH_LIMIT if call == "batch" else SEGMENT_CALL_LIMIT
+        )
         if isinstance(body, web.Response):
             return body
         if call != "batch":
@@ -237,9 +238,7 @@ class Collector:
     # -- SendGrid
 
     async def sendgrid(self, request: web.Request) -> web.Response:
-        if (problem := _wants(request, "application/json")) is not None:
-            return problem
-        body = await _read_body(request, WEBHOOK_LIMIT)
+        body = await _body(request, "application/json", WEBHOOK_LIMIT)
         if isinstance(body, web.Response):
             return body
         if self._sendgrid_key is not None:
@@ -251,9 +250,7 @@ class Collector:
     # -- Twilio
 
     async def twilio(self, request: web.Request) -> web.Response:
-        if (problem := _wants(request, "application/x-www-form-urlencoded")) is not None:
-            return problem
-        body = await _read_body(request, WEBHOOK_LIMIT)
+        body = await _body(request, "application/x-www-form-urlencoded", WEBHOOK_LIMIT)
         if isinstance(body, web.Response):
             return body
         token = self.config.twilio_auth_token
@@ -274,9 +271,7 @@ class Collector:
     # -- social
 
     async def social(self, request: web.Request) -> web.Response:
-        if (problem := _wants(request, "application/json")) is not None:
-            return problem
-        body = await _read_body(request, WEBHOOK_LIMIT)
+        body = await _body(request, "application/json", WEBHOOK_LIMIT)
         if isinstance(body, web.Response):
             return body
         return await self.accept(request, body, "social")
@@ -295,9 +290,7 @@ class Collector:
         return web.Response(text=query.get("hub.challenge", ""))
 
     async def meta(self, request: web.Request) -> web.Response:
-        if (problem := _wants(request, "application/json")) is not None:
-            return problem
-        body = await _read_body(request, WEBHOOK_LIMIT)
+        body = await _body(request, "application/json", WEBHOOK_LIMIT)
         if isinstance(body, web.Response):
             return body
         secret = self.config.meta_app_secret

@@ -497,11 +497,7 @@ def serve(
     from processors.web import create_web_app
 
     settings = _settings(db, config)
-    try:
-        client = connect(settings.dsn)
-        migrate(client)
-    except StorageError as exc:
-        _fail(str(exc))
+    client = _migrated_client(settings.dsn)
     console.print(
         f"journeys page on [bold]http://{host}:{port}/[/] (database {settings.dsn}); Ctrl-C stops it"
     )
@@ -518,14 +514,23 @@ def report(
     from processors.web import report_html
 
     settings = _settings(db, config)
+    client = _migrated_client(settings.dsn)
     try:
-        client = connect(settings.dsn)
-        migrate(client)
         html = report_html(client)
     except StorageError as exc:
         _fail(str(exc))
     out.write_text(html, encoding="utf-8")
     console.print(f"wrote [bold]{out}[/] ({len(html.encode()) / 1e6:.1f} MB); open it in any browser")
+
+
+def _migrated_client(dsn: str) -> Any:
+    """A client of `dsn` with the schema up to date, or exit 2 with the reason."""
+    try:
+        client = connect(dsn)
+        migrate(client)
+    except StorageError as exc:
+        _fail(str(exc))
+    return client
 
 
 def _progress() -> Progress:
