@@ -176,7 +176,7 @@ def create_app(settings: Settings, config: StreamConfig) -> faust.App:
             partitions=1,
             key_type=bytes,
             value_type=bytes,
-            help="Every accepted touchpoint by event id: the log the reconstruction folds.",
+            help="Accepted touchpoints in chunks keyed by their first event id: the log the fold replays.",
         )
     )
     stage = ReconstructStage(settings)
