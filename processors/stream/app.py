@@ -19,6 +19,7 @@ per-record part) scales with the raw topics' partitions and the workers.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Sequence
@@ -48,6 +49,7 @@ from processors.stream.messages import (
     state_messages,
 )
 from processors.stream.metrics import Metrics
+from processors.stream.offsets import FirstOffsets, committed_offsets
 
 log = logging.getLogger("journeys.worker")
 
@@ -180,12 +182,23 @@ def create_app(settings: Settings, config: StreamConfig) -> faust.App:
         )
     )
     stage = ReconstructStage(settings)
+    first_offsets = FirstOffsets()
     read_up_to: dict[Any, int] = {}  # (topic, partition) -> next offset to read, for the lag gauge
 
-    def note_read(events: Sequence[Any]) -> None:
+    async def note_read(events: Sequence[Any]) -> None:
+        """Track what was read (lag gauge); rewind a partition Faust skipped records on after a rebalance."""
+        partitions = {}
         for event in events:
             message = event.message
             read_up_to[message.tp] = max(read_up_to.get(message.tp, 0), message.offset + 1)
+            partitions[(message.tp.topic, message.tp.partition)] = message.tp
+        rewind = first_offsets.skipped(
+            ((event.message.tp.topic, event.message.tp.partition), event.message.offset) for event in events
+        )
+        for key, offset in rewind.items():
+            log.warning("records skipped on %s[%d] after a rebalance: reading again from %d", *key, offset)
+            metrics.inc("journeys_rebalance_rewinds_total", topic=key[0])
+            await app.consumer.seek(partitions[key], offset)
 
     async def send_dead_letter(letter: DeadLetter, stage_name: str) -> None:
         metrics.inc("journeys_dead_letters_total", stage=stage_name)
@@ -198,7 +211,7 @@ def create_app(settings: Settings, config: StreamConfig) -> faust.App:
     @app.agent(raw_topic)
     async def normalise(stream: faust.StreamT) -> None:
         async for events in stream.take_events(config.batch_size, within=config.batch_seconds):
-            note_read(events)
+            await note_read(events)
             records = [
                 record_from_message(
                     event.value,
@@ -259,7 +272,7 @@ def create_app(settings: Settings, config: StreamConfig) -> faust.App:
     @app.agent(touchpoints_topic)
     async def reconstruct(stream: faust.StreamT) -> None:
         async for events in stream.take_events(fold_messages, within=config.batch_seconds):
-            note_read(events)
+            await note_read(events)
             now = datetime.now(UTC)
             batch: list[Touchpoint] = []
             raw_events: dict[str, bytes] = {}
@@ -333,6 +346,18 @@ def create_app(settings: Settings, config: StreamConfig) -> faust.App:
         stage.reset()
         names = sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned)
         log.info("assigned partitions: %s", ", ".join(names) or "none")
+        streamed = {*topics.all_raw, topics.touchpoints}
+        wanted = [(tp.topic, tp.partition) for tp in assigned if tp.topic in streamed]
+        try:
+            committed = await asyncio.get_running_loop().run_in_executor(
+                None, committed_offsets, config.bootstrap, app.conf.id, wanted
+            )
+        except Exception as exc:  # the guard is a safety net: without it the stage still runs
+            log.warning(
+                "could not read committed offsets (%s); rebalance guard off until next assignment", exc
+            )
+            committed = {}
+        first_offsets.expect(committed)
 
     if config.web_port is not None:
 

@@ -19,6 +19,10 @@ _HELP = {
     "journeys_sink_batch_seconds": ("gauge", "Seconds the last batch took to write"),
     "journeys_sink_retries_total": ("counter", "Failed ClickHouse writes that were retried"),
     "journeys_consumer_lag": ("gauge", "Messages not yet consumed, per topic partition"),
+    "journeys_rebalance_rewinds_total": (
+        "counter",
+        "Partitions read again after Faust skipped records in a rebalance",
+    ),
 }
 
 
