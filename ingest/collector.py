@@ -24,6 +24,11 @@ reason also goes to the dead-letter topic); 401/403 for failed
 authentication; 413 over the size limit; 415 for a wrong content type; 503
 with `Retry-After` when Kafka does not acknowledge in time or a provider's
 secret is not configured.
+
+Every request gives one access-log line (logger `journeys.collector.access`)
+with method, path, status, duration, body size, the accepted/rejected counts
+and the refusal reason as `extra` fields; never a body, a query string (Meta's
+verify token travels in one) or a client address.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ import os
 import threading
 import time
 from collections.abc import Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -52,12 +58,22 @@ from .records import DeadLetter, RawRecord
 from .topics import Topics, bootstrap_from_env, dead_letter_headers, message_key, raw_headers
 
 log = logging.getLogger("journeys.collector")
+access = logging.getLogger("journeys.collector.access")
 
 SEGMENT_CALL_LIMIT = 32 * 1024  # Segment: "maximum of 32KB per call"
 SEGMENT_BATCH_LIMIT = 500 * 1024  # Segment: "maximum of 500KB per batch request"
 WEBHOOK_LIMIT = 1024 * 1024
 SEGMENT_CALLS = ("track", "page", "screen", "identify", "alias", "group")
 SIGNATURE_TOLERANCE = 300  # seconds a SendGrid signature timestamp may be old (replay window)
+# Per request (each runs in its own task): what the access-log line adds to method, path and status.
+_outcome: ContextVar[dict[str, Any] | None] = ContextVar("journeys_collector_outcome", default=None)
+
+
+def _note(**fields: Any) -> None:
+    """Add fields (counts, a refusal reason: never a body) to this request's access-log line."""
+    outcome = _outcome.get()
+    if outcome is not None:
+        outcome.update(fields)
 
 
 @dataclass(frozen=True)
@@ -72,7 +88,10 @@ class CollectorConfig:
     meta_verify_token: str | None = None
     meta_app_secret: str | None = None
     public_url: str | None = None  # the URL providers call, for Twilio signatures behind a proxy
-    send_timeout: float = 10.0
+    send_timeout: float = 10.0  # seconds to wait for Kafka's acknowledgement before answering 503
+    segment_call_limit: int = SEGMENT_CALL_LIMIT
+    segment_batch_limit: int = SEGMENT_BATCH_LIMIT
+    webhook_limit: int = WEBHOOK_LIMIT  # SendGrid, Twilio, social and Meta bodies
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> CollectorConfig:
@@ -139,22 +158,44 @@ class KafkaSender:
             raise KafkaUnavailable(f"{type(exc).__name__}: {exc}") from exc
 
     def ready(self) -> bool:
-        """Kafka answers a metadata request for one of our topics within the send timeout."""
+        """Kafka answers a fresh metadata request within the send timeout.
+
+        `partitions_for` alone answers from the producer's cached metadata once it
+        has any, so it would stay ready through an outage; the refresh goes to a
+        broker every time.
+        """
         try:
-            return bool(self._ensure().partitions_for(self.probe_topic))
+            producer = self._ensure()
+            if not producer.partitions_for(self.probe_topic):
+                return False
+            # kafka-python has no public "refresh metadata now": this is what partitions_for does inside.
+            refreshed = producer._metadata.request_update()
+            producer._sender.wakeup()
+            done = threading.Event()
+            refreshed.add_both(lambda *_: done.set())
+            return done.wait(self.timeout) and refreshed.succeeded()
         except Exception:
             return False
 
     def close(self) -> None:
+        """Flush and close; records Kafka still has not acknowledged are dropped (they were answered 503)."""
         with self._lock:
-            if self._producer is not None:
-                self._producer.flush(timeout=self.timeout)
-                self._producer.close(timeout=self.timeout)
-                self._producer = None
+            producer, self._producer = self._producer, None
+        if producer is None:
+            return
+        try:
+            producer.flush(timeout=self.timeout)
+        except Exception as exc:
+            log.warning("closing with records Kafka did not acknowledge (answered 503, so retried): %s", exc)
+            # kafka-python's close() flushes again and would raise the same way: abort what is left first.
+            producer._sender.force_close()
+            producer._sender.join(self.timeout)
+        producer.close(timeout=self.timeout)
 
 
 def _problem(status: int, reason: str, **extra: Any) -> web.Response:
     headers = {"Retry-After": "5"} if status == 503 else None
+    _note(reason=reason)  # our own words, never quoting a body
     return web.json_response({"error": reason, **extra}, status=status, headers=headers)
 
 
@@ -191,16 +232,20 @@ class Collector:
         letters = [o for o in outcomes if isinstance(o, DeadLetter)]
         accepted = len(outcomes) - len(letters)
         rejected = [{"origin": letter.origin, "reason": letter.reason} for letter in letters]
+        _note(accepted=accepted, rejected=len(letters))
         try:
             if accepted == 0:
-                for letter in letters:
-                    await self.sender.send(
-                        self.config.topics.dead_letters,
-                        letter.origin.encode("utf-8"),
-                        letter.raw,
-                        dead_letter_headers(letter, "collect"),
+                await asyncio.gather(
+                    *(
+                        self.sender.send(
+                            self.config.topics.dead_letters,
+                            letter.origin.encode("utf-8"),
+                            letter.raw,
+                            dead_letter_headers(letter, "collect"),
+                        )
+                        for letter in letters
                     )
-                log.info("rejected %s: %d record(s)", request.path, len(letters))
+                )
                 return _problem(400, "no valid record in the request", rejected=rejected)
             await self.sender.send(
                 self.config.topics.raw_for_format(format_name),
@@ -211,7 +256,6 @@ class Collector:
         except KafkaUnavailable as exc:
             log.warning("Kafka unavailable for %s: %s", request.path, exc)
             return _problem(503, "the event store is unavailable; retry later")
-        log.info("accepted %s: %d record(s), %d rejected", request.path, accepted, len(letters))
         return web.json_response({"accepted": accepted, "rejected": rejected})
 
     # -- Segment
@@ -226,9 +270,8 @@ class Collector:
                 headers={"WWW-Authenticate": 'Basic realm="segment"'},
             )
         call = request.match_info["call"]
-        body = await _body(
-            request, "application/json", SEGMENT_BATCH_LIMIT if call == "batch" else SEGMENT_CALL_LIMIT
-        )
+        limit = self.config.segment_batch_limit if call == "batch" else self.config.segment_call_limit
+        body = await _body(request, "application/json", limit)
         if isinstance(body, web.Response):
             return body
         if call != "batch":
@@ -238,7 +281,7 @@ class Collector:
     # -- SendGrid
 
     async def sendgrid(self, request: web.Request) -> web.Response:
-        body = await _body(request, "application/json", WEBHOOK_LIMIT)
+        body = await _body(request, "application/json", self.config.webhook_limit)
         if isinstance(body, web.Response):
             return body
         if self._sendgrid_key is not None:
@@ -250,7 +293,7 @@ class Collector:
     # -- Twilio
 
     async def twilio(self, request: web.Request) -> web.Response:
-        body = await _body(request, "application/x-www-form-urlencoded", WEBHOOK_LIMIT)
+        body = await _body(request, "application/x-www-form-urlencoded", self.config.webhook_limit)
         if isinstance(body, web.Response):
             return body
         token = self.config.twilio_auth_token
@@ -271,7 +314,7 @@ class Collector:
     # -- social
 
     async def social(self, request: web.Request) -> web.Response:
-        body = await _body(request, "application/json", WEBHOOK_LIMIT)
+        body = await _body(request, "application/json", self.config.webhook_limit)
         if isinstance(body, web.Response):
             return body
         return await self.accept(request, body, "social")
@@ -290,7 +333,7 @@ class Collector:
         return web.Response(text=query.get("hub.challenge", ""))
 
     async def meta(self, request: web.Request) -> web.Response:
-        body = await _body(request, "application/json", WEBHOOK_LIMIT)
+        body = await _body(request, "application/json", self.config.webhook_limit)
         if isinstance(body, web.Response):
             return body
         secret = self.config.meta_app_secret
@@ -316,7 +359,8 @@ def create_collector(config: CollectorConfig, context: IngestContext, sender: An
     """The aiohttp application; `sender` has `async send(topic, key, value, headers)` and `ready()`."""
     handlers = Collector(config, context, sender)
     # aiohttp's own limit sits above ours so that ours answers with the reason.
-    app = web.Application(client_max_size=SEGMENT_BATCH_LIMIT * 4)
+    largest = max(config.segment_call_limit, config.segment_batch_limit, config.webhook_limit)
+    app = web.Application(client_max_size=largest * 2, middlewares=[access_log])
     app.add_routes(
         [
             web.post("/v1/{call:track|page|screen|identify|alias|group|batch}", handlers.segment),
@@ -344,6 +388,50 @@ def run_collector(config: CollectorConfig, context: IngestContext, host: str, po
     app.on_cleanup.append(close_sender)
     log.info("collecting on %s:%d into Kafka at %s", host, port, config.bootstrap)
     web.run_app(app, host=host, port=port, print=None, access_log=None)
+
+
+@web.middleware
+async def access_log(request: web.Request, handler: Any) -> web.StreamResponse:
+    """One structured line per request: no body, no query string, no client address."""
+    started = time.perf_counter()
+    outcome: dict[str, Any] = {}
+    token = _outcome.set(outcome)
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as exc:
+        status = exc.status
+        outcome.setdefault("reason", exc.reason)
+        raise
+    finally:
+        _outcome.reset(token)
+        # An unmatched path is whatever the caller sent; only our own routes are logged by name.
+        path = request.path if request.match_info.route.resource is not None else "<unmatched>"
+        fields: dict[str, Any] = {
+            "method": request.method,
+            "path": path,
+            "status": status,
+            "duration_ms": round((time.perf_counter() - started) * 1000, 1),
+            "bytes": request.content_length,
+            **outcome,
+        }
+        counts = (
+            f" accepted={fields['accepted']} rejected={fields['rejected']}" if "accepted" in outcome else ""
+        )
+        because = f" ({outcome['reason']})" if "reason" in outcome else ""
+        access.log(
+            logging.WARNING if status >= 500 else logging.INFO,
+            "%s %s %d%s%s %.1f ms",
+            request.method,
+            path,
+            status,
+            counts,
+            because,
+            fields["duration_ms"],
+            extra=fields,
+        )
 
 
 # -- provider conventions

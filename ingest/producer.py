@@ -126,12 +126,14 @@ def produce_files(
     *,
     format: str | None = None,
     progress: Callable[[int], None] | None = None,
+    on_file: Callable[[Path], None] | None = None,
     producer_options: dict[str, Any] | None = None,
     timeout: float = 30.0,
 ) -> ProduceSummary:
     """Replay files into the raw topics; returns once Kafka has acknowledged every record.
 
-    `progress` is called with the number of records sent since its last call.
+    `progress` is called with the number of records sent since its last call,
+    `on_file` with each file before its first record (a progress bar per file).
 
     Raises `ProduceError` if any record was not acknowledged (the file can be
     replayed again: the workers drop duplicate event ids).
@@ -141,6 +143,8 @@ def produce_files(
     producer = make_producer(bootstrap, **(producer_options or {}))
     try:
         for path in paths:
+            if on_file is not None:
+                on_file(path)
             records = read_records(path, format)
             produce_records(records, producer, topics, hasher, summary, file=str(path), progress=progress)
         producer.flush()

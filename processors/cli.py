@@ -418,17 +418,24 @@ def produce(
         files = expand_inputs(inputs)
         hasher = PiiHasher(settings.pii_key())
         with _progress() as progress:
-            task = progress.add_task("records", total=None)
+
+            def next_file(path: Path) -> None:
+                if progress.tasks:  # the previous file is done: its bar shows full
+                    done = progress.tasks[-1]
+                    progress.update(done.id, total=done.completed)
+                progress.add_task(path.name, total=None)
+
             summary = produce_files(
                 files,
                 target,
                 Topics.from_env(),
                 hasher,
                 format=format,
-                progress=lambda n: progress.advance(task, n),
+                progress=lambda n: progress.advance(progress.tasks[-1].id, n),
+                on_file=next_file,
                 timeout=timeout,
             )
-    except (FileNotFoundError, PiiKeyError) as exc:
+    except (FileNotFoundError, ConfigError, PiiKeyError) as exc:
         _fail(str(exc))
     except (KafkaError, TopicLayoutError, ProduceError) as exc:
         _fail(f"Kafka at {target}: {exc}", code=1)
@@ -452,14 +459,12 @@ def collect(
     kafka: KafkaOption = None,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "0.0.0.0",
     port: Annotated[
-        int | None, typer.Option(help="Port to listen on ($JOURNEYS_COLLECTOR_PORT or 8080).", min=1)
-    ] = None,
+        int, typer.Option(envvar="JOURNEYS_COLLECTOR_PORT", help="Port to listen on.", min=1)
+    ] = 8080,
     config: ConfigOption = None,
     log_format: LogFormatOption = None,
 ) -> None:
     """Receive webhooks (Segment, SendGrid, Twilio, social, Meta) and put them on the raw topics."""
-    import os
-
     from kafka.errors import KafkaError
 
     from ingest.collector import CollectorConfig, run_collector
@@ -472,14 +477,12 @@ def collect(
     settings = _settings(None, config)
     try:
         context = ingest_context(settings, create_key=False)
-    except PiiKeyError as exc:
+    except (ConfigError, PiiKeyError) as exc:
         _fail(str(exc))
     overrides = {"bootstrap": kafka} if kafka else {}
     collector_config = CollectorConfig.from_env(**overrides)
     try:
-        run_collector(
-            collector_config, context, host, port or int(os.environ.get("JOURNEYS_COLLECTOR_PORT", "8080"))
-        )
+        run_collector(collector_config, context, host, port)
     except (KafkaError, TopicLayoutError) as exc:
         _fail(f"Kafka at {collector_config.bootstrap}: {exc}")
 

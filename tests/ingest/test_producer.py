@@ -2,30 +2,34 @@
 
 from __future__ import annotations
 
+import re
+import socket
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
-from kafka import KafkaConsumer
 
+from ingest.context import IngestContext
 from ingest.pii import PiiHasher
+from ingest.pipeline import parse_records
 from ingest.producer import produce_files
+from ingest.records import DeadLetter
 from ingest.topics import Topics, message_key, record_from_message
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
 
 
-def consume(bootstrap: str, topics: list[str]) -> list:
-    consumer = KafkaConsumer(
-        *topics, bootstrap_servers=bootstrap, auto_offset_reset="earliest", consumer_timeout_ms=3000
-    )
-    messages = list(consumer)
-    consumer.close()
-    return messages
+def closed_port() -> str:
+    """A loopback address nothing listens on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{sock.getsockname()[1]}"
 
 
 def test_every_record_lands_once_on_its_channel_topic(
-    kafka_bootstrap: str, topic_prefix: str, pii_key: str, tmp_path: Path
+    kafka_bootstrap: str, topic_prefix: str, pii_key: str, tmp_path: Path, read_back: Any
 ) -> None:
     unknown = tmp_path / "mystery.jsonl"
     unknown.write_text('{"what": "no provider sends this"}\nnot json at all, phone 06 12345678\n')
@@ -40,12 +44,20 @@ def test_every_record_lands_once_on_its_channel_topic(
     topics = Topics(topic_prefix)
     hasher = PiiHasher(pii_key)
     seen: list[int] = []
-    summary = produce_files(files, kafka_bootstrap, topics, hasher, progress=seen.append)
+    started: list[Path] = []
+    summary = produce_files(
+        files, kafka_bootstrap, topics, hasher, progress=seen.append, on_file=started.append
+    )
     assert summary.failed == 0 and sum(seen) == summary.records
+    assert started == files and set(summary.by_file) == {str(f) for f in files}
     assert summary.unplaced == 2
 
-    messages = consume(kafka_bootstrap, list(topics.all_raw))
+    messages = read_back(kafka_bootstrap, *topics.all_raw, count=summary.records)
     assert len(messages) == summary.records
+    assert Counter(m.topic for m in messages) == summary.by_topic
+    origins = [dict(m.headers)["origin"] for m in messages]
+    assert len(set(origins)) == len(origins)  # each record exactly once
+    assert read_back(kafka_bootstrap, topics.dead_letters) == []
     by_format: dict[str | None, set[str]] = {}
     for message in messages:
         record = record_from_message(
@@ -58,7 +70,10 @@ def test_every_record_lands_once_on_its_channel_topic(
         by_format.setdefault(record.format, set()).add(message.topic)
         # Keys are keyed hashes of the source identity: never an address or a number.
         assert message.key is None or message.key == message_key(message.value, hasher)
+        assert message.key is None or re.fullmatch(rb"[0-9a-f]{32}", message.key)
         assert all(b"@" not in value and b"+31" not in value for _, value in message.headers)
+        if record.format is None:  # no format header at all, not an empty one
+            assert "format" not in dict(message.headers)
     assert by_format == {
         "segment": {topics.raw("web")},
         "sendgrid": {topics.raw("email")},
@@ -69,14 +84,24 @@ def test_every_record_lands_once_on_its_channel_topic(
     }
 
 
-def test_a_damaged_csv_row_carries_its_error(kafka_bootstrap: str, topic_prefix: str, pii_key: str) -> None:
+def test_a_damaged_csv_row_carries_its_error(
+    kafka_bootstrap: str, topic_prefix: str, pii_key: str, read_back: Any
+) -> None:
     topics = Topics(topic_prefix)
-    produce_files([FIXTURES / "callcsv" / "calls_bad.csv"], kafka_bootstrap, topics, PiiHasher(pii_key))
-    errors = [
-        record_from_message(m.value, m.headers, topic=m.topic, partition=m.partition, offset=m.offset).error
-        for m in consume(kafka_bootstrap, [topics.raw("phone")])
+    summary = produce_files(
+        [FIXTURES / "callcsv" / "calls_bad.csv"], kafka_bootstrap, topics, PiiHasher(pii_key)
+    )
+    records = [
+        record_from_message(m.value, m.headers, topic=m.topic, partition=m.partition, offset=m.offset)
+        for m in read_back(kafka_bootstrap, topics.raw("phone"), count=summary.records)
     ]
-    assert any(error and "fields" in error for error in errors)
+    assert len(records) == summary.records
+    damaged = [r for r in records if r.error is not None]
+    assert damaged and all("fields" in r.error for r in damaged if r.error)
+    assert all(r.format == "callcsv" for r in records)
+    # The error header survives the trip, and the pipeline turns it into a dead letter with that reason.
+    (letter,) = list(parse_records(damaged[:1], IngestContext(hasher=PiiHasher(pii_key))))
+    assert isinstance(letter, DeadLetter) and letter.reason == damaged[0].error
 
 
 def test_the_same_source_identity_always_gets_the_same_key(pii_key: str) -> None:
@@ -92,7 +117,7 @@ def test_unreachable_kafka_is_an_error(topic_prefix: str, pii_key: str) -> None:
     with pytest.raises(Exception, match=r"(?i)kafka|broker|connect|timed out"):
         produce_files(
             [FIXTURES / "segment" / "batch.json"],
-            "127.0.0.1:9",
+            closed_port(),
             Topics(topic_prefix),
             PiiHasher(pii_key),
             timeout=1,
@@ -100,7 +125,7 @@ def test_unreachable_kafka_is_an_error(topic_prefix: str, pii_key: str) -> None:
 
 
 def test_a_record_over_the_message_size_becomes_a_dead_letter(
-    kafka_bootstrap: str, topic_prefix: str, pii_key: str, tmp_path: Path
+    kafka_bootstrap: str, topic_prefix: str, pii_key: str, tmp_path: Path, read_back: Any
 ) -> None:
     huge = tmp_path / "huge.json"
     huge.write_bytes(orjson.dumps({"email": "jan@ziggo.nl", "blob": "x" * 2_000_000}))
@@ -109,9 +134,14 @@ def test_a_record_over_the_message_size_becomes_a_dead_letter(
         [huge, FIXTURES / "social" / "export.jsonl"], kafka_bootstrap, topics, PiiHasher(pii_key)
     )
     assert summary.too_large == 1 and summary.failed == 0
-    (letter,) = consume(kafka_bootstrap, [topics.dead_letters])
+    (letter,) = read_back(kafka_bootstrap, topics.dead_letters, count=1)
     headers = dict(letter.headers)
     assert headers["reason"].startswith(b"record of 2,000,0")
     assert headers["stage"] == b"produce" and b"jan@ziggo.nl" not in letter.value
     assert len(letter.value) <= 70_000
-    assert len(consume(kafka_bootstrap, [topics.raw("social")])) > 0
+    social = topics.raw("social")
+    assert (
+        len(read_back(kafka_bootstrap, social, count=summary.by_topic[social]))
+        == summary.by_topic[social]
+        > 0
+    )

@@ -163,6 +163,21 @@ def test_produce_refuses_an_unknown_format(web_file: Path) -> None:
     assert result.exit_code == 2 and "unknown --format" in result.output
 
 
+@pytest.mark.parametrize("command", ["produce", "collect"])
+def test_kafka_commands_without_a_pii_key_say_so(
+    command: str, web_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Keys and dead letters need the deployment's PII key: never a throwaway one, never a traceback."""
+    monkeypatch.delenv("JOURNEYS_PII_KEY")
+    monkeypatch.chdir(tmp_path)  # no local .journeys/pii.key either
+    monkeypatch.setattr("processors.logs.configure", lambda *_: None)  # keep pytest's log handlers
+    args = [str(web_file)] if command == "produce" else []
+    result = runner.invoke(app, [command, *args, "--kafka", "127.0.0.1:9"])
+    assert result.exit_code == 2 and isinstance(result.exception, SystemExit), result.exception
+    assert "JOURNEYS_PII_KEY" in result.output
+    assert not (tmp_path / ".journeys" / "pii.key").exists()
+
+
 def test_summary_shows_the_moments_of_truth_and_dead_end_emails(mining_demo: Any, chdb_path: Path) -> None:
     result = runner.invoke(app, ["summary", "--db", f"chdb://{chdb_path}?database=mining_demo"])
     assert result.exit_code == 0, result.output
