@@ -309,7 +309,7 @@ def worker(
     settings = _settings(None, config, rules)
     try:
         settings.pii_key()
-    except PiiKeyError as exc:
+    except (ConfigError, PiiKeyError) as exc:
         _fail(str(exc))
     timeouts = (session_timeout, heartbeat_interval, rebalance_timeout)
     port = metrics_port if metrics_port is not None else int(os.environ.get("JOURNEYS_METRICS_PORT", "9108"))

@@ -163,7 +163,7 @@ def test_produce_refuses_an_unknown_format(web_file: Path) -> None:
     assert result.exit_code == 2 and "unknown --format" in result.output
 
 
-@pytest.mark.parametrize("command", ["produce", "collect"])
+@pytest.mark.parametrize("command", ["produce", "collect", "worker"])
 def test_kafka_commands_without_a_pii_key_say_so(
     command: str, web_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
