@@ -5,9 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from datetime import UTC, datetime, timedelta
-from importlib import resources
 
-import yaml
 from kafka import KafkaConsumer, TopicPartition
 
 from ingest.kafka import ensure_topics, make_producer
@@ -15,17 +13,15 @@ from ingest.topics import Topics
 from journeys.fold import JourneyPolicy
 from journeys.identity import IdentityPolicy
 from journeys.live import LiveReconstruction
-from journeys.phases import PhaseRules
 from journeys.reconstruct import Reconstruction
 from journeys.touchpoint import Touchpoint
+from processors.config import load_rules
 from processors.storage import connect, migrate
 from processors.stream.messages import encode_touchpoint, state_messages
 from processors.stream.metrics import Metrics
 from processors.stream.sink import SinkConfig, run_sink
 
-RULES = PhaseRules.from_mapping(
-    yaml.safe_load((resources.files("infra") / "rules" / "default.yaml").read_text(encoding="utf-8"))
-)
+RULES = load_rules()
 T0 = datetime(2026, 9, 1, tzinfo=UTC)
 
 
