@@ -28,7 +28,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import faust
-import orjson
 from pydantic import ValidationError
 
 from ingest.pipeline import parse_records
@@ -127,11 +126,11 @@ class ReconstructStage:
         self.live = None
         self._open.clear()
 
-    def rebuild(self, stored: Sequence[bytes]) -> tuple[LiveReconstruction, BatchResult]:
+    def rebuild(self, stored: Sequence[Touchpoint]) -> tuple[LiveReconstruction, BatchResult]:
         """The aggregate as a fold over the stored event log; the result re-reports everything."""
         settings = self.settings
         reconstruction = Reconstruction(settings.rules(), settings.identity, settings.journey)
-        reconstruction.admit_all(decode_touchpoint(raw) for raw in stored)
+        reconstruction.admit_all(stored)
         self.live = LiveReconstruction(reconstruction)
         result = self.live.rebuild_result()
         self.count_open(result)
@@ -238,12 +237,14 @@ def create_app(settings: Settings, config: StreamConfig) -> faust.App:
         messages: list[Message] = []
         live = stage.live
         if live is None:
-            stored = {
-                orjson.loads(raw)["event_id"]: raw
-                for entry in event_log.values()
-                for raw in split_touchpoints(entry)
-            }
-            live, rebuilt = stage.rebuild(list(stored.values()))
+            stored: dict[str, bytes] = {}
+            touchpoints: list[Touchpoint] = []
+            for entry in event_log.values():
+                for raw in split_touchpoints(entry):
+                    touchpoint = decode_touchpoint(raw)  # each stored event is decoded once
+                    stored[touchpoint.event_id] = raw
+                    touchpoints.append(touchpoint)
+            live, rebuilt = stage.rebuild(touchpoints)
             log.info("reconstruct: rebuilt from %d stored events", len(stored))
             messages += state_messages(rebuilt, live.reconstruction, stored, now)
         result = live.admit_batch(batch)
