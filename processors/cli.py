@@ -10,8 +10,6 @@ from __future__ import annotations
 import csv
 import io
 import sys
-from datetime import UTC, date, datetime
-from decimal import Decimal
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -24,7 +22,7 @@ from rich.table import Table
 
 from ingest.demo import DEFAULT_CUSTOMERS
 from processors.config import ConfigError, Settings
-from processors.storage import StorageError, connect, migrate
+from processors.storage import StorageError, connect, json_default, migrate, plain_value
 
 app = typer.Typer(
     name="journeys",
@@ -182,18 +180,18 @@ def sql(
     if format is OutputFormat.json:
         for row in rows:
             record = dict(zip(names, row, strict=True))
-            line = orjson.dumps(record, default=_jsonable, option=orjson.OPT_PASSTHROUGH_DATETIME)
+            line = orjson.dumps(record, default=json_default, option=orjson.OPT_PASSTHROUGH_DATETIME)
             sys.stdout.write(line.decode() + "\n")
     elif format is OutputFormat.csv:
         buffer = io.StringIO()
         writer = csv.writer(buffer)
         writer.writerow(names)
-        writer.writerows([[_plain(v) for v in row] for row in rows])
+        writer.writerows([[plain_value(v) for v in row] for row in rows])
         sys.stdout.write(buffer.getvalue())
     else:
         table = Table(*names)
         for row in rows:
-            table.add_row(*(str(_plain(v)) for v in row))
+            table.add_row(*(str(plain_value(v)) for v in row))
         out.print(table)
 
 
@@ -630,27 +628,6 @@ def _print_summary(summary: Any) -> None:
                 f"{e['journeys_progressed']:,} ({e['progress_rate']:.0%})",
             )
         out.print(emails)
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, datetime):
-        # chDB returns DateTime64('UTC') as naive values; say that they are UTC.
-        return (value if value.tzinfo else value.replace(tzinfo=UTC)).isoformat()
-    if isinstance(value, date):
-        return value.isoformat()
-    if isinstance(value, Decimal):
-        return str(value)
-    return value
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, Decimal):
-        return str(value)
-    if isinstance(value, datetime | date):
-        return _plain(value)
-    if isinstance(value, bytes):
-        return value.decode("utf-8", errors="replace")
-    raise TypeError(f"cannot serialise {type(value).__name__}")
 
 
 if __name__ == "__main__":

@@ -17,9 +17,11 @@ from __future__ import annotations
 import re
 import threading
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
+from decimal import Decimal
 from importlib import resources
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, urlencode, urlparse, urlunparse
 
 import clickhouse_connect
@@ -177,3 +179,24 @@ def migrate(client: Client) -> list[Migration]:
         )
         applied.append(migration)
     return applied
+
+
+def plain_value(value: Any) -> Any:
+    """A value as ClickHouse returned it, made plain for text, CSV or JSON output."""
+    if isinstance(value, datetime):
+        # chDB returns DateTime64('UTC') as naive values; say that they are UTC.
+        return (value if value.tzinfo else value.replace(tzinfo=UTC)).isoformat()
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return str(value)
+    return value
+
+
+def json_default(value: Any) -> Any:
+    """`default=` for JSON encoders: query results' dates, decimals and bytes."""
+    if isinstance(value, datetime | date | Decimal):
+        return plain_value(value)
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    raise TypeError(f"cannot serialise {type(value).__name__}")

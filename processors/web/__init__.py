@@ -13,7 +13,7 @@ import asyncio
 import json
 import re
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from importlib import resources
 from typing import Any
 
@@ -22,6 +22,7 @@ from clickhouse_connect.driver.client import Client
 
 from processors import insights
 from processors.insights import FilterError, Filters
+from processors.storage import json_default
 
 EXAMPLES_PER_POINT = 20
 
@@ -32,16 +33,8 @@ def asset(name: str) -> bytes:
     return (resources.files(__name__) / name).read_bytes()
 
 
-def _json(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return (value if value.tzinfo else value.replace(tzinfo=UTC)).isoformat()
-    if isinstance(value, date):
-        return value.isoformat()
-    raise TypeError(f"not JSON: {type(value).__name__}")
-
-
 def dumps(value: Any) -> str:
-    return json.dumps(value, default=_json, ensure_ascii=False)
+    return json.dumps(value, default=json_default, ensure_ascii=False)
 
 
 def _point(query: dict[str, str]) -> dict[str, str]:
