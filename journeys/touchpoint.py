@@ -13,9 +13,9 @@ import math
 import re
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 
 class Channel(StrEnum):
@@ -70,29 +70,18 @@ class Identifier(BaseModel):
 
     Values of PII types (email, phone) are already keyed hashes when they get
     here: `ingest.pii` normalises and hashes them before a touchpoint exists.
+    The constraints are declarative so that pydantic checks them in its compiled
+    core: identifiers are validated for every touchpoint, on the hot path.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    type: str
-    value: str
-
-    @field_validator("type")
-    @classmethod
-    def _type_is_a_name(cls, value: str) -> str:
-        if not IDENTIFIER_TYPE_PATTERN.match(value):
-            raise ValueError("identifier type must be lower_snake_case, 1-64 characters")
-        return value
-
-    @field_validator("value")
-    @classmethod
-    def _value_is_usable(cls, value: str) -> str:
-        value = value.strip()
-        if not value:
-            raise ValueError("identifier value is empty")
-        if len(value) > MAX_IDENTIFIER_VALUE_LENGTH:
-            raise ValueError(f"identifier value longer than {MAX_IDENTIFIER_VALUE_LENGTH} characters")
-        return value
+    # lower_snake_case, 1-64 characters
+    type: Annotated[str, StringConstraints(pattern=IDENTIFIER_TYPE_PATTERN.pattern)]
+    # surrounding white space is not part of an identifier
+    value: Annotated[
+        str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_IDENTIFIER_VALUE_LENGTH)
+    ]
 
     @property
     def key(self) -> tuple[str, str]:

@@ -22,6 +22,7 @@ from rich.table import Table
 
 from ingest.demo import DEFAULT_CUSTOMERS
 from processors.config import ConfigError, Settings
+from processors.runtime import tune_gc_for_bulk
 from processors.storage import StorageError, connect, json_default, migrate, plain_value
 
 app = typer.Typer(
@@ -329,6 +330,7 @@ def worker(
         replication_factor=replication_from_env(),
     )
     faust_app = create_app(settings, stream_config)
+    tune_gc_for_bulk()
     faust.Worker(
         faust_app, loglevel="INFO", logging_config=logging_config(_log_format(log_format))
     ).execute_from_commandline()

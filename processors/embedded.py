@@ -24,6 +24,7 @@ from ingest.records import DeadLetter, RawRecord
 from journeys.reconstruct import Admission, Reconstruction
 from journeys.touchpoint import Touchpoint
 from processors.config import Settings
+from processors.runtime import tune_gc_for_bulk
 from processors.sinks import clickhouse as sink
 from processors.storage import Target, connect, migrate
 
@@ -147,6 +148,7 @@ def run_records(
     command: str = "run",
     progress: Callable[[int], None] | None = None,
 ) -> RunSummary:
+    tune_gc_for_bulk()
     summary = RunSummary(run_id=uuid.uuid4().hex, inputs=inputs or [], started_at=datetime.now(UTC))
     client = connect(settings.dsn)
     migrate(client)
