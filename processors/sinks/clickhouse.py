@@ -522,6 +522,11 @@ def write_customer_journeys(
     `customers` maps a customer id to (journey values, touchpoint values) as
     `journey_values` / `touchpoint_values` give them; an empty pair means the
     customer no longer exists (absorbed by a merge). Returns (written, deleted).
+
+    `customers` is in the order the snapshots were made. A touchpoint that moved
+    between two of them (a merge) appears in both; all rows share one version, and
+    ReplacingMergeTree would pick between equal versions by chance, so only its
+    last placement is written.
     """
     if not customers:
         return 0, 0
@@ -530,7 +535,8 @@ def write_customer_journeys(
     journey_rows = [
         (*values, version, 0, now_ms) for journeys, _ in customers.values() for values in journeys
     ]
-    tp_rows = [(*values, version, now_ms) for _, touchpoints in customers.values() for values in touchpoints]
+    last_placement = {values[0]: values for _, touchpoints in customers.values() for values in touchpoints}
+    tp_rows = [(*values, version, now_ms) for values in last_placement.values()]
     current = client.query(
         "SELECT journey_id FROM journeys WHERE customer_id IN {ids:Array(String)}",
         parameters={"ids": sorted(customers)},

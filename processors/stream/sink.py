@@ -101,8 +101,12 @@ def write_batch(client: Client, records: list[Any], topics: Topics, summary: Sin
             elif kind == "identity":
                 identity_messages.append(message)
             elif kind == "customer":
-                # Later snapshots of a customer replace earlier ones within the batch.
-                customers[message["customer_id"]] = (message["journeys"], message["touchpoints"])
+                # A later snapshot of a customer replaces its earlier one, and the dict stays in
+                # message order: a touchpoint that moved to another customer is written last
+                # where it went last (see write_customer_journeys).
+                customer_id = message["customer_id"]
+                customers.pop(customer_id, None)
+                customers[customer_id] = (message["journeys"], message["touchpoints"])
             else:
                 raise ValueError(f"unknown kind {kind!r}")
         except (ValueError, KeyError, TypeError, AttributeError) as exc:

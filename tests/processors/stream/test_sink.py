@@ -90,3 +90,75 @@ def test_the_sink_holds_its_batch_while_clickhouse_refuses_and_commits_after_wri
     partition = TopicPartition(topics.state, 0)
     assert consumer.committed(partition) == len(messages)
     consumer.close()
+
+
+def test_a_touchpoint_moved_by_a_merge_is_written_where_it_went_when_both_snapshots_share_a_batch(
+    kafka_bootstrap: str, topic_prefix: str, dsn: str
+) -> None:
+    """A visitor browses; a call stands alone (its phone is unknown); a login links the phone to the visitor.
+
+    The three snapshots (visitor, phone-only customer with the call, visitor with
+    the call) reach the sink in one batch, while the
+    message retiring the phone-only customer falls into the next one (a poll can end
+    anywhere). All rows of a batch share one version, so the call must be written
+    once, where it went last, not left for ReplacingMergeTree to pick by chance.
+    """
+    topics = Topics(topic_prefix)
+    ensure_topics(kafka_bootstrap, topics, partitions=1)
+    live = LiveReconstruction(Reconstruction(RULES, IdentityPolicy(), JourneyPolicy()))
+
+    def touchpoint(event_id: str, minutes: int, channel: str, action: str, **ids: str) -> Touchpoint:
+        return Touchpoint(
+            event_id=event_id,
+            occurred_at=T0 + timedelta(minutes=minutes),
+            channel=channel,
+            source="twilio" if channel == "phone" else "segment",
+            action=action,
+            identifiers=[{"type": kind, "value": value} for kind, value in ids.items()],
+        )
+
+    visit = touchpoint("visit-1", 0, "web", "Product Viewed", anonymous_id="anon-1", user_id="user-1")
+    call = touchpoint("call-1", 60, "phone", "call.completed", phone="phone-hash-1")
+    login = touchpoint("login-1", 120, "web", "Signed In", user_id="user-1", phone="phone-hash-1")
+    now = datetime.now(UTC)
+    raw = {tp.event_id: encode_touchpoint(tp) for tp in (call, visit, login)}
+    messages = list(state_messages(live.admit_batch([visit]), live.reconstruction, raw, now))
+    (visitor,) = live.reconstruction.graph.customers()
+    alone = live.admit_batch([call])
+    messages += state_messages(alone, live.reconstruction, raw, now)
+    (phone_only,) = set(alone.journeys) - {visitor}
+    merged = live.admit_batch([login])
+    assert merged.journeys[phone_only] == [], "the phone-only customer was absorbed"
+    assert [j.touchpoint_count for j in merged.journeys[visitor]] == [3]
+    later = list(state_messages(merged, live.reconstruction, raw, now))
+    retired = [(key, value) for key, value in later if key == phone_only.encode()]
+    messages += [(key, value) for key, value in later if key != phone_only.encode()]
+
+    client = connect(dsn)
+    migrate(client)
+    config = SinkConfig(
+        bootstrap=kafka_bootstrap,
+        topics=topics,
+        group_id=f"{topic_prefix}-sink",
+        metrics_port=None,
+        max_seconds=2.0,
+        idle_exit=2.0,
+        session_timeout_ms=6000,
+        heartbeat_interval_ms=1000,
+    )
+    producer = make_producer(kafka_bootstrap)
+    for key, value in messages:
+        producer.send(topics.state, key=key, value=value)
+    producer.flush()
+    assert run_sink(lambda: client, config).batches == 1
+
+    rows = "SELECT customer_id FROM touchpoint_versions WHERE event_id = 'call-1'"
+    assert client.query(rows).result_rows == [(visitor,)], "one row for the call, at its last placement"
+
+    for key, value in retired:
+        producer.send(topics.state, key=key, value=value)
+    producer.flush()
+    producer.close()
+    run_sink(lambda: client, config)
+    assert client.query("SELECT DISTINCT customer_id FROM touchpoints").result_rows == [(visitor,)]
+    assert client.query("SELECT customer_id, touchpoint_count FROM journeys").result_rows == [(visitor, 3)]
