@@ -169,10 +169,13 @@ def sql(
         OutputFormat, typer.Option("--format", "-f", help="Output format.")
     ] = OutputFormat.table,
 ) -> None:
-    """Run a SQL query against the journeys database and print the result."""
+    """Run a read-only SQL query against the journeys database and print the result.
+
+    The query runs with ClickHouse's readonly=1: writes, DDL and settings changes are refused.
+    """
     settings = _settings(db, config)
     try:
-        result = connect(settings.dsn).query(query)
+        result = connect(settings.dsn, read_only=True).query(query)
     except StorageError as exc:
         _fail(str(exc))
     except Exception as exc:  # ClickHouse's own message is the useful part
@@ -500,7 +503,7 @@ def serve(
     from processors.web import create_web_app
 
     settings = _settings(db, config)
-    client = _migrated_client(settings.dsn)
+    client = _page_client(settings.dsn)
     console.print(
         f"journeys page on [bold]http://{host}:{port}/[/] (database {settings.dsn}); Ctrl-C stops it"
     )
@@ -517,7 +520,7 @@ def report(
     from processors.web import report_html
 
     settings = _settings(db, config)
-    client = _migrated_client(settings.dsn)
+    client = _page_client(settings.dsn)
     try:
         html = report_html(client)
     except StorageError as exc:
@@ -526,14 +529,13 @@ def report(
     console.print(f"wrote [bold]{out}[/] ({len(html.encode()) / 1e6:.1f} MB); open it in any browser")
 
 
-def _migrated_client(dsn: str) -> Any:
-    """A client of `dsn` with the schema up to date, or exit 2 with the reason."""
+def _page_client(dsn: str) -> Any:
+    """A read-only client of `dsn` for the page, the schema brought up to date first; exit 2 on failure."""
     try:
-        client = connect(dsn)
-        migrate(client)
+        migrate(connect(dsn))
+        return connect(dsn, read_only=True)
     except StorageError as exc:
         _fail(str(exc))
-    return client
 
 
 def _progress() -> Progress:

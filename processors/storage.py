@@ -83,23 +83,33 @@ def _check_database(name: str, dsn: str) -> None:
 
 
 _lock = threading.Lock()
-_embedded: dict[tuple[str, str], Client] = {}  # (path, database) -> client
+_embedded: dict[tuple[str, str, bool], Client] = {}  # (path, database, read-only) -> client
 
 
-def connect(dsn: str, *, create: bool = True) -> Client:
+def connect(dsn: str, *, create: bool = True, read_only: bool = False) -> Client:
     """A client whose default database is the DSN's; the database is created if missing.
 
     Embedded clients are shared per process and database (chDB allows one data
     path per process; clients of several databases in that path live side by
     side, each keeping its own default database); server clients are new each call.
+
+    `read_only` is for queries on behalf of analysts (`journeys sql`, the page):
+    the client runs with ClickHouse's readonly=1, so the engine refuses writes,
+    DDL, settings changes and table functions such as file(): neither a mistake
+    nor an injected statement changes anything. Embedded, it is a client of its
+    own whose session is read-only (the chDB driver emulates per-query settings
+    with SET and a restore that a refused query skips, so they would leak into a
+    shared client); on a server, every request carries the setting. The
+    database must already exist.
     """
     target = Target.parse(dsn)
+    settings = {"readonly": 1} if read_only else None
     if target.embedded:
         with _lock:
             path = target.path or ":memory:"
-            client = _embedded.get((path, target.database))
+            client = _embedded.get((path, target.database, read_only))
             if client is None:
-                held = {held_path for held_path, _ in _embedded}
+                held = {held_path for held_path, _, _ in _embedded}
                 if held - {path}:
                     raise StorageError(
                         f"this process already holds the embedded database at {held.pop()}; "
@@ -108,18 +118,20 @@ def connect(dsn: str, *, create: bool = True) -> Client:
                 if target.path:
                     Path(target.path).mkdir(parents=True, exist_ok=True)
                 client = _open(target)
-                _embedded[(path, target.database)] = client
+                if read_only:
+                    client.command("SET readonly = 1")
+                _embedded[(path, target.database, read_only)] = client
     else:
-        client = _open(target)
-    if create:
+        client = _open(target, settings)
+    if create and not read_only:
         client.command(f"CREATE DATABASE IF NOT EXISTS `{target.database}`")
     client.database = target.database
     return client
 
 
-def _open(target: Target) -> Client:
+def _open(target: Target, settings: dict[str, Any] | None = None) -> Client:
     try:
-        return clickhouse_connect.get_client(dsn=target.dsn)
+        return clickhouse_connect.get_client(dsn=target.dsn, settings=settings)
     except Exception as exc:  # the driver raises several types; the user needs the DSN and the cause
         hint = ""
         if target.embedded:

@@ -91,6 +91,29 @@ def test_sql_error_is_reported_not_raised(dsn: str) -> None:
     assert "error" in result.stderr
 
 
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "DROP TABLE journey_versions",
+        "INSERT INTO runs (run_id) VALUES ('forged')",
+        "ALTER TABLE journey_versions DELETE WHERE 1",
+        "CREATE TABLE forged (a Int8) ENGINE = Memory",
+        "SELECT count() FROM journeys SETTINGS readonly = 0",
+        "SELECT * FROM file('/etc/passwd', 'LineAsString')",
+    ],
+)
+def test_sql_is_read_only(web_file: Path, dsn: str, statement: str) -> None:
+    assert runner.invoke(app, ["run", str(web_file), "--db", dsn]).exit_code == 0
+    before = runner.invoke(app, ["sql", "SELECT count() FROM journeys", "--db", dsn, "--format", "csv"])
+    refused = runner.invoke(app, ["sql", statement, "--db", dsn])
+    assert refused.exit_code == 2
+    assert "readonly" in refused.stderr.lower()
+    after = runner.invoke(app, ["sql", "SELECT count() FROM journeys", "--db", dsn, "--format", "csv"])
+    assert after.stdout == before.stdout, after.stderr
+    tables = runner.invoke(app, ["sql", "EXISTS TABLE forged", "--db", dsn, "--format", "csv"])
+    assert tables.stdout.splitlines()[1] == "0"
+
+
 def test_run_with_unknown_format_or_missing_file(web_file: Path, dsn: str) -> None:
     bad_format = runner.invoke(app, ["run", str(web_file), "--format", "xml", "--db", dsn])
     assert bad_format.exit_code == 2
