@@ -99,11 +99,10 @@ def connect(dsn: str, *, create: bool = True, read_only: bool = False) -> Client
     nor an injected statement changes anything. Embedded, it is a client of its
     own whose session is read-only (the chDB driver emulates per-query settings
     with SET and a restore that a refused query skips, so they would leak into a
-    shared client); on a server, every request carries the setting. The
-    database must already exist.
+    shared client); on a server, every request carries the setting unless the
+    user is read-only already. The database must already exist.
     """
     target = Target.parse(dsn)
-    settings = {"readonly": 1} if read_only else None
     if target.embedded:
         with _lock:
             path = target.path or ":memory:"
@@ -122,16 +121,29 @@ def connect(dsn: str, *, create: bool = True, read_only: bool = False) -> Client
                     client.command("SET readonly = 1")
                 _embedded[(path, target.database, read_only)] = client
     else:
-        client = _open(target, settings)
+        client = _open(target)
+        if read_only:
+            _read_only_requests(client)
     if create and not read_only:
         client.command(f"CREATE DATABASE IF NOT EXISTS `{target.database}`")
     client.database = target.database
     return client
 
 
-def _open(target: Target, settings: dict[str, Any] | None = None) -> Client:
+def _read_only_requests(client: Client) -> None:
+    """Send readonly=1 with every request, unless the server user is read-only already.
+
+    A user with readonly=1 may not send the setting at all, and one with readonly=2
+    (the compose file's analyst) may not change it; both are refused writes and DDL.
+    """
+    current = client.server_settings.get("readonly")
+    if current is None or current.value == "0":
+        client.set_client_setting("readonly", "1")
+
+
+def _open(target: Target) -> Client:
     try:
-        return clickhouse_connect.get_client(dsn=target.dsn, settings=settings)
+        return clickhouse_connect.get_client(dsn=target.dsn)
     except Exception as exc:  # the driver raises several types; the user needs the DSN and the cause
         hint = ""
         if target.embedded:
