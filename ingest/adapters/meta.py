@@ -96,7 +96,7 @@ def split(obj: Any) -> Iterator[Leaf]:
     if len(entries) == 1 and _single_item(entries[0]) is not None:
         yield Leaf("", obj)
         return
-    kind = obj["object"]
+    kind = obj.get("object")  # checked per leaf by to_touchpoint, which names what is wrong
     for index, entry in enumerate(entries):
         path = f"entry[{index}]"
         if not isinstance(entry, dict):

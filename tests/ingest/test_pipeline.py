@@ -9,7 +9,7 @@ from pathlib import Path
 
 import orjson
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from ingest.context import IngestContext
@@ -267,6 +267,7 @@ def _leaf_count(raw: bytes) -> int:
     raw=st.binary(max_size=200) | JSON_VALUES.map(orjson.dumps) | NEAR_RECORDS.map(orjson.dumps),
     format=st.sampled_from([None, *FORMATS]),
 )
+@example(raw=b'{"entry":[null]}', format="meta")  # found by this test: no `object`, an entry to split
 def test_arbitrary_input_never_raises_and_always_yields_an_outcome(raw: bytes, format: str | None) -> None:
     outcomes = list(parse_records([RawRecord(raw, "fuzz")], CTX, format))
     assert len(outcomes) >= _leaf_count(raw)
