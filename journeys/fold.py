@@ -27,7 +27,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 
 from journeys.phases import Classification
-from journeys.touchpoint import PHASE_ORDER, Channel, Phase, Touchpoint
+from journeys.touchpoint import PHASE_ORDER, Channel, CompactTouchpoint, Phase
 
 
 class JourneyStatus(StrEnum):
@@ -73,9 +73,9 @@ class JourneyPolicy:
 
 @dataclass(frozen=True, slots=True)
 class ClassifiedTouchpoint:
-    """A touchpoint with its rule classification: the fold's input."""
+    """A touchpoint (compact) with its rule classification: the fold's input."""
 
-    touchpoint: Touchpoint
+    touchpoint: CompactTouchpoint
     classification: Classification
 
     @property

@@ -17,7 +17,7 @@ from enum import Enum
 from journeys.fold import ClassifiedTouchpoint, Journey, JourneyPolicy, fold_customer
 from journeys.identity import IdentityGraph, IdentityPolicy
 from journeys.phases import PhaseRules
-from journeys.touchpoint import Touchpoint
+from journeys.touchpoint import CompactTouchpoint, Touchpoint
 
 
 class Admission(Enum):
@@ -27,11 +27,6 @@ class Admission(Enum):
     DUPLICATE = "duplicate"  # same event_id, same content: an exact redelivery, counted
     CONFLICT = "conflict"  # same event_id, different content: rejected, the first one stays
     UNIDENTIFIED = "unidentified"  # every identifier is junk under the policy: nobody to attribute it to
-
-
-def same_event(a: Touchpoint, b: Touchpoint) -> bool:
-    """Exact redelivery: equal in everything but when we happened to receive it."""
-    return a.model_copy(update={"received_at": None}) == b.model_copy(update={"received_at": None})
 
 
 @dataclass
@@ -44,23 +39,21 @@ class Reconstruction:
 
     def __post_init__(self) -> None:
         self.graph = IdentityGraph(self.identity_policy)
-        self._steps: dict[str, ClassifiedTouchpoint] = {}
-        self._identifiers: dict[str, tuple[tuple[str, str], ...]] = {}  # event_id -> identifier keys
+        self._steps: dict[str, ClassifiedTouchpoint] = {}  # compact: one per event ever admitted
         self.latest_event_time: datetime | None = None
 
     def __len__(self) -> int:
         return len(self._steps)
 
     def admit(self, touchpoint: Touchpoint) -> Admission:
-        """Add one touchpoint: classify it once, link its identifiers, keep it."""
+        """Add one touchpoint: classify it once, link its identifiers, keep it (compact)."""
+        compact = CompactTouchpoint.of(touchpoint)
         known = self._steps.get(touchpoint.event_id)
         if known is not None:
-            return Admission.DUPLICATE if same_event(known.touchpoint, touchpoint) else Admission.CONFLICT
-        keys = touchpoint.identifier_keys()
-        if not self.graph.observe(touchpoint.event_id, touchpoint.occurred_at, keys):
+            return Admission.DUPLICATE if known.touchpoint.same_event(compact) else Admission.CONFLICT
+        if not self.graph.observe(touchpoint.event_id, touchpoint.occurred_at, compact.identifiers):
             return Admission.UNIDENTIFIED
-        self._steps[touchpoint.event_id] = ClassifiedTouchpoint(touchpoint, self.rules.classify(touchpoint))
-        self._identifiers[touchpoint.event_id] = keys
+        self._steps[touchpoint.event_id] = ClassifiedTouchpoint(compact, self.rules.classify(touchpoint))
         if self.latest_event_time is None or touchpoint.occurred_at > self.latest_event_time:
             self.latest_event_time = touchpoint.occurred_at
         return Admission.NEW
@@ -80,7 +73,7 @@ class Reconstruction:
 
     def identifiers_of(self, event_id: str) -> tuple[tuple[str, str], ...]:
         """The identifier keys an admitted touchpoint carries."""
-        return self._identifiers[event_id]
+        return self._steps[event_id].touchpoint.identifiers
 
     def event_ids(self) -> Iterator[str]:
         """Every admitted event id, in admission order."""
@@ -97,9 +90,9 @@ class Reconstruction:
         grouped: dict[str, list[ClassifiedTouchpoint]] = defaultdict(list)
         # Touchpoints of one device or login carry the same identifiers: resolve each set once.
         resolved: dict[tuple[tuple[str, str], ...], str] = {}
-        customer_for, identifiers = self.graph.customer_for, self._identifiers
-        for event_id, step in self._steps.items():
-            keys = identifiers[event_id]
+        customer_for = self.graph.customer_for
+        for step in self._steps.values():
+            keys = step.touchpoint.identifiers
             customer = resolved.get(keys)
             if customer is None:
                 customer = resolved[keys] = customer_for(keys)

@@ -29,6 +29,11 @@ from processors.sinks import clickhouse as sink
 from processors.storage import Target, connect, migrate
 
 DEAD_LETTER_FLUSH = 10_000
+# New events go to the log in chunks as they are admitted: the aggregate keeps a compact
+# copy, so the validated models need not stay in memory until the end of the run. A run
+# that fails part-way leaves its first events in the log; the next run replays them
+# (they count as replayed, its own copies as duplicates) and rewrites the state.
+EVENT_FLUSH = 20_000
 
 
 @dataclass
@@ -165,6 +170,9 @@ def run_records(
             admission = reconstruction.admit(outcome)
             if admission is Admission.NEW:
                 new.append(outcome)
+                if len(new) >= EVENT_FLUSH:
+                    summary.touchpoints_new += sink.write_events(client, new)
+                    new.clear()
             elif admission is Admission.DUPLICATE:
                 summary.duplicates += 1
             else:
@@ -174,8 +182,7 @@ def run_records(
         if progress is not None and summary.records_read % 5000 == 0:
             progress(5000)
     _flush_letters(client, letters, summary)
-    summary.touchpoints_new = len(new)
-    sink.write_events(client, new)
+    summary.touchpoints_new += sink.write_events(client, new)
     summary.journeys_written, summary.journeys_deleted = sink.write_state(client, reconstruction)
     summary.watermark = reconstruction.watermark
     summary.finished_at = datetime.now(UTC)

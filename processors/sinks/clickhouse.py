@@ -22,7 +22,7 @@ from ingest.records import DeadLetter
 from journeys.fold import Journey
 from journeys.identity import IdentityConflict, IdentityMerge
 from journeys.reconstruct import Reconstruction
-from journeys.touchpoint import Channel, Identifier, Touchpoint
+from journeys.touchpoint import Channel, Identifier, Touchpoint, properties_json
 
 EVENT_COLUMNS = (
     "event_id",
@@ -79,10 +79,6 @@ class VersionClock:
 _clock = VersionClock()
 
 
-def _json(properties: dict[str, Any]) -> str:
-    return orjson.dumps(properties, option=orjson.OPT_SORT_KEYS).decode()
-
-
 def _utc(value: datetime) -> datetime:
     # chDB hands DateTime64('UTC') back as naive datetimes in UTC.
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value
@@ -124,7 +120,7 @@ def write_events(client: Client, touchpoints: Iterable[Touchpoint]) -> int:
             tp.source,
             tp.action,
             [(i.type, i.value) for i in tp.identifiers],
-            _json(tp.properties),
+            properties_json(tp.properties),
             tp.persona or "",
             tp.sentiment,
             tp.value,
@@ -365,7 +361,7 @@ def touchpoint_values(reconstruction: Reconstruction, journey: Journey, at: date
                 tp.value,
                 tp.currency or "",
                 journey.persona or "",
-                _json(tp.properties),
+                tp.properties_json,
             )
         )
     return rows
@@ -375,23 +371,33 @@ def _current_ids(client: Client, query: str) -> set:
     return {row[0] if len(row) == 1 else tuple(row) for row in client.query(query).result_rows}
 
 
+STATE_CHUNK_ROWS = 200_000  # touchpoint rows per insert: bounds the rows held in memory at once
+
+
 def write_state(client: Client, reconstruction: Reconstruction) -> tuple[int, int]:
     """Write every customer's current journeys and touchpoints, and tombstone what vanished.
 
-    Returns (journeys written, journeys deleted).
+    Rows go out in chunks as the journeys are folded, so memory holds one chunk,
+    not the whole state. Returns (journeys written, journeys deleted).
     """
     version, now = _clock.next(), datetime.now(UTC)
-    journey_rows, tp_rows = [], []
+    current = _current_ids(client, "SELECT journey_id FROM journeys")
+    live: set[str] = set()
+    journey_rows: list[tuple] = []
+    tp_rows: list[tuple] = []
     for journey in reconstruction.journeys():
+        live.add(journey.journey_id)
         journey_rows.append(journey_row(journey, version, now))
         tp_rows.extend(touchpoint_rows(reconstruction, journey, version, now))
-    live = {row[0] for row in journey_rows}
-    stale = _current_ids(client, "SELECT journey_id FROM journeys") - live
-    tombstones = _tombstones(client, stale, version, now)
+        if len(tp_rows) >= STATE_CHUNK_ROWS:
+            _insert(client, "journey_versions", JOURNEY_COLUMNS, journey_rows)
+            _insert(client, "touchpoint_versions", TOUCHPOINT_COLUMNS, tp_rows)
+            journey_rows, tp_rows = [], []
+    tombstones = _tombstones(client, current - live, version, now)
     _insert(client, "journey_versions", JOURNEY_COLUMNS, journey_rows + tombstones)
     _insert(client, "touchpoint_versions", TOUCHPOINT_COLUMNS, tp_rows)
     _write_identity(client, reconstruction, version, now)
-    return len(journey_rows), len(tombstones)
+    return len(live), len(tombstones)
 
 
 def _tombstones(client: Client, stale: set[str], version: int, now: datetime) -> list[tuple]:

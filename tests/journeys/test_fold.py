@@ -16,7 +16,7 @@ from journeys.fold import (
     split_journeys,
 )
 from journeys.phases import Classification
-from journeys.touchpoint import Channel, Phase, Touchpoint
+from journeys.touchpoint import Channel, CompactTouchpoint, Phase, Touchpoint
 
 T0 = datetime(2026, 9, 1, 9, 0, tzinfo=UTC)
 POLICY = JourneyPolicy(
@@ -58,7 +58,7 @@ def step(
         sentiment=sentiment,
         conversion=conversion,
     )
-    return ClassifiedTouchpoint(tp, cls)
+    return ClassifiedTouchpoint(CompactTouchpoint.of(tp), cls)
 
 
 DAY = 24 * 60

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from journeys.fold import ClassifiedTouchpoint, JourneyPolicy, fold_journey
 from journeys.phases import Classification, PhaseRules, RulesError, parse_phase
-from journeys.touchpoint import Channel, Identifier, Phase, Touchpoint
+from journeys.touchpoint import Channel, CompactTouchpoint, Identifier, Phase, Touchpoint
 
 SOURCES = {"web": "segment", "email": "sendgrid", "phone": "twilio", "social": "social"}
 
@@ -700,7 +700,8 @@ def test_default_rules_never_step_back_on_the_ecommerce_spec_sequence(default_ru
         touchpoint = tp(action=action, properties=properties).model_copy(
             update={"event_id": f"e{i:02d}", "occurred_at": start + timedelta(minutes=i)}
         )
-        steps.append(ClassifiedTouchpoint(touchpoint, default_rules.classify(touchpoint)))
+        classification = default_rules.classify(touchpoint)
+        steps.append(ClassifiedTouchpoint(CompactTouchpoint.of(touchpoint), classification))
     journey = fold_journey("cus_1", steps, start + timedelta(days=1), JourneyPolicy())
     assert journey.regressions == ()
     assert journey.phases_reached == tuple(Phase)
