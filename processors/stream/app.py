@@ -194,6 +194,9 @@ def create_app(settings: Settings, config: StreamConfig) -> faust.App:
         rewind = first_offsets.skipped(
             ((event.message.tp.topic, event.message.tp.partition), event.message.offset) for event in events
         )
+        await rewind_partitions(rewind, partitions)
+
+    async def rewind_partitions(rewind: dict[tuple[str, int], int], partitions: dict[Any, Any]) -> None:
         for key, offset in rewind.items():
             log.warning("records skipped on %s[%d] after a rebalance: reading again from %d", *key, offset)
             metrics.inc("journeys_rebalance_rewinds_total", topic=key[0])
@@ -342,6 +345,24 @@ def create_app(settings: Settings, config: StreamConfig) -> faust.App:
             lag = max(0, highwater - read_up_to.get(tp, 0))
             metrics.set("journeys_consumer_lag", lag, topic=tp.topic, partition=str(tp.partition))
 
+    @app.timer(2.0)
+    async def watch_commits() -> None:
+        """The rebalance guard's second check: commits past records the stage never saw (see offsets.py)."""
+        awaiting = first_offsets.awaiting(time.monotonic())
+        if not awaiting:
+            return
+        try:
+            committed = await asyncio.get_running_loop().run_in_executor(
+                None, committed_offsets, config.bootstrap, app.conf.id, awaiting
+            )
+        except Exception as exc:  # a safety net: the next tick asks again
+            log.debug("could not read committed offsets: %s", exc)
+            return
+        rewind = first_offsets.overtaken(committed)
+        if rewind:
+            assigned = {(tp.topic, tp.partition): tp for tp in app.consumer.assignment()}
+            await rewind_partitions({k: v for k, v in rewind.items() if k in assigned}, assigned)
+
     @app.on_partitions_assigned.connect
     async def on_assigned(app: faust.App, assigned: set, **kwargs: Any) -> None:
         stage.reset()
@@ -358,7 +379,7 @@ def create_app(settings: Settings, config: StreamConfig) -> faust.App:
                 "could not read committed offsets (%s); rebalance guard off until next assignment", exc
             )
             committed = {}
-        first_offsets.expect(committed)
+        first_offsets.expect(committed, time.monotonic())
 
     if config.web_port is not None:
 

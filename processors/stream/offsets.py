@@ -10,8 +10,13 @@ the same family; the failover test caught one such loss).
 The guard remembers each newly assigned partition's committed offset, read
 from the broker when the partitions are assigned, and checks the first record
 the stage then sees on it. A first record beyond that offset means records were
-skipped: the stage seeks back and reads them again. What it reads twice is
-harmless downstream (touchpoints are deduplicated by event id, dead letters by
+skipped: the stage seeks back and reads them again. When the skipped records
+were the partition's last ones, no later record shows the gap; so for a while
+after the assignment the stage also asks the broker for the group's committed
+offsets, and a partition whose commit moved past the expected offset before the
+stage saw any of its records is rewound the same way (the failover test lost
+the last record of a partition like that). What it reads twice is harmless
+downstream (touchpoints are deduplicated by event id, dead letters by
 fingerprint).
 """
 
@@ -23,15 +28,42 @@ from typing import Any
 Partition = tuple[str, int]
 
 
+# How long after an assignment commits are compared: Faust commits every few seconds, so a skip
+# shows well within this; later, a partition that never got a record is simply quiet.
+WATCH_SECONDS = 60.0
+
+
 class FirstOffsets:
     """Per newly assigned partition, the offset its first record must have."""
 
     def __init__(self) -> None:
         self._expected: dict[Partition, int] = {}
+        self._watch_until = 0.0
 
-    def expect(self, committed: Mapping[Partition, int]) -> None:
-        """A new assignment: these partitions must start at these offsets (others are not checked)."""
+    def expect(self, committed: Mapping[Partition, int], now: float = 0.0) -> None:
+        """A new assignment: these partitions must start at these offsets (others are not checked).
+
+        `now` (a monotonic clock) starts the window in which `awaiting` reports them.
+        """
         self._expected = {tp: offset for tp, offset in committed.items() if offset >= 0}
+        self._watch_until = now + WATCH_SECONDS
+
+    def awaiting(self, now: float) -> list[Partition]:
+        """Partitions whose first record has not been seen yet, while the watch window lasts."""
+        return list(self._expected) if now < self._watch_until else []
+
+    def overtaken(self, committed: Mapping[Partition, int]) -> dict[Partition, int]:
+        """Partitions still awaiting their first record whose commit moved past the expected offset.
+
+        The stage never processed a record there, yet the group committed beyond
+        it: records were acknowledged unprocessed. Returns the offsets to go back to.
+        """
+        rewind: dict[Partition, int] = {}
+        for tp, offset in committed.items():
+            expected = self._expected.get(tp)
+            if expected is not None and offset > expected:
+                rewind[tp] = self._expected.pop(tp)
+        return rewind
 
     def skipped(self, records: Iterable[tuple[Partition, int]]) -> dict[Partition, int]:
         """Partitions whose first record came after the expected offset, with the offset to go back to."""

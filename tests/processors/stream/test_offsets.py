@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ingest.kafka import ensure_topics, make_producer
 from ingest.topics import Topics
-from processors.stream.offsets import FirstOffsets, committed_offsets
+from processors.stream.offsets import WATCH_SECONDS, FirstOffsets, committed_offsets
 
 
 def test_a_first_record_beyond_the_committed_offset_asks_for_a_rewind() -> None:
@@ -14,6 +14,20 @@ def test_a_first_record_beyond_the_committed_offset_asks_for_a_rewind() -> None:
     assert guard.skipped(records) == {("raw.web", 0): 5}
     # Only the first record after an assignment is checked.
     assert guard.skipped([(("raw.web", 1), 20)]) == {}
+
+
+def test_a_commit_past_a_partition_whose_records_were_never_seen_asks_for_a_rewind() -> None:
+    """The skipped records were the partition's last: no later record shows the gap, the commit does."""
+    guard = FirstOffsets()
+    guard.expect({("raw.phone", 2): 10, ("raw.phone", 3): 4, ("raw.web", 0): 7}, now=100.0)
+    assert sorted(guard.awaiting(now=101.0)) == [("raw.phone", 2), ("raw.phone", 3), ("raw.web", 0)]
+    guard.skipped([(("raw.web", 0), 7)])  # seen normally: no longer awaited
+    assert guard.overtaken({("raw.phone", 2): 11, ("raw.phone", 3): 4, ("raw.web", 0): 9}) == {
+        ("raw.phone", 2): 10
+    }
+    assert guard.awaiting(now=102.0) == [("raw.phone", 3)]
+    # Only for a while after the assignment: a quiet partition stops being polled.
+    assert guard.awaiting(now=100.0 + WATCH_SECONDS) == []
 
 
 def test_committed_offsets_come_from_the_broker(kafka_bootstrap: str, topic_prefix: str) -> None:
