@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from journeys.phases import Classification
-from journeys.touchpoint import PHASE_ORDER, Channel, CompactTouchpoint, Phase
+from journeys.phases import Classification, PhaseRules
+from journeys.touchpoint import PHASE_ORDER, Channel, CompactTouchpoint, Phase, Touchpoint
 
 
 class JourneyStatus(StrEnum):
@@ -77,6 +77,11 @@ class ClassifiedTouchpoint:
 
     touchpoint: CompactTouchpoint
     classification: Classification
+
+    @classmethod
+    def of(cls, touchpoint: Touchpoint, rules: PhaseRules) -> ClassifiedTouchpoint:
+        """Classify once and keep the compact form: what the aggregate stores per event."""
+        return cls(CompactTouchpoint.of(touchpoint), rules.classify(touchpoint))
 
     @property
     def order_key(self) -> tuple[datetime, str]:

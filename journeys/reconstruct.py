@@ -17,7 +17,7 @@ from enum import Enum
 from journeys.fold import ClassifiedTouchpoint, Journey, JourneyPolicy, fold_customer
 from journeys.identity import IdentityGraph, IdentityPolicy
 from journeys.phases import PhaseRules
-from journeys.touchpoint import CompactTouchpoint, Touchpoint
+from journeys.touchpoint import Touchpoint
 
 
 class Admission(Enum):
@@ -47,13 +47,17 @@ class Reconstruction:
 
     def admit(self, touchpoint: Touchpoint) -> Admission:
         """Add one touchpoint: classify it once, link its identifiers, keep it (compact)."""
-        compact = CompactTouchpoint.of(touchpoint)
+        return self.admit_classified(ClassifiedTouchpoint.of(touchpoint, self.rules))
+
+    def admit_classified(self, step: ClassifiedTouchpoint) -> Admission:
+        """`admit` for a touchpoint already classified with this aggregate's rules (e.g. elsewhere)."""
+        touchpoint = step.touchpoint
         known = self._steps.get(touchpoint.event_id)
         if known is not None:
-            return Admission.DUPLICATE if known.touchpoint.same_event(compact) else Admission.CONFLICT
-        if not self.graph.observe(touchpoint.event_id, touchpoint.occurred_at, compact.identifiers):
+            return Admission.DUPLICATE if known.touchpoint.same_event(touchpoint) else Admission.CONFLICT
+        if not self.graph.observe(touchpoint.event_id, touchpoint.occurred_at, touchpoint.identifiers):
             return Admission.UNIDENTIFIED
-        self._steps[touchpoint.event_id] = ClassifiedTouchpoint(compact, self.rules.classify(touchpoint))
+        self._steps[touchpoint.event_id] = step
         if self.latest_event_time is None or touchpoint.occurred_at > self.latest_event_time:
             self.latest_event_time = touchpoint.occurred_at
         return Admission.NEW

@@ -184,6 +184,26 @@ class CompactTouchpoint:
             touchpoint.currency,
         )
 
+    def json(self) -> bytes:
+        """The touchpoint's canonical JSON, as `Touchpoint.model_dump_json` gives it (for dead letters)."""
+        return orjson.dumps(
+            {
+                "event_id": self.event_id,
+                "occurred_at": self.occurred_at,
+                "received_at": self.received_at,
+                "channel": self.channel.value,
+                "source": self.source,
+                "action": self.action,
+                "identifiers": [{"type": kind, "value": value} for kind, value in self.identifiers],
+                "properties": orjson.Fragment(self.properties_json),
+                "persona": self.persona,
+                "sentiment": self.sentiment,
+                "value": self.value,
+                "currency": self.currency,
+            },
+            option=orjson.OPT_UTC_Z,
+        )
+
     def same_event(self, other: CompactTouchpoint) -> bool:
         """Exact redelivery: equal in everything but when we happened to receive it."""
         return replace(self, received_at=None) == replace(other, received_at=None)

@@ -14,16 +14,17 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-import orjson
 from clickhouse_connect.driver.client import Client
 
 from ingest.files import read_records
 from ingest.pii import PiiHasher
-from ingest.pipeline import IngestContext, parse_records
+from ingest.pipeline import FORMATS, IngestContext
 from ingest.records import DeadLetter, RawRecord
+from journeys.phases import PhaseRules
 from journeys.reconstruct import Admission, Reconstruction
-from journeys.touchpoint import Touchpoint
+from journeys.touchpoint import CompactTouchpoint
 from processors.config import Settings
+from processors.parsing import ParseRecipe, classified_outcomes
 from processors.runtime import tune_gc_for_bulk
 from processors.sinks import clickhouse as sink
 from processors.storage import Target, connect, migrate
@@ -76,10 +77,10 @@ _REFUSAL_REASONS = {
 }
 
 
-def refusal_letter(touchpoint: Touchpoint, admission: Admission) -> DeadLetter:
+def refusal_letter(touchpoint: CompactTouchpoint, admission: Admission) -> DeadLetter:
     """A dead letter for a valid touchpoint the aggregate refused (its canonical JSON as raw)."""
     return DeadLetter(
-        raw=orjson.dumps(touchpoint.model_dump(mode="json")),
+        raw=touchpoint.json(),
         reason=_REFUSAL_REASONS[admission].format(event_id=touchpoint.event_id),
         format=touchpoint.source,
         origin=f"event {touchpoint.event_id}",
@@ -94,6 +95,17 @@ def open_reconstruction(client: Client, settings: Settings) -> tuple[Reconstruct
     for identifier in sink.read_unlinks(client):
         reconstruction.unlink(identifier)
     return reconstruction, replayed
+
+
+def parse_recipe(settings: Settings, rules: PhaseRules, *, create_key: bool) -> ParseRecipe:
+    """How records are parsed and classified under `settings`, here or in a parsing process."""
+    return ParseRecipe(
+        pii_key=settings.pii_key(create_if_missing=create_key),
+        policy=settings.identity,
+        extra_identifier_types=frozenset(settings.extra_identifier_types),
+        phone_region=settings.phone_region,
+        rules=rules,
+    )
 
 
 def ingest_context(settings: Settings, *, create_key: bool) -> IngestContext:
@@ -152,31 +164,40 @@ def run_records(
     inputs: list[str] | None = None,
     command: str = "run",
     progress: Callable[[int], None] | None = None,
+    parse_workers: int | None = None,
 ) -> RunSummary:
+    """Reconstruct `records` into `settings.dsn`.
+
+    Large inputs are parsed and classified in `parse_workers` processes
+    (default: one per core; 1 keeps everything in this process) while this one
+    stitches, folds and writes; the result is the same either way.
+    """
+    if format is not None and format not in FORMATS:
+        raise ValueError(f"unknown format {format!r}; known formats: {', '.join(FORMATS)}")
     tune_gc_for_bulk()
     summary = RunSummary(run_id=uuid.uuid4().hex, inputs=inputs or [], started_at=datetime.now(UTC))
     client = connect(settings.dsn)
     migrate(client)
-    context = ingest_context(settings, create_key=Target.parse(settings.dsn).embedded)
     reconstruction, summary.replayed = open_reconstruction(client, settings)
+    recipe = parse_recipe(settings, reconstruction.rules, create_key=Target.parse(settings.dsn).embedded)
 
-    new: list[Touchpoint] = []
+    new: list[CompactTouchpoint] = []
     letters: list[DeadLetter] = []
-    for outcome in parse_records(records, context, format):
+    for outcome in classified_outcomes(records, recipe, format, workers=parse_workers):
         summary.records_read += 1
         if isinstance(outcome, DeadLetter):
             letters.append(outcome)
         else:
-            admission = reconstruction.admit(outcome)
+            admission = reconstruction.admit_classified(outcome)
             if admission is Admission.NEW:
-                new.append(outcome)
+                new.append(outcome.touchpoint)
                 if len(new) >= EVENT_FLUSH:
                     summary.touchpoints_new += sink.write_events(client, new)
                     new.clear()
             elif admission is Admission.DUPLICATE:
                 summary.duplicates += 1
             else:
-                letters.append(refusal_letter(outcome, admission))
+                letters.append(refusal_letter(outcome.touchpoint, admission))
         if len(letters) >= DEAD_LETTER_FLUSH:
             _flush_letters(client, letters, summary)
         if progress is not None and summary.records_read % 5000 == 0:

@@ -22,7 +22,7 @@ from ingest.records import DeadLetter
 from journeys.fold import Journey
 from journeys.identity import IdentityConflict, IdentityMerge
 from journeys.reconstruct import Reconstruction
-from journeys.touchpoint import Channel, Identifier, Touchpoint, properties_json
+from journeys.touchpoint import Channel, CompactTouchpoint, Identifier, Touchpoint
 
 EVENT_COLUMNS = (
     "event_id",
@@ -107,7 +107,7 @@ def _insert(client: Client, table: str, columns: Sequence[str], rows: list[tuple
         client.insert(table, rows, column_names=list(columns))
 
 
-def write_events(client: Client, touchpoints: Iterable[Touchpoint]) -> int:
+def write_events(client: Client, touchpoints: Iterable[CompactTouchpoint]) -> int:
     """Append touchpoints to the canonical event log (idempotent on event_id)."""
     now = datetime.now(UTC)
     now_ms = _ms(now)
@@ -119,8 +119,8 @@ def write_events(client: Client, touchpoints: Iterable[Touchpoint]) -> int:
             tp.channel.value,
             tp.source,
             tp.action,
-            [(i.type, i.value) for i in tp.identifiers],
-            properties_json(tp.properties),
+            tp.identifiers,
+            tp.properties_json,
             tp.persona or "",
             tp.sentiment,
             tp.value,

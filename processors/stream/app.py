@@ -36,7 +36,7 @@ from ingest.topics import Topics, dead_letter_headers, record_from_message
 from journeys.fold import JourneyStatus
 from journeys.live import BatchResult, LiveReconstruction
 from journeys.reconstruct import Admission, Reconstruction
-from journeys.touchpoint import Touchpoint
+from journeys.touchpoint import CompactTouchpoint, Touchpoint
 from processors.config import Settings
 from processors.embedded import ingest_context, refusal_letter
 from processors.stream.messages import (
@@ -253,7 +253,7 @@ def create_app(settings: Settings, config: StreamConfig) -> faust.App:
         result = live.admit_batch(batch)
         for touchpoint, admission in result.admissions:
             if admission in (Admission.CONFLICT, Admission.UNIDENTIFIED):
-                messages.append(("letter", refusal_letter(touchpoint, admission)))
+                messages.append(("letter", refusal_letter(CompactTouchpoint.of(touchpoint), admission)))
         messages += state_messages(result, live.reconstruction, raw_events, now)
         # One table entry per CHUNK new events, keyed by the first (an event is admitted once).
         new = result.new_touchpoints

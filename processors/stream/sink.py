@@ -34,6 +34,7 @@ from clickhouse_connect.driver.client import Client
 from ingest.kafka import ensure_topics
 from ingest.records import DeadLetter
 from ingest.topics import Topics, received_at_of
+from journeys.touchpoint import CompactTouchpoint
 from processors.sinks import clickhouse as tables
 from processors.stream.messages import decode_touchpoint
 from processors.stream.metrics import Metrics
@@ -97,7 +98,9 @@ def write_batch(client: Client, records: list[Any], topics: Topics, summary: Sin
             message = orjson.loads(record.value)
             kind = message.get("kind")
             if kind == "events":
-                events.extend(decode_touchpoint(orjson.dumps(raw)) for raw in message["events"])
+                events.extend(
+                    CompactTouchpoint.of(decode_touchpoint(orjson.dumps(raw))) for raw in message["events"]
+                )
             elif kind == "identity":
                 identity_messages.append(message)
             elif kind == "customer":
