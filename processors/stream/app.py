@@ -183,9 +183,14 @@ def create_app(settings: Settings, config: StreamConfig) -> faust.App:
     stage = ReconstructStage(settings)
     first_offsets = FirstOffsets()
     read_up_to: dict[Any, int] = {}  # (topic, partition) -> next offset to read, for the lag gauge
+    first_read: list[float] = []
 
     async def note_read(events: Sequence[Any]) -> None:
         """Track what was read (lag gauge); rewind a partition Faust skipped records on after a rebalance."""
+        if not first_read and events:
+            # Once per process: where processing (not start-up or the group join) began; the bench reads it.
+            first_read.append(time.time())
+            log.info("first record read", extra={"first_read_at": first_read[0]})
         partitions = {}
         for event in events:
             message = event.message
@@ -248,9 +253,13 @@ def create_app(settings: Settings, config: StreamConfig) -> faust.App:
             log.info("reconstruct: rebuilt from %d stored events", len(stored))
             messages += state_messages(rebuilt, live.reconstruction, stored, now)
         result = live.admit_batch(batch)
+        duplicates = 0
         for touchpoint, admission in result.admissions:
             if admission in (Admission.CONFLICT, Admission.UNIDENTIFIED):
                 messages.append(("letter", refusal_letter(touchpoint, admission)))
+            elif admission is Admission.DUPLICATE:
+                duplicates += 1
+        metrics.inc("journeys_duplicates_total", duplicates, stage="reconstruct")
         messages += state_messages(result, live.reconstruction, raw_events, now)
         # One table entry per CHUNK new events, keyed by the first (an event is admitted once).
         new = result.new_touchpoints
