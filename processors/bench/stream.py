@@ -75,6 +75,7 @@ QUICK_RATE = 300
 QUICK_SECONDS = 3.0
 WARMUP_RECORDS = 200  # produced and made visible before the latency clock starts
 SINK_MAX_SECONDS = 0.25  # the sink's longest wait before writing a partial batch
+PROFILE_ENV = "JOURNEYS_BENCH_PROFILE"  # a directory: run the worker under `py-spy record` into it
 
 
 def dataset_inputs(dataset: Path) -> list[Path]:
@@ -107,23 +108,22 @@ async def _bare_consume(
         ]
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
-        count, first, last = 0, 0.0, 0.0
+        # The clock starts before the first fetch: the consumer prefetches whole partitions in
+        # the background, so starting at the first record received would leave the fetching
+        # out and time only the decoding.
+        count, first, last = 0, time.perf_counter(), 0.0
         deadline = time.monotonic() + timeout
         while count < expected and time.monotonic() < deadline:
-            # Batches the size of the worker's (2000): the clock starts at the first record
-            # received, as the worker's does, so the first fetch is outside both.
-            batches = await consumer.getmany(timeout_ms=500, max_records=2000)
+            batches = await consumer.getmany(timeout_ms=500, max_records=2000)  # the worker's batch size
             if not batches:
                 continue
-            if not first:
-                first = time.perf_counter()
             for records in batches.values():
                 for record in records:
                     # Call-centre CSV rows, form-encoded Twilio bodies and the dataset's broken
                     # records are not JSON: the decoder still reads them, as a worker's would.
                     with contextlib.suppress(orjson.JSONDecodeError):
                         orjson.loads(record.value)
-                count += sum(len(records) for records in batches.values())
+                count += len(records)
             last = time.perf_counter()
     finally:
         await consumer.stop()
@@ -247,6 +247,7 @@ class Stack:
     sink: subprocess.Popen | None = None
     worker_port: int = 0
     worker_started: float = 0.0
+    profiler: subprocess.Popen | None = None
     logs: list[Any] = field(default_factory=list)
 
     @property
@@ -287,6 +288,13 @@ class Stack:
         log = self._log("worker")
         self.worker_started = time.time()
         self.worker = subprocess.Popen(command, env=self._env(), stdout=log, stderr=subprocess.STDOUT)
+        profile = os.environ.get(PROFILE_ENV)
+        if profile:  # py-spy samples the worker until it exits: collapsed stacks, one file per measurement
+            output = Path(profile) / f"{self.workdir.name}.txt"
+            spy = ["py-spy", "record", "--format", "raw", "--rate", "200", "-o", str(output)]
+            self.profiler = subprocess.Popen(
+                [*spy, "--pid", str(self.worker.pid)], stdout=self._log("py-spy"), stderr=subprocess.STDOUT
+            )
 
     def _wait(self, condition: Any, timeout: float, what: str) -> None:
         deadline = time.monotonic() + timeout
@@ -372,6 +380,8 @@ class Stack:
                 except subprocess.TimeoutExpired:
                     process.kill()
                     process.wait()
+        if self.profiler is not None:
+            self.profiler.wait(timeout=30)  # writes its output once the worker has exited
         for handle in self.logs:
             handle.close()
         summary = self.sink_dir / "summary.json"
