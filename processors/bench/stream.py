@@ -75,6 +75,7 @@ QUICK_RATE = 300
 QUICK_SECONDS = 3.0
 WARMUP_RECORDS = 200  # produced and made visible before the latency clock starts
 SINK_MAX_SECONDS = 0.25  # the sink's longest wait before writing a partial batch
+RATE_ENV = "JOURNEYS_BENCH_LATENCY_RATE"  # events/s of the latency run, instead of the target's
 PROFILE_ENV = "JOURNEYS_BENCH_PROFILE"  # a directory: run the worker under `py-spy record` into it
 
 
@@ -247,7 +248,7 @@ class Stack:
     sink: subprocess.Popen | None = None
     worker_port: int = 0
     worker_started: float = 0.0
-    profiler: subprocess.Popen | None = None
+    profilers: list[subprocess.Popen] = field(default_factory=list)
     logs: list[Any] = field(default_factory=list)
 
     @property
@@ -276,6 +277,7 @@ class Stack:
         log = self._log("sink")
         self.sink = subprocess.Popen(command, env=self._env(), stdout=log, stderr=subprocess.STDOUT)
         self._wait(lambda: (self.sink_dir / "ready").exists(), 60, "the sink to open ClickHouse")
+        self._profile("sink", self.sink)
 
     def start_worker(self) -> None:
         from processors.stream.broker import free_port
@@ -288,12 +290,20 @@ class Stack:
         log = self._log("worker")
         self.worker_started = time.time()
         self.worker = subprocess.Popen(command, env=self._env(), stdout=log, stderr=subprocess.STDOUT)
-        profile = os.environ.get(PROFILE_ENV)
-        if profile:  # py-spy samples the worker until it exits: collapsed stacks, one file per measurement
-            output = Path(profile) / f"{self.workdir.name}.txt"
-            spy = ["py-spy", "record", "--format", "raw", "--rate", "200", "-o", str(output)]
-            self.profiler = subprocess.Popen(
-                [*spy, "--pid", str(self.worker.pid)], stdout=self._log("py-spy"), stderr=subprocess.STDOUT
+        self._profile("worker", self.worker)
+
+    def _profile(self, name: str, process: subprocess.Popen) -> None:
+        """With $JOURNEYS_BENCH_PROFILE set, py-spy samples the process until it exits (collapsed stacks)."""
+        directory = os.environ.get(PROFILE_ENV)
+        if directory:
+            output = Path(directory) / f"{self.workdir.name}-{name}.txt"
+            spy = ["py-spy", "record", "--format", "raw", "--rate", "100", "-o", str(output)]
+            self.profilers.append(
+                subprocess.Popen(
+                    [*spy, "--pid", str(process.pid)],
+                    stdout=self._log(f"py-spy-{name}"),
+                    stderr=subprocess.STDOUT,
+                )
             )
 
     def _wait(self, condition: Any, timeout: float, what: str) -> None:
@@ -380,8 +390,8 @@ class Stack:
                 except subprocess.TimeoutExpired:
                     process.kill()
                     process.wait()
-        if self.profiler is not None:
-            self.profiler.wait(timeout=30)  # writes its output once the worker has exited
+        for profiler in self.profilers:
+            profiler.wait(timeout=30)  # writes its output once its process has exited
         for handle in self.logs:
             handle.close()
         summary = self.sink_dir / "summary.json"
@@ -506,11 +516,13 @@ def measure_latency(ctx: BenchContext) -> dict[str, Any]:
     from ingest.pii import PiiHasher
     from ingest.producer import ProduceSummary, produce_records
 
-    rate = QUICK_RATE if ctx.quick else LATENCY_RATE
+    rate = float(os.environ.get(RATE_ENV) or (QUICK_RATE if ctx.quick else LATENCY_RATE))
     wanted_seconds = QUICK_SECONDS if ctx.quick else LATENCY_SECONDS
     records = [record for path in dataset_inputs(ctx.dataset) for record in read_records(path)]
     warmup, steady = records[:WARMUP_RECORDS], records[WARMUP_RECORDS:]
-    steady = steady[: int(rate * wanted_seconds)]
+    # The rate is in events; a raw record carries records/leaf_events of one on average.
+    record_rate = rate * ctx.records / ctx.leaf_events
+    steady = steady[: int(record_rate * wanted_seconds)]
     if not steady:
         raise ValueError(f"the dataset has {len(records)} records: too few for a latency run")
     hasher, summary = PiiHasher(ctx.pii_key), ProduceSummary()
@@ -524,7 +536,7 @@ def measure_latency(ctx: BenchContext) -> dict[str, Any]:
             stack.wait_drained(sum(summary.by_topic.values()), timeout=120)
             started = time.perf_counter()
             steady_from_ms = time.time() * 1000
-            produce_records(paced(steady, rate, started), producer, topics, hasher, summary)
+            produce_records(paced(steady, record_rate, started), producer, topics, hasher, summary)
             producer.flush()
             produce_seconds = time.perf_counter() - started
         finally:
@@ -540,7 +552,7 @@ def measure_latency(ctx: BenchContext) -> dict[str, Any]:
     )
     return {
         "rate": rate,
-        "achieved_rate": len(steady) / produce_seconds,
+        "achieved_rate": len(steady) / produce_seconds * ctx.leaf_events / ctx.records,
         "latency_seconds": produce_seconds,
         "latency_records": len(steady),
         "latency_events": len(latencies),

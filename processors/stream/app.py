@@ -41,8 +41,8 @@ from processors.config import Settings
 from processors.embedded import ingest_context, refusal_letter
 from processors.stream.messages import (
     CHUNK,
+    Handoff,
     decode_touchpoint,
-    encode_touchpoints,
     join_touchpoints,
     split_touchpoints,
     state_messages,
@@ -181,6 +181,7 @@ def create_app(settings: Settings, config: StreamConfig) -> faust.App:
         )
     )
     stage = ReconstructStage(settings)
+    handoff = Handoff()
     first_offsets = FirstOffsets()
     read_up_to: dict[Any, int] = {}  # (topic, partition) -> next offset to read, for the lag gauge
     first_read: list[float] = []
@@ -233,7 +234,7 @@ def create_app(settings: Settings, config: StreamConfig) -> faust.App:
                     await send_dead_letter(outcome, "normalise")
                 else:
                     touchpoints.append(outcome)
-            for key, value in encode_touchpoints(touchpoints):
+            for key, value in handoff.encode(touchpoints):
                 await touchpoints_topic.send(key=key, value=value)
             metrics.inc("journeys_records_out_total", len(touchpoints), stage="normalise")
 
@@ -287,6 +288,12 @@ def create_app(settings: Settings, config: StreamConfig) -> faust.App:
             batch: list[Touchpoint] = []
             raw_events: dict[str, bytes] = {}
             for event in events:
+                handed = handoff.take(event.value)
+                if handed is not None:  # sent by this process's normalise stage: validated there
+                    for touchpoint, raw in zip(*handed, strict=True):
+                        batch.append(touchpoint)
+                        raw_events[touchpoint.event_id] = raw
+                    continue
                 try:
                     elements = split_touchpoints(event.value)
                 except ValueError as exc:

@@ -100,8 +100,11 @@ def write_batch(client: Client, records: list[Any], topics: Topics, summary: Sin
                 events.extend(decode_touchpoint(orjson.dumps(raw)) for raw in message["events"])
             elif kind == "identity":
                 identity_messages.append(message)
-            elif kind == "customer":
+            elif kind == "customers":
                 # Later snapshots of a customer replace earlier ones within the batch.
+                for customer_id, journeys, touchpoints in message["customers"]:
+                    customers[customer_id] = (journeys, touchpoints)
+            elif kind == "customer":  # the one-customer form of earlier versions
                 customers[message["customer_id"]] = (message["journeys"], message["touchpoints"])
             else:
                 raise ValueError(f"unknown kind {kind!r}")
