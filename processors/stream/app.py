@@ -28,6 +28,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import faust
+from faust.transport.drivers import aiokafka as faust_aiokafka
 from pydantic import ValidationError
 
 from ingest.pipeline import parse_records
@@ -71,6 +72,7 @@ class StreamConfig:
     web_port: int | None = 9108
     data_dir: str = ".journeys/worker"
     group_timeouts: tuple[float, float, float] | None = None  # (session, heartbeat, rebalance) seconds
+    fetch_max_wait: float = 0.1  # seconds a fetch may wait for data at the broker (Faust fixes 1.5)
 
 
 Message = tuple[bytes | str, bytes | DeadLetter]  # a state-topic message, or a dead letter to send
@@ -137,6 +139,48 @@ class ReconstructStage:
         return self.live, result
 
 
+class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    """Faust's aiokafka consumer thread with a shorter fetch wait than its fixed 1.5 s.
+
+    A broker holds a fetch until data arrives or the wait runs out. Apache
+    Kafka answers as soon as data arrives, but not every Kafka-protocol broker
+    does (Tansu waits the full time): there, each hop raw → normalise →
+    touchpoints → reconstruct added up to 1.5 s of latency. Faust has no
+    setting for it, so the wait is set on the consumer before it starts.
+    """
+
+    fetch_max_wait_ms = 1500
+
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        consumer = super()._create_worker_consumer(transport)
+        if hasattr(consumer, "_fetch_max_wait_ms"):  # aiokafka's, read when the consumer starts
+            consumer._fetch_max_wait_ms = self.fetch_max_wait_ms
+        else:
+            log.warning("this aiokafka has no _fetch_max_wait_ms: the fetch wait stays at Faust's 1.5 s")
+        return consumer
+
+
+def _transport_class(fetch_max_wait: float) -> type[faust_aiokafka.Transport]:
+    """Faust's aiokafka transport whose worker consumer uses `_ConsumerThread` with this fetch wait."""
+    thread = type("ConsumerThread", (_ConsumerThread,), {"fetch_max_wait_ms": int(fetch_max_wait * 1000)})
+
+    class Consumer(faust_aiokafka.Consumer):
+        def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
+            return thread(self, loop=self.loop, beacon=self.beacon)
+
+    return type("Transport", (faust_aiokafka.Transport,), {"Consumer": Consumer})
+
+
+class JourneysApp(faust.App):
+    """faust.App whose consumer transport is `_transport_class(fetch_max_wait)` (set by `create_app`)."""
+
+    fetch_max_wait: float = 1.5
+
+    def _new_transport(self) -> Any:
+        transport = _transport_class(self.fetch_max_wait)
+        return transport(self.conf.broker_consumer, self, loop=self.loop)
+
+
 def create_app(settings: Settings, config: StreamConfig) -> faust.App:
     """The worker app; `journeys worker` runs it, tests start it in real worker processes."""
     options: dict[str, Any] = {
@@ -162,7 +206,8 @@ def create_app(settings: Settings, config: StreamConfig) -> faust.App:
         }
     # One group and one changelog per deployment: deployments sharing a cluster
     # under different topic prefixes must not restore each other's event log.
-    app = faust.App(config.app_id or config.topics.prefix, **options)
+    app = JourneysApp(config.app_id or config.topics.prefix, **options)
+    app.fetch_max_wait = config.fetch_max_wait
     topics, metrics = config.topics, Metrics()
     context = ingest_context(settings, create_key=False)
     raw_topic = app.topic(*topics.all_raw, key_type=bytes, value_type=bytes)

@@ -54,6 +54,7 @@ class SinkConfig:
     retry_max: float = 30.0
     session_timeout_ms: int = 10_000
     heartbeat_interval_ms: int = 3_000
+    fetch_max_wait_ms: int = 100  # a broker that holds a fetch the full wait (Tansu) delays every batch
 
 
 @dataclass
@@ -187,6 +188,7 @@ def run_sink(
         max_poll_records=config.max_messages,
         session_timeout_ms=config.session_timeout_ms,
         heartbeat_interval_ms=config.heartbeat_interval_ms,
+        fetch_max_wait_ms=config.fetch_max_wait_ms,
     )
     ensure_topics(config.bootstrap, config.topics)
     consumer.subscribe([config.topics.state, config.topics.dead_letters])
