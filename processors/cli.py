@@ -302,7 +302,7 @@ def worker(
     from ingest.pii import PiiKeyError
     from ingest.topics import Topics, bootstrap_from_env
     from processors.logs import logging_config
-    from processors.stream.app import StreamConfig, create_app
+    from processors.stream.app import StreamConfig, create_app, tune_gc
 
     settings = _settings(None, config, rules)
     try:
@@ -329,6 +329,7 @@ def worker(
         replication_factor=replication_from_env(),
     )
     faust_app = create_app(settings, stream_config)
+    tune_gc()
     faust.Worker(
         faust_app, loglevel="INFO", logging_config=logging_config(_log_format(log_format))
     ).execute_from_commandline()
