@@ -286,6 +286,9 @@ def worker(
         typer.Option(help="Partitions of missing raw/dead-letter topics ($JOURNEYS_PARTITIONS or 6).", min=1),
     ] = None,
     batch_size: Annotated[int, typer.Option(help="Records per batch through the core.", min=1)] = 2000,
+    batch_seconds: Annotated[
+        float, typer.Option(help="Longest wait for a batch to fill (latency at low rates).", min=0.01)
+    ] = 0.25,
     session_timeout: Annotated[float | None, typer.Option(help="Kafka group session timeout, s.")] = None,
     heartbeat_interval: Annotated[float | None, typer.Option(help="Kafka group heartbeat, s.")] = None,
     rebalance_timeout: Annotated[float | None, typer.Option(help="Kafka group rebalance timeout, s.")] = None,
@@ -315,6 +318,7 @@ def worker(
         bootstrap=kafka or bootstrap_from_env(),
         topics=Topics.from_env(),
         batch_size=batch_size,
+        batch_seconds=batch_seconds,
         web_port=port or None,
         data_dir=str(data_dir),
         group_timeouts=None if None in timeouts else timeouts,  # type: ignore[arg-type]

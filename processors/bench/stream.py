@@ -47,6 +47,7 @@ import contextlib
 import json
 import math
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -76,7 +77,8 @@ QUICK_SECONDS = 3.0
 WARMUP_RECORDS = 200  # produced and made visible before the latency clock starts
 SINK_MAX_SECONDS = 0.25  # the sink's longest wait before writing a partial batch
 RATE_ENV = "JOURNEYS_BENCH_LATENCY_RATE"  # events/s of the latency run, instead of the target's
-PROFILE_ENV = "JOURNEYS_BENCH_PROFILE"  # a directory: run the worker under `py-spy record` into it
+PROFILE_ENV = "JOURNEYS_BENCH_PROFILE"  # a directory: run the worker and sink under `py-spy record` into it
+WORKER_ARGS_ENV = "JOURNEYS_BENCH_WORKER_ARGS"  # extra `journeys worker` options, for trying settings
 
 
 def dataset_inputs(dataset: Path) -> list[Path]:
@@ -287,6 +289,7 @@ class Stack:
         command += ["--kafka", self.bootstrap, "--metrics-port", str(self.worker_port)]
         command += ["--data-dir", str(self.workdir / "worker"), "--log-format", "json"]
         command += [part for option in GROUP_TIMEOUTS.items() for part in option]
+        command += shlex.split(os.environ.get(WORKER_ARGS_ENV, ""))
         log = self._log("worker")
         self.worker_started = time.time()
         self.worker = subprocess.Popen(command, env=self._env(), stdout=log, stderr=subprocess.STDOUT)

@@ -67,7 +67,7 @@ class StreamConfig:
     topics: Topics = field(default_factory=Topics)
     app_id: str | None = None  # Faust app id = consumer group and changelog prefix; default: the topic prefix
     batch_size: int = 2000
-    batch_seconds: float = 0.5
+    batch_seconds: float = 0.25  # longest wait for a batch to fill: bounds the latency each stage adds
     partitions: int = 6
     replication_factor: int = 1
     web_port: int | None = 9108
