@@ -286,6 +286,9 @@ def worker(
         typer.Option(help="Partitions of missing raw/dead-letter topics ($JOURNEYS_PARTITIONS or 6).", min=1),
     ] = None,
     batch_size: Annotated[int, typer.Option(help="Records per batch through the core.", min=1)] = 2000,
+    fold_size: Annotated[
+        int, typer.Option(help="Most touchpoints per reconstruct fold.", min=1)
+    ] = 50_000,
     batch_seconds: Annotated[
         float, typer.Option(help="Longest wait for a batch to fill (latency at low rates).", min=0.01)
     ] = 0.25,
@@ -319,6 +322,7 @@ def worker(
         topics=Topics.from_env(),
         batch_size=batch_size,
         batch_seconds=batch_seconds,
+        fold_size=fold_size,
         web_port=port or None,
         data_dir=str(data_dir),
         group_timeouts=None if None in timeouts else timeouts,  # type: ignore[arg-type]
