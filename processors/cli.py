@@ -286,9 +286,7 @@ def worker(
         typer.Option(help="Partitions of missing raw/dead-letter topics ($JOURNEYS_PARTITIONS or 6).", min=1),
     ] = None,
     batch_size: Annotated[int, typer.Option(help="Records per batch through the core.", min=1)] = 2000,
-    fold_size: Annotated[
-        int, typer.Option(help="Most touchpoints per reconstruct fold.", min=1)
-    ] = 50_000,
+    fold_size: Annotated[int, typer.Option(help="Most touchpoints per reconstruct fold.", min=1)] = 50_000,
     batch_seconds: Annotated[
         float, typer.Option(help="Longest wait for a batch to fill (latency at low rates).", min=0.01)
     ] = 0.25,

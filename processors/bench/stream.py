@@ -202,9 +202,11 @@ def run_probe_sink(dsn: str, bootstrap: str, prefix: str, out: Path) -> None:
     (the sink's figures, the views' row counts and the latencies).
     """
     from ingest.topics import Topics
+    from processors.logs import configure
     from processors.storage import connect, migrate
     from processors.stream.sink import SinkConfig, run_sink
 
+    configure("json")  # the sink's own lines (batches written, retries) in sink.log
     out.mkdir(parents=True, exist_ok=True)
     client = connect(dsn)
     migrate(client)
