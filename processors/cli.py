@@ -22,7 +22,7 @@ from rich.table import Table
 
 from ingest.demo import DEFAULT_CUSTOMERS
 from processors.config import ConfigError, Settings
-from processors.runtime import tune_gc_for_bulk
+from processors.runtime import WORKER_YOUNG_THRESHOLD, tune_gc_for_bulk
 from processors.storage import StorageError, connect, json_default, migrate, plain_value
 
 app = typer.Typer(
@@ -290,6 +290,10 @@ def worker(
         typer.Option(help="Partitions of missing raw/dead-letter topics ($JOURNEYS_PARTITIONS or 6).", min=1),
     ] = None,
     batch_size: Annotated[int, typer.Option(help="Records per batch through the core.", min=1)] = 2000,
+    fold_size: Annotated[int, typer.Option(help="Most touchpoints per reconstruct fold.", min=1)] = 50_000,
+    batch_seconds: Annotated[
+        float, typer.Option(help="Longest wait for a batch to fill (latency at low rates).", min=0.01)
+    ] = 0.25,
     session_timeout: Annotated[float | None, typer.Option(help="Kafka group session timeout, s.")] = None,
     heartbeat_interval: Annotated[float | None, typer.Option(help="Kafka group heartbeat, s.")] = None,
     rebalance_timeout: Annotated[float | None, typer.Option(help="Kafka group rebalance timeout, s.")] = None,
@@ -319,6 +323,8 @@ def worker(
         bootstrap=kafka or bootstrap_from_env(),
         topics=Topics.from_env(),
         batch_size=batch_size,
+        batch_seconds=batch_seconds,
+        fold_size=fold_size,
         web_port=port or None,
         data_dir=str(data_dir),
         group_timeouts=None if None in timeouts else timeouts,  # type: ignore[arg-type]
@@ -333,7 +339,7 @@ def worker(
         replication_factor=replication_from_env(),
     )
     faust_app = create_app(settings, stream_config)
-    tune_gc_for_bulk()
+    tune_gc_for_bulk(WORKER_YOUNG_THRESHOLD, freeze=True)
     faust.Worker(
         faust_app, loglevel="INFO", logging_config=logging_config(_log_format(log_format))
     ).execute_from_commandline()

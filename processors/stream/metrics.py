@@ -13,6 +13,7 @@ _HELP = {
     "journeys_records_in_total": ("counter", "Records taken in, per stage"),
     "journeys_records_out_total": ("counter", "Records sent on, per stage"),
     "journeys_dead_letters_total": ("counter", "Records refused with a reason, per stage"),
+    "journeys_duplicates_total": ("counter", "Events dropped as exact redeliveries of an admitted event"),
     "journeys_open_journeys": ("gauge", "Journeys currently open (not converted, not dropped)"),
     "journeys_sink_batches_total": ("counter", "Batches written to ClickHouse"),
     "journeys_sink_batch_size": ("gauge", "Messages in the last batch written"),

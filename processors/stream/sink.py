@@ -55,6 +55,7 @@ class SinkConfig:
     retry_max: float = 30.0
     session_timeout_ms: int = 10_000
     heartbeat_interval_ms: int = 3_000
+    fetch_max_wait_ms: int = 100  # a broker that holds a fetch the full wait (Tansu) delays every batch
 
 
 @dataclass
@@ -73,6 +74,18 @@ def _header_text(headers: Iterable[tuple[str, bytes]] | None, name: str, default
         if key == name and value is not None:
             return value.decode("utf-8", "replace")
     return default
+
+
+def _latest_snapshot(
+    customers: dict[str, tuple[list, list]], customer_id: str, journeys: list, touchpoints: list
+) -> None:
+    """A later snapshot of a customer replaces its earlier one, and `customers` stays in message order.
+
+    A touchpoint a merge moved to another customer is then written where it went
+    last (see `write_customer_journeys`).
+    """
+    customers.pop(customer_id, None)
+    customers[customer_id] = (journeys, touchpoints)
 
 
 def write_batch(client: Client, records: list[Any], topics: Topics, summary: SinkSummary) -> None:
@@ -103,13 +116,13 @@ def write_batch(client: Client, records: list[Any], topics: Topics, summary: Sin
                 )
             elif kind == "identity":
                 identity_messages.append(message)
-            elif kind == "customer":
-                # A later snapshot of a customer replaces its earlier one, and the dict stays in
-                # message order: a touchpoint that moved to another customer is written last
-                # where it went last (see write_customer_journeys).
-                customer_id = message["customer_id"]
-                customers.pop(customer_id, None)
-                customers[customer_id] = (message["journeys"], message["touchpoints"])
+            elif kind == "customers":
+                for customer_id, journeys, touchpoints in message["customers"]:
+                    _latest_snapshot(customers, customer_id, journeys, touchpoints)
+            elif kind == "customer":  # the one-customer form of earlier versions
+                _latest_snapshot(
+                    customers, message["customer_id"], message["journeys"], message["touchpoints"]
+                )
             else:
                 raise ValueError(f"unknown kind {kind!r}")
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
@@ -191,6 +204,7 @@ def run_sink(
         max_poll_records=config.max_messages,
         session_timeout_ms=config.session_timeout_ms,
         heartbeat_interval_ms=config.heartbeat_interval_ms,
+        fetch_max_wait_ms=config.fetch_max_wait_ms,
     )
     ensure_topics(config.bootstrap, config.topics)
     consumer.subscribe([config.topics.state, config.topics.dead_letters])

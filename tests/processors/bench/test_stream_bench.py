@@ -1,0 +1,83 @@
+"""The stream and latency benchmarks on a tiny demo dataset: sane figures, and every event arrived.
+
+Real processes throughout: a Tansu broker, a `journeys worker` and the probe
+sink (which holds the benchmark's chDB path, so this pytest process never opens
+it). The expected events come from the pure core run here over the same
+records, independently of the worker's own counters the benchmark uses.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from ingest.files import read_records
+from ingest.pipeline import parse_records
+from journeys.reconstruct import Admission, Reconstruction
+from journeys.touchpoint import Touchpoint
+from processors.bench.stream import (
+    LocalContext,
+    dataset_inputs,
+    local_context,
+    measure_latency,
+    measure_stream,
+)
+from processors.config import Settings
+from processors.embedded import ingest_context
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def ctx(tmp_path_factory: pytest.TempPathFactory) -> LocalContext:
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("JOURNEYS_PII_KEY", "test-pii-key-0123456789abcdef")
+        return local_context(tmp_path_factory.mktemp("bench"), customers=60, quick=True)
+
+
+def new_events(ctx: LocalContext) -> int:
+    """Events the core admits as new from the dataset: what must be visible in ClickHouse."""
+    settings = Settings.load(dsn="chdb://unused")
+    records = [record for path in dataset_inputs(ctx.dataset) for record in read_records(path)]
+    touchpoints = [
+        outcome
+        for outcome in parse_records(records, ingest_context(settings, create_key=False))
+        if isinstance(outcome, Touchpoint)
+    ]
+    reconstruction = Reconstruction(settings.rules(), settings.identity, settings.journey)
+    return reconstruction.admit_all(touchpoints)[Admission.NEW]
+
+
+def test_one_worker_streams_every_event_into_clickhouse(ctx: LocalContext, pii_key: str) -> None:
+    figures = measure_stream(ctx)  # type: ignore[arg-type]
+
+    expected = new_events(ctx)
+    assert expected > 0
+    assert figures["events_visible"] == figures["touchpoints_visible"] == figures["touchpoints"] == expected
+    assert figures["accounted"] is True
+    assert figures["journeys_visible"] > 0
+    assert figures["records"] == ctx.records and figures["events"] == ctx.leaf_events
+    for name in ("seconds", "startup_s", "events_per_s", "bare_events_per_s", "ratio"):
+        assert 0 < figures[name] < math.inf, name
+    assert figures["records_per_s"] == pytest.approx(figures["ratio"] * figures["bare_events_per_s"])
+
+
+def test_latency_is_measured_for_every_event_produced_at_the_steady_rate(
+    ctx: LocalContext, pii_key: str
+) -> None:
+    figures = measure_latency(ctx)  # type: ignore[arg-type]
+
+    assert figures["missing"] == 0
+    assert figures["latency_records"] > 0 and figures["latency_events"] >= figures["latency_records"] // 2
+    assert 0 < figures["p50_ms"] <= figures["p95_ms"] <= figures["p99_ms"] <= figures["max_ms"]
+    assert figures["achieved_rate"] > 0
+
+
+def test_the_dataset_files_are_read_in_ingest_order(tmp_path: Path) -> None:
+    for name in ("social.jsonl", "web.jsonl", "calls.csv"):
+        (tmp_path / name).write_text("")
+    assert [path.name for path in dataset_inputs(tmp_path)] == ["web.jsonl", "calls.csv", "social.jsonl"]
+    with pytest.raises(FileNotFoundError):
+        dataset_inputs(tmp_path / "nothing")
