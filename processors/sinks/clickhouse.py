@@ -381,7 +381,6 @@ def write_state(client: Client, reconstruction: Reconstruction) -> tuple[int, in
     not the whole state. Returns (journeys written, journeys deleted).
     """
     version, now = _clock.next(), datetime.now(UTC)
-    current = _current_ids(client, "SELECT journey_id FROM journeys")
     live: set[str] = set()
     journey_rows: list[tuple] = []
     tp_rows: list[tuple] = []
@@ -393,11 +392,10 @@ def write_state(client: Client, reconstruction: Reconstruction) -> tuple[int, in
             _insert(client, "journey_versions", JOURNEY_COLUMNS, journey_rows)
             _insert(client, "touchpoint_versions", TOUCHPOINT_COLUMNS, tp_rows)
             journey_rows, tp_rows = [], []
-    tombstones = _tombstones(client, current - live, version, now)
-    _insert(client, "journey_versions", JOURNEY_COLUMNS, journey_rows + tombstones)
+    _insert(client, "journey_versions", JOURNEY_COLUMNS, journey_rows)
     _insert(client, "touchpoint_versions", TOUCHPOINT_COLUMNS, tp_rows)
-    _write_identity(client, reconstruction, version, now)
-    return len(live), len(tombstones)
+    merges, conflicts = _write_identity(client, reconstruction, version, now)
+    return len(live), retire_missing(client, live, merges, conflicts)
 
 
 def _tombstones(client: Client, stale: set[str], version: int, now: datetime) -> list[tuple]:
@@ -484,15 +482,18 @@ def _conflict_tombstone(key: tuple, version: int, now_ms: int) -> tuple:
     return (event_id, now_ms, "", identifier_type, value, linked_type, linked_value, [], version, 1, now_ms)
 
 
-def _merge_key(values: Sequence[Any]) -> tuple:
+def merge_key(values: Sequence[Any]) -> tuple:
     return (values[0], values[3])  # ReplacingMergeTree key: (event_id, absorbed_customer_id)
 
 
-def _conflict_key(values: Sequence[Any]) -> tuple:
+def conflict_key(values: Sequence[Any]) -> tuple:
     return (values[0], *values[3:7])  # (event_id, identifier, linked identifier)
 
 
-def _write_identity(client: Client, reconstruction: Reconstruction, version: int, now: datetime) -> None:
+def _write_identity(
+    client: Client, reconstruction: Reconstruction, version: int, now: datetime
+) -> tuple[set[tuple], set[tuple]]:
+    """Write every identifier's customer and the identity logs; returns the merge and conflict keys."""
     graph, now_ms = reconstruction.graph, _ms(now)
     _insert(
         client,
@@ -501,20 +502,49 @@ def _write_identity(client: Client, reconstruction: Reconstruction, version: int
         [(t, v, customer, version, now_ms) for (t, v), customer in graph.assignment().items()],
     )
     merges = [(*merge_values(m), version, 0, now_ms) for m in graph.merges]
-    stale = _current_ids(client, "SELECT event_id, absorbed_customer_id FROM identity_merges") - {
-        _merge_key(row) for row in merges
-    }
-    merges += [_merge_tombstone(key, version, now_ms) for key in stale]
     _insert(client, "identity_merge_versions", MERGE_COLUMNS, merges)
-
     conflicts = [(*conflict_values(c), version, 0, now_ms) for c in graph.conflicts]
-    stale = _current_ids(
-        client,
-        "SELECT event_id, identifier_type, identifier_value, linked_type, linked_value "
-        "FROM identity_conflicts",
-    ) - {_conflict_key(row) for row in conflicts}
-    conflicts += [_conflict_tombstone(key, version, now_ms) for key in stale]
     _insert(client, "identity_conflict_versions", CONFLICT_COLUMNS, conflicts)
+    return {merge_key(row) for row in merges}, {conflict_key(row) for row in conflicts}
+
+
+_MERGE_KEYS = "SELECT event_id, absorbed_customer_id FROM identity_merges"
+_CONFLICT_KEYS = (
+    "SELECT event_id, identifier_type, identifier_value, linked_type, linked_value FROM identity_conflicts"
+)
+
+
+def retire_missing(client: Client, journeys: set[str], merges: set[tuple], conflicts: set[tuple]) -> int:
+    """Tombstone what ClickHouse shows that a complete state no longer has.
+
+    After a complete state is written (an embedded run, or the snapshot a
+    rebuilt stream reconstruct stage publishes), journeys not in `journeys` and
+    identity merges and conflicts whose keys are not in `merges` / `conflicts`
+    are gone: a rewrite re-keyed them, or, in the stream, the previous owner
+    published customers that a link it did not live to publish has merged away.
+    Returns the number of journeys deleted.
+    """
+    version, now = _clock.next(), datetime.now(UTC)
+    now_ms = _ms(now)
+    tombstones = _tombstones(
+        client, _current_ids(client, "SELECT journey_id FROM journeys") - journeys, version, now
+    )
+    _insert(client, "journey_versions", JOURNEY_COLUMNS, tombstones)
+    stale = sorted(_current_ids(client, _MERGE_KEYS) - merges)
+    _insert(
+        client,
+        "identity_merge_versions",
+        MERGE_COLUMNS,
+        [_merge_tombstone(k, version, now_ms) for k in stale],
+    )
+    stale = sorted(_current_ids(client, _CONFLICT_KEYS) - conflicts)
+    _insert(
+        client,
+        "identity_conflict_versions",
+        CONFLICT_COLUMNS,
+        [_conflict_tombstone(k, version, now_ms) for k in stale],
+    )
+    return len(tombstones)
 
 
 # -- the stream sink: changes, not whole snapshots ----------------------------------
@@ -568,13 +598,13 @@ def write_identity_changes(
     # A removed entry whose key is re-added (same event, other survivor) is replaced, not deleted:
     # a tombstone and a row with one key and one version would leave the winner to chance.
     merges = [(*values, version, 0, now_ms) for values in merges_added]
-    kept = {_merge_key(values) for values in merges_added}
-    stale = {_merge_key(values) for values in merges_removed} - kept
+    kept = {merge_key(values) for values in merges_added}
+    stale = {merge_key(values) for values in merges_removed} - kept
     merges += [_merge_tombstone(key, version, now_ms) for key in sorted(stale)]
     _insert(client, "identity_merge_versions", MERGE_COLUMNS, merges)
     conflicts = [(*values, version, 0, now_ms) for values in conflicts_added]
-    kept = {_conflict_key(values) for values in conflicts_added}
-    stale = {_conflict_key(values) for values in conflicts_removed} - kept
+    kept = {conflict_key(values) for values in conflicts_added}
+    stale = {conflict_key(values) for values in conflicts_removed} - kept
     conflicts += [_conflict_tombstone(key, version, now_ms) for key in sorted(stale)]
     _insert(client, "identity_conflict_versions", CONFLICT_COLUMNS, conflicts)
 

@@ -45,6 +45,7 @@ from processors.stream.messages import (
     Handoff,
     decode_touchpoint,
     join_touchpoints,
+    snapshot_messages,
     split_touchpoints,
     state_messages,
 )
@@ -304,7 +305,7 @@ def create_app(settings: Settings, config: StreamConfig) -> faust.App:
                     touchpoints.append(touchpoint)
             live, rebuilt = stage.rebuild(touchpoints)
             log.info("reconstruct: rebuilt from %d stored events", len(stored))
-            messages += state_messages(rebuilt, live.reconstruction, stored, now)
+            messages += snapshot_messages(rebuilt, live.reconstruction, stored, now)
         result = live.admit_batch(batch)
         duplicates = 0
         for touchpoint, admission in result.admissions:

@@ -14,7 +14,10 @@
     one-customer form `{"kind": "customer", "customer_id", "journeys", "touchpoints"}`;
   - `{"kind": "events", "events": [canonical touchpoint JSON, ...]}`: new events;
   - `{"kind": "identity", "identities", "merges_added", "merges_removed",
-    "conflicts_added", "conflicts_removed"}`.
+    "conflicts_added", "conflicts_removed"}`;
+  - `{"kind": "snapshot", "phase": "begin" | "end"}` around the messages of a
+    rebuilt stage's complete state (`snapshot_messages`): at the end the sink
+    deletes every journey, merge and conflict the snapshot did not contain.
 """
 
 from __future__ import annotations
@@ -148,3 +151,21 @@ def state_messages(
         size += len(entry)
     if packed:
         yield key, orjson.dumps({"kind": "customers", "customers": packed})
+
+
+SNAPSHOT_BEGIN = orjson.dumps({"kind": "snapshot", "phase": "begin"})
+SNAPSHOT_END = orjson.dumps({"kind": "snapshot", "phase": "end"})
+
+
+def snapshot_messages(
+    result: BatchResult, reconstruction: Reconstruction, raw_events: dict[str, bytes], now: datetime
+) -> Iterator[tuple[bytes, bytes]]:
+    """`state_messages` of a complete state (a rebuild), framed so the sink can drop what it lacks.
+
+    A stage rebuilt after a failover cannot know which customers its
+    predecessor published that no longer exist (a link it admitted but did not
+    live to publish merged them away): only a complete snapshot tells.
+    """
+    yield b"snapshot", SNAPSHOT_BEGIN
+    yield from state_messages(result, reconstruction, raw_events, now)
+    yield b"snapshot", SNAPSHOT_END

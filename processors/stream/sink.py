@@ -14,6 +14,10 @@ runs per deployment; a second one in the group stands by and takes over.
   Kafka holds the rest.
 - **Shutdown** (SIGTERM, SIGINT, or `idle_exit` seconds without messages):
   the pending batch is written and committed before the consumer leaves.
+- **Snapshots**: a rebuilt reconstruct stage publishes its complete state
+  between snapshot markers; at the end marker the sink deletes what the
+  snapshot did not contain (customers the previous owner published that a
+  merge it did not live to publish has absorbed).
 """
 
 from __future__ import annotations
@@ -88,14 +92,45 @@ def _latest_snapshot(
     customers[customer_id] = (journeys, touchpoints)
 
 
-def write_batch(client: Client, records: list[Any], topics: Topics, summary: SinkSummary) -> None:
-    """Write one batch of consumer records (state and dead-letter messages) to ClickHouse."""
-    events, letters, identity_messages = [], [], []
-    customers: dict[str, tuple[list, list]] = {}
+@dataclass
+class Snapshot:
+    """What a complete-state snapshot on the state topic contained so far (see `snapshot_messages`)."""
+
+    journeys: set[str] = field(default_factory=set)
+    merges: set[tuple] = field(default_factory=set)
+    conflicts: set[tuple] = field(default_factory=set)
+
+
+@dataclass
+class SinkProgress:
+    """What the sink carries from one batch to the next: a snapshot still being received."""
+
+    snapshot: Snapshot | None = None
+
+
+@dataclass
+class _Segment:
+    """Messages between two snapshot markers, written together."""
+
+    events: list[CompactTouchpoint] = field(default_factory=list)
+    letters: list[DeadLetter] = field(default_factory=list)
+    identity_messages: list[dict[str, Any]] = field(default_factory=list)
+    customers: dict[str, tuple[list, list]] = field(default_factory=dict)
+
+
+def write_batch(
+    client: Client, records: list[Any], topics: Topics, summary: SinkSummary, progress: SinkProgress
+) -> None:
+    """Write one batch of consumer records (state and dead-letter messages) to ClickHouse.
+
+    Written in segments: a snapshot's end marker first writes what came before
+    it, then deletes what the snapshot did not contain, then goes on.
+    """
+    segment = _Segment()
     for record in records:
         if record.topic == topics.dead_letters:
             headers = record.headers
-            letters.append(
+            segment.letters.append(
                 DeadLetter(
                     raw=record.value or b"",
                     reason=_header_text(headers, "reason", "no reason given"),
@@ -107,27 +142,53 @@ def write_batch(client: Client, records: list[Any], topics: Topics, summary: Sin
                 )
             )
             continue
+        snapshot = progress.snapshot
         try:
             message = orjson.loads(record.value)
             kind = message.get("kind")
             if kind == "events":
-                events.extend(
+                segment.events.extend(
                     CompactTouchpoint.of(decode_touchpoint(orjson.dumps(raw))) for raw in message["events"]
                 )
             elif kind == "identity":
-                identity_messages.append(message)
-            elif kind == "customers":
-                for customer_id, journeys, touchpoints in message["customers"]:
-                    _latest_snapshot(customers, customer_id, journeys, touchpoints)
-            elif kind == "customer":  # the one-customer form of earlier versions
-                _latest_snapshot(
-                    customers, message["customer_id"], message["journeys"], message["touchpoints"]
+                segment.identity_messages.append(message)
+                if snapshot is not None:
+                    snapshot.merges.update(tables.merge_key(m) for m in message.get("merges_added", []))
+                    snapshot.conflicts.update(
+                        tables.conflict_key(c) for c in message.get("conflicts_added", [])
+                    )
+            elif kind in ("customers", "customer"):
+                # "customer": the one-customer form of earlier versions
+                packed = (
+                    message["customers"]
+                    if kind == "customers"
+                    else [(message["customer_id"], message["journeys"], message["touchpoints"])]
                 )
+                for customer_id, journeys, touchpoints in packed:
+                    _latest_snapshot(segment.customers, customer_id, journeys, touchpoints)
+                    if snapshot is not None:
+                        snapshot.journeys.update(values[0] for values in journeys)
+            elif kind == "snapshot":
+                phase = message["phase"]
+                if phase == "begin":
+                    progress.snapshot = Snapshot()
+                elif phase == "end":
+                    _write_segment(client, segment, summary)
+                    segment = _Segment()
+                    if snapshot is None:
+                        log.warning("a snapshot ended whose beginning this sink did not see; nothing retired")
+                    else:
+                        summary.journeys_deleted += tables.retire_missing(
+                            client, snapshot.journeys, snapshot.merges, snapshot.conflicts
+                        )
+                        progress.snapshot = None
+                else:
+                    raise ValueError(f"unknown snapshot phase {phase!r}")
             else:
                 raise ValueError(f"unknown kind {kind!r}")
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             # A poison message must not stall the partition: it becomes a dead letter.
-            letters.append(
+            segment.letters.append(
                 DeadLetter(
                     raw=record.value or b"",
                     reason=f"unreadable state message: {type(exc).__name__}: {str(exc)[:200]}",
@@ -136,11 +197,15 @@ def write_batch(client: Client, records: list[Any], topics: Topics, summary: Sin
                     received_at=datetime.now(UTC),
                 )
             )
-    if events:
-        summary.events += tables.write_events(client, events)
-    if letters:
-        summary.dead_letters += tables.write_dead_letters(client, letters, "stream")
-    for message in identity_messages:
+    _write_segment(client, segment, summary)
+
+
+def _write_segment(client: Client, segment: _Segment, summary: SinkSummary) -> None:
+    if segment.events:
+        summary.events += tables.write_events(client, segment.events)
+    if segment.letters:
+        summary.dead_letters += tables.write_dead_letters(client, segment.letters, "stream")
+    for message in segment.identity_messages:
         tables.write_identity_changes(
             client,
             message.get("identities", []),
@@ -149,7 +214,7 @@ def write_batch(client: Client, records: list[Any], topics: Topics, summary: Sin
             message.get("conflicts_added", []),
             message.get("conflicts_removed", []),
         )
-    written, deleted = tables.write_customer_journeys(client, customers)
+    written, deleted = tables.write_customer_journeys(client, segment.customers)
     summary.journeys_written += written
     summary.journeys_deleted += deleted
 
@@ -209,6 +274,7 @@ def run_sink(
     ensure_topics(config.bootstrap, config.topics)
     consumer.subscribe([config.topics.state, config.topics.dead_letters])
     client = connect()
+    progress = SinkProgress()
     pending: list[Any] = []
     started = time.monotonic()
     last_message = time.monotonic()
@@ -234,7 +300,7 @@ def run_sink(
                 config.idle_exit is not None and time.monotonic() - last_message >= config.idle_exit
             )
             if pending and (due or stopping):
-                _write_with_retries(client, pending, config, summary, metrics, stop)
+                _write_with_retries(client, pending, config, summary, metrics, stop, progress)
                 consumer.commit()
                 pending = []
                 _record_lag(consumer, metrics)
@@ -248,16 +314,24 @@ def run_sink(
 
 
 def _write_with_retries(
-    client: Client, batch: list[Any], config: SinkConfig, summary: SinkSummary, metrics: Metrics, stop: Any
+    client: Client,
+    batch: list[Any],
+    config: SinkConfig,
+    summary: SinkSummary,
+    metrics: Metrics,
+    stop: Any,
+    progress: SinkProgress,
 ) -> None:
     delay = config.retry_initial
     # Sort by partition then offset: messages of one key stay in order whatever poll returned.
     batch.sort(key=lambda r: (r.topic, r.partition, r.offset))
     while True:
         began = time.monotonic()
+        snapshot = progress.snapshot
         try:
-            write_batch(client, batch, config.topics, summary)
+            write_batch(client, batch, config.topics, summary, progress)
         except Exception as exc:  # ClickHouse down, slow or refusing: hold the batch and retry
+            progress.snapshot = snapshot  # the retry reads the batch's snapshot markers again
             summary.retries += 1
             metrics.inc("journeys_sink_retries_total")
             log.warning("ClickHouse write failed (%s); retrying in %.1f s", type(exc).__name__, delay)

@@ -18,7 +18,7 @@ from journeys.reconstruct import Reconstruction
 from journeys.touchpoint import Touchpoint
 from processors.config import load_rules
 from processors.storage import connect, migrate
-from processors.stream.messages import encode_touchpoint, state_messages
+from processors.stream.messages import encode_touchpoint, snapshot_messages, state_messages
 from processors.stream.metrics import Metrics
 from processors.stream.sink import SinkConfig, run_sink
 
@@ -164,3 +164,72 @@ def test_a_touchpoint_moved_by_a_merge_is_written_where_it_went_when_both_snapsh
     run_sink(lambda: client, config)
     assert client.query("SELECT DISTINCT customer_id FROM touchpoints").result_rows == [(visitor,)]
     assert client.query("SELECT customer_id, touchpoint_count FROM journeys").result_rows == [(visitor, 3)]
+
+
+def test_a_rebuilt_stage_s_snapshot_retires_customers_its_predecessor_published(
+    kafka_bootstrap: str, topic_prefix: str, dsn: str
+) -> None:
+    """The owner of the reconstruct stage publishes a visitor and a phone-only caller, admits the login
+    that links them, and is killed before publishing that. Its successor rebuilds from the event log,
+    where the caller was never a customer of its own: only the snapshot's end can retire it."""
+    topics = Topics(topic_prefix)
+    ensure_topics(kafka_bootstrap, topics, partitions=1)
+    visit = Touchpoint(
+        event_id="visit-1",
+        occurred_at=T0,
+        channel="web",
+        source="segment",
+        action="Product Viewed",
+        identifiers=[{"type": "anonymous_id", "value": "anon-1"}, {"type": "user_id", "value": "user-1"}],
+    )
+    call = Touchpoint(
+        event_id="call-1",
+        occurred_at=T0 + timedelta(hours=1),
+        channel="phone",
+        source="twilio",
+        action="call.completed",
+        identifiers=[{"type": "phone", "value": "phone-hash-1"}],
+    )
+    login = Touchpoint(
+        event_id="login-1",
+        occurred_at=T0 + timedelta(hours=2),
+        channel="web",
+        source="segment",
+        action="Signed In",
+        identifiers=[{"type": "user_id", "value": "user-1"}, {"type": "phone", "value": "phone-hash-1"}],
+    )
+    raw = {tp.event_id: encode_touchpoint(tp) for tp in (visit, call, login)}
+    now = datetime.now(UTC)
+    predecessor = LiveReconstruction(Reconstruction(RULES, IdentityPolicy(), JourneyPolicy()))
+    published = predecessor.admit_batch([visit, call])
+    messages = list(state_messages(published, predecessor.reconstruction, raw, now))
+    successor = LiveReconstruction(Reconstruction(RULES, IdentityPolicy(), JourneyPolicy()))
+    successor.reconstruction.admit_all([visit, call, login])
+    messages += snapshot_messages(successor.rebuild_result(), successor.reconstruction, raw, now)
+
+    client = connect(dsn)
+    migrate(client)
+    producer = make_producer(kafka_bootstrap)
+    for key, value in messages:
+        producer.send(topics.state, key=key, value=value)
+    producer.flush()
+    producer.close()
+    config = SinkConfig(
+        bootstrap=kafka_bootstrap,
+        topics=topics,
+        group_id=f"{topic_prefix}-sink",
+        metrics_port=None,
+        max_messages=2,  # the snapshot spans several sink batches
+        max_seconds=0.2,
+        idle_exit=2.0,
+        session_timeout_ms=6000,
+        heartbeat_interval_ms=1000,
+    )
+    summary = run_sink(lambda: client, config)
+
+    assert summary.batches > 1
+    (customer,) = successor.reconstruction.graph.customers()
+    assert client.query("SELECT customer_id, touchpoint_count FROM journeys").result_rows == [(customer, 3)]
+    assert summary.journeys_deleted == 1, "the phone-only caller's journey"
+    merges = client.query("SELECT absorbed_customer_id FROM identity_merges").result_rows
+    assert len(merges) == 1
