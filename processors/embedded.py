@@ -169,8 +169,9 @@ def run_records(
     """Reconstruct `records` into `settings.dsn`.
 
     Large inputs are parsed and classified in `parse_workers` processes
-    (default: one per core; 1 keeps everything in this process) while this one
-    stitches, folds and writes; the result is the same either way.
+    (default: `processors.parsing.default_workers`; 1 keeps everything in this
+    process) while this one stitches, folds and writes; the result is the same
+    either way.
     """
     if format is not None and format not in FORMATS:
         raise ValueError(f"unknown format {format!r}; known formats: {', '.join(FORMATS)}")
