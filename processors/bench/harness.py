@@ -334,7 +334,7 @@ def run_bench(
         "started_at": started_at.isoformat(),
         "finished_at": datetime.now(UTC).isoformat(),
         "command": _command(events, selected, quick),
-        "git": git_commit(repo or Path.cwd()),
+        "git": git_commit(repo or Path(__file__).resolve().parents[2]),
         "machine": machine_info,
         "versions": versions(),
         "config": {

@@ -29,7 +29,10 @@ from processors.bench.child import run_step
 from processors.bench.embedded import MARKER, ensure_reconstructed
 
 ACTIVITY = "concat(phase, ':', channel, ':', action)"
-LOG_QUERY = f"SELECT journey_id AS case_id, {ACTIVITY} AS activity, occurred_at AS timestamp FROM touchpoints"
+LOG_QUERY = (
+    f"SELECT journey_id AS case_id, {ACTIVITY} AS activity, occurred_at AS timestamp FROM touchpoints "
+    "ORDER BY journey_id, occurred_at, seq"
+)
 SQL_DFG = f"""
 SELECT previous, activity, count() AS n
 FROM (
@@ -124,5 +127,6 @@ def run_peer(args: dict[str, Any]) -> dict[str, Any]:
         "sql_dfg_edges": len(sql_dfg),
         "sql_variants": len(sql_variants),
         "dfg_matches": {(a, b): n for a, b, n in sql_dfg} == {k: int(v) for k, v in dfg.items()},
-        "variants_match": len(sql_variants) == len(variants),
+        "variants_match": {tuple(v): int(n) for v, n in sql_variants}
+        == {tuple(k): int(n) for k, n in variants.items()},
     }
