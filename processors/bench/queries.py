@@ -83,7 +83,7 @@ def measure_queries(ctx: Any, touchpoints: int | None = None) -> dict[str, Any]:
 def _columns(client: Any, database: str, table: str) -> list[str]:
     result = client.query(
         "SELECT name FROM system.columns WHERE database = {db:String} AND table = {t:String} "
-        "ORDER BY position",
+        "AND default_kind NOT IN ('MATERIALIZED', 'ALIAS') ORDER BY position",
         parameters={"db": database, "t": table},
     )
     return [row[0] for row in result.result_rows]
