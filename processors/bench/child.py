@@ -6,6 +6,12 @@ another), and the child's own peak RSS, user and system time come from
 `os.wait4`, which reports exactly that process, not the largest of all
 children so far as `RUSAGE_CHILDREN` would.
 
+A run that starts processes of its own (the embedded run parses in worker
+processes) is more than one process: `wait4` gives the largest single one and
+the CPU time of all that were waited for, so the resident set of the whole
+process tree is also sampled from /proc every `SAMPLE_S` seconds and its peak
+(the sum over the tree at one moment) reported as `tree_peak_rss_mb`.
+
 A step is `python -m processors.bench.child TASK ARGS_JSON`; it prints its
 figures as one JSON line prefixed with `BENCH-RESULT ` (other output, such as a
 library's banner, is ignored).
@@ -16,6 +22,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -26,6 +33,8 @@ from typing import Any
 import orjson
 
 MARKER = "BENCH-RESULT "
+SAMPLE_S = 0.2
+_PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024 if hasattr(os, "sysconf") else 4
 
 
 class ChildError(RuntimeError):
@@ -38,7 +47,9 @@ class ChildRun:
 
     returncode: int
     wall_s: float
-    peak_rss_mb: float
+    peak_rss_mb: float  # the largest single process of the tree (wait4)
+    tree_peak_rss_mb: float  # the largest sum over the process tree, sampled
+    processes: int  # the most processes seen in the tree at once
     user_s: float
     sys_s: float
     stdout: str
@@ -68,6 +79,55 @@ def child_env(pii_key: str) -> dict[str, str]:
     return env
 
 
+def tree_rss_kb(root: int) -> tuple[int, int]:
+    """(resident KiB, processes) of `root` and all its descendants now, from /proc."""
+    children: dict[int, list[int]] = {}
+    resident: dict[int, int] = {}
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return 0, 0
+    for name in entries:
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as stat:
+                fields = stat.read()
+        except OSError:
+            continue  # the process ended meanwhile
+        rest = fields[fields.rindex(b")") + 2 :].split()  # the command name may hold spaces
+        pid = int(name)
+        children.setdefault(int(rest[1]), []).append(pid)
+        resident[pid] = int(rest[21]) * _PAGE_KB
+    total = count = 0
+    pending = [root]
+    while pending:
+        pid = pending.pop()
+        if pid in resident:
+            total += resident[pid]
+            count += 1
+        pending.extend(children.get(pid, ()))
+    return total, count
+
+
+class _TreeSampler(threading.Thread):
+    """Samples a process tree's resident set until stopped; keeps the peak."""
+
+    def __init__(self, root: int) -> None:
+        super().__init__(daemon=True)
+        self.root = root
+        self.peak_kb = 0
+        self.processes = 0
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.is_set():
+            kb, count = tree_rss_kb(self.root)
+            self.peak_kb = max(self.peak_kb, kb)
+            self.processes = max(self.processes, count)
+            self.stopped.wait(SAMPLE_S)
+
+
 def run_process(argv: Sequence[str], *, cwd: Path, log: Path, pii_key: str) -> ChildRun:
     """Run `argv` to completion; stdout and stderr go to `log`.out/.err (no pipe can fill up)."""
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -75,13 +135,19 @@ def run_process(argv: Sequence[str], *, cwd: Path, log: Path, pii_key: str) -> C
     with out_path.open("wb") as out, err_path.open("wb") as err:
         started = time.perf_counter()
         process = subprocess.Popen(list(argv), cwd=cwd, stdout=out, stderr=err, env=child_env(pii_key))
+        sampler = _TreeSampler(process.pid)
+        sampler.start()
         _, status, usage = os.wait4(process.pid, 0)
         wall = time.perf_counter() - started
+        sampler.stopped.set()
+        sampler.join()
     process.returncode = os.waitstatus_to_exitcode(status)  # reaped by wait4: tell Popen
     return ChildRun(
         returncode=process.returncode,
         wall_s=wall,
         peak_rss_mb=usage.ru_maxrss / 1024,  # Linux reports KiB
+        tree_peak_rss_mb=max(sampler.peak_kb, usage.ru_maxrss) / 1024,
+        processes=max(sampler.processes, 1),
         user_s=usage.ru_utime,
         sys_s=usage.ru_stime,
         stdout=out_path.read_text(encoding="utf-8", errors="replace"),

@@ -60,6 +60,7 @@ def test_embedded_counts_every_event_and_measures_the_limit(bench_run: tuple[dic
     for figure in ("wall_s", "events_per_s", "peak_rss_mb", "limit_events_per_s", "share_of_limit"):
         assert embedded[figure] > 0, figure
     assert embedded["run_s"] < embedded["wall_s"]
+    assert embedded["tree_peak_rss_mb"] >= embedded["peak_rss_mb"] and embedded["processes"] >= 1
 
 
 def test_every_analyst_query_returns_rows_on_the_replicated_table(bench_run: tuple[dict, str]) -> None:
