@@ -153,6 +153,18 @@ def _beats_peer(target: BenchTarget, results: dict[str, dict[str, Any]], ctx: Be
     return target.compare(round(ours / theirs, 3), f"{ours:,.0f} vs pm4py {theirs:,.0f} events/s")
 
 
+LATENCY_RATE = 5_000
+
+
+def _at_latency_rate(target: BenchTarget, results: dict[str, dict[str, Any]], ctx: BenchContext) -> Verdict:
+    figures = results.get("latency", {})
+    rate = figures.get("rate")
+    value = figures.get(target.figure)
+    if not isinstance(rate, int | float) or rate < LATENCY_RATE:
+        return Verdict("n/a", value, f"measured at {rate or 0:,.0f} events/s; the target is at 5,000")
+    return target.compare(value, f"at {rate:,.0f} events/s")
+
+
 QUERY_NAMES = ("funnel", "dropoff", "channel_switch", "path_variants", "moments_of_truth")
 
 TARGETS: tuple[BenchTarget, ...] = (
@@ -162,6 +174,11 @@ TARGETS: tuple[BenchTarget, ...] = (
     ),
     BenchTarget(
         "10M events ≤ 4 GB peak RSS", "embedded", "tree_peak_rss_mb", "<=", 4096, "MB", judge=_at_scale
+    ),
+    # The stream targets (processors/bench/stream.py, docs/bench-stream.md); n/a where it is absent.
+    BenchTarget("one worker ≥ 50% of the bare consumer", "stream", "ratio", ">=", 0.5, "×"),
+    BenchTarget(
+        "p95 latency ≤ 2 s at 5,000 events/s", "latency", "p95_ms", "<=", 2000, "ms", judge=_at_latency_rate
     ),
     *(
         BenchTarget(
