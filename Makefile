@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint venv clean
+.PHONY: demo test lint venv clean bench
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,12 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/pytest
+
+# The benchmark harness (docs/bench.md): 1M events by default; EVENTS=10M for the scale run.
+EVENTS ?= 1M
+bench: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[stream,dev,bench]'
+	$(BIN)/journeys bench --events $(EVENTS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -622,6 +622,18 @@ class _Device:
             }
 
 
+# Dutch mobile numbers are +31 6 followed by 8 digits whose first digit is 1-6 or 8 (60, 67,
+# 69 are not mobile ranges and fail validation). Numbers are a bijection of the person
+# index into those 70M numbers, so no two people share one up to 70M people; a number
+# from 10M to 70M keeps its digits, so the default demo (and small ones) are unchanged.
+_MOBILE_LEADS = "8123456"
+
+
+def _mobile_digits(index: int, seed: int) -> str:
+    number = (index * 7919 + seed * 104_729 + 12_345_678) % 70_000_000
+    return _MOBILE_LEADS[number // 10_000_000] + f"{number % 10_000_000:07d}"
+
+
 class _Builder:
     """Generates one person's records. All times are integer milliseconds since the epoch."""
 
@@ -653,7 +665,7 @@ class _Builder:
         )
         if self.persona.name == "small_business":
             self.email_typed = self.email
-        digits = f"{(index * 7919 + ds.seed * 104_729 + 12_345_678) % 100_000_000:08d}"
+        digits = _mobile_digits(index, ds.seed)
         self.phone = f"+316{digits}"
         style = rng.random()
         self.phone_typed = (

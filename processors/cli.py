@@ -1,6 +1,6 @@
 """The `journeys` command line.
 
-Commands: `demo`, `run`, `sql`, `summary`, `migrate`, `unlink`. Every command
+Commands: `demo`, `run`, `sql`, `summary`, `migrate`, `unlink`, `bench`, … Every command
 works on the embedded default (chDB under `./.journeys/`) unless `--db` or
 `JOURNEYS_DB` names another database.
 """
@@ -533,6 +533,58 @@ def report(
         _fail(str(exc))
     out.write_text(html, encoding="utf-8")
     console.print(f"wrote [bold]{out}[/] ({len(html.encode()) / 1e6:.1f} MB); open it in any browser")
+
+
+@app.command()
+def bench(
+    events: Annotated[
+        str, typer.Option("--events", "-n", help="Demo events to generate: 200k, 1M (default), 10M, …")
+    ] = "1M",
+    only: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated measurements, e.g. embedded,queries (default: all available)."),
+    ] = None,
+    out_path: Annotated[Path, typer.Option("--out", help="Where to write the results JSON.")] = Path(
+        "bench/results.json"
+    ),
+    workdir: Annotated[
+        Path | None,
+        typer.Option(help="Scratch directory (chDB paths, logs); default a temporary one under bench/."),
+    ] = None,
+    keep: Annotated[bool, typer.Option(help="Keep the scratch directory (chDB databases, logs).")] = False,
+    cache: Annotated[Path, typer.Option(help="Where generated datasets are kept between runs.")] = Path(
+        "bench/data"
+    ),
+    seed: Annotated[int, typer.Option(help="Demo generator seed.")] = 7,
+    query_touchpoints: Annotated[
+        str | None,
+        typer.Option(help="Touchpoints the query measurement replicates to (default 10M)."),
+    ] = None,
+    quick: Annotated[
+        bool, typer.Option(help="Tiny run for the test suite: two copies for queries, fewer repeats.")
+    ] = False,
+) -> None:
+    """Benchmark: end-to-end throughput, analyst queries and the pm4py peer; writes bench/results.json."""
+    from processors.bench.harness import parse_count, run_bench
+
+    try:
+        count = parse_count(events)
+        touchpoints = parse_count(query_touchpoints) if query_touchpoints else None
+        selected = [name.strip() for name in only.split(",") if name.strip()] if only else None
+        run_bench(
+            count,
+            only=selected,
+            out=out_path,
+            workdir=workdir,
+            cache=cache,
+            keep=keep,
+            seed=seed,
+            quick=quick,
+            query_touchpoints=touchpoints,
+            console=out,
+        )
+    except ValueError as exc:
+        _fail(str(exc))
 
 
 def _page_client(dsn: str) -> Any:

@@ -62,10 +62,10 @@ import orjson
 
 if TYPE_CHECKING:
     from clickhouse_connect.driver.client import Client
-    from processors.bench.harness import BenchContext
 
     from ingest.records import RawRecord
     from ingest.topics import Topics
+    from processors.bench.harness import BenchContext
 
 DATASET_FILES = ("web.jsonl", "email.jsonl", "twilio.jsonl", "calls.csv", "social.jsonl")
 # Faust's default group timeouts make the first join take about 30 s on Tansu; these take a few.

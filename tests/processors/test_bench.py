@@ -1,0 +1,117 @@
+"""The benchmark harness runs end to end on a tiny N and records every figure it promises.
+
+Benchmarks are not timed tests: nothing here asserts a speed. It asserts that the
+harness measures what it says (events counted equal records read, the read-and-
+decode limit sees the same events, the queries return rows, pm4py and our SQL
+agree on the directly-follows graph and the variants) and that results.json and
+the table carry every figure and every target's verdict.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+from pathlib import Path
+
+import orjson
+import pytest
+from rich.console import Console
+
+from processors.bench.harness import TARGETS, measurements, parse_count, run_bench
+from processors.bench.queries import QUERIES
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def bench_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str]:
+    base = tmp_path_factory.mktemp("bench")
+    buffer = io.StringIO()
+    console = Console(file=buffer, width=200, force_terminal=False)
+    run_bench(
+        2_000,
+        only=["embedded", "queries", "peer"],
+        out=base / "results.json",
+        cache=base / "data",
+        quick=True,
+        console=console,
+    )
+    return orjson.loads((base / "results.json").read_bytes()), buffer.getvalue()
+
+
+def test_results_describe_the_machine_and_the_versions(bench_run: tuple[dict, str]) -> None:
+    results, _ = bench_run
+    assert results["schema"] == "journeys.bench/v1"
+    assert results["machine"]["cores"] >= 1 and results["machine"]["memory_gb"] > 0
+    assert results["machine"]["cpu_model"] and results["machine"]["python"]
+    for package in ("chdb", "clickhouse-connect", "pydantic", "orjson", "journeys"):
+        assert results["versions"][package], package
+    assert results["dataset"]["leaf_events"] >= results["dataset"]["records"] > 0
+    assert results["command"].startswith("journeys bench --events 2000")
+
+
+def test_embedded_counts_every_event_and_measures_the_limit(bench_run: tuple[dict, str]) -> None:
+    results, _ = bench_run
+    embedded = results["measurements"]["embedded"]
+    assert "error" not in embedded, embedded.get("error")
+    assert embedded["events"] == results["dataset"]["leaf_events"] == embedded["limit_events"]
+    assert embedded["events_match_dataset"] and embedded["accounted"]
+    assert embedded["touchpoints_new"] == results["dataset"]["stored"] == embedded["touchpoints"]
+    for figure in ("wall_s", "events_per_s", "peak_rss_mb", "limit_events_per_s", "share_of_limit"):
+        assert embedded[figure] > 0, figure
+    assert embedded["run_s"] < embedded["wall_s"]
+    assert embedded["tree_peak_rss_mb"] >= embedded["peak_rss_mb"] and embedded["processes"] >= 1
+
+
+def test_every_analyst_query_returns_rows_on_the_replicated_table(bench_run: tuple[dict, str]) -> None:
+    results, _ = bench_run
+    queries = results["measurements"]["queries"]
+    assert "error" not in queries, queries.get("error")
+    assert queries["copies"] == 2
+    assert queries["touchpoints"] == 2 * queries["source_touchpoints"] > 0
+    for name in QUERIES:
+        assert queries[f"{name}_rows"] > 0, name
+        assert 0 < queries[f"{name}_median_s"] <= queries[f"{name}_max_s"], name
+
+
+def test_the_peer_sees_the_same_log_and_agrees_with_our_sql(bench_run: tuple[dict, str]) -> None:
+    results, _ = bench_run
+    peer = results["measurements"]["peer"]
+    if importlib.util.find_spec("pm4py") is None:
+        assert "pm4py is not installed" in peer["skipped"]
+        return
+    assert "error" not in peer, peer.get("error")
+    assert peer["events"] == results["measurements"]["embedded"]["touchpoints"]
+    assert peer["dfg_matches"] and peer["variants_match"]
+    assert peer["dfg_edges"] > 0 and peer["variants"] > 0
+    assert peer["pm4py_events_per_s"] > 0 and peer["journeys_run_s"] > 0
+
+
+def test_every_target_has_a_verdict_in_the_file_and_the_table(bench_run: tuple[dict, str]) -> None:
+    results, table = bench_run
+    verdicts = {t["name"]: t for t in results["targets"]}
+    assert set(verdicts) == {target.name for target in TARGETS}
+    assert all(t["status"] in ("pass", "fail", "n/a") for t in verdicts.values())
+    # A 2,000-event run cannot judge the 10M targets, and must say so rather than pass them.
+    assert verdicts["10M events from 1M customers ≤ 2 min"]["status"] == "n/a"
+    assert verdicts["funnel query ≤ 1 s at 10M touchpoints"]["status"] == "n/a"
+    assert verdicts["embedded end to end ≥ 200k events/s"]["status"] in ("pass", "fail")
+    for text in ("Targets", "events_per_s", "funnel_median_s", "pm4py", "n/a"):
+        assert text in table, text
+
+
+def test_counts_accept_suffixes() -> None:
+    assert parse_count("1M") == 1_000_000
+    assert parse_count("10m") == 10_000_000
+    assert parse_count("200k") == 200_000
+    assert parse_count("2,000") == 2_000
+    with pytest.raises(ValueError):
+        parse_count("lots")
+    with pytest.raises(ValueError):
+        parse_count("0")
+
+
+def test_an_unknown_measurement_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown measurement"):
+        run_bench(10, only=["nope"], out=tmp_path / "r.json", cache=tmp_path / "data")
+    assert list(measurements())[:1] == ["embedded"]
