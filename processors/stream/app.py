@@ -50,7 +50,7 @@ from processors.stream.messages import (
     state_messages,
 )
 from processors.stream.metrics import Metrics
-from processors.stream.offsets import FirstOffsets, committed_offsets
+from processors.stream.offsets import FirstOffsets, committed_offsets, start_offsets
 
 log = logging.getLogger("journeys.worker")
 
@@ -438,7 +438,7 @@ def create_app(settings: Settings, config: StreamConfig) -> faust.App:
         wanted = [(tp.topic, tp.partition) for tp in assigned if tp.topic in streamed]
         try:
             committed = await asyncio.get_running_loop().run_in_executor(
-                None, committed_offsets, config.bootstrap, app.conf.id, wanted
+                None, start_offsets, config.bootstrap, app.conf.id, wanted
             )
         except Exception as exc:  # the guard is a safety net: without it the stage still runs
             log.warning(

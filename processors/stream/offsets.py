@@ -7,8 +7,9 @@ committed offset moves past records nobody processed, and the seek then
 starts after them: they are lost (faust-streaming issues #216, #221, #312 are
 the same family; the failover test caught one such loss).
 
-The guard remembers each newly assigned partition's committed offset, read
-from the broker when the partitions are assigned, and checks the first record
+The guard remembers each newly assigned partition's committed offset (or, for
+a partition the group never committed on, its beginning), read from the broker
+when the partitions are assigned, and checks the first record
 the stage then sees on it. A first record beyond that offset means records were
 skipped: the stage seeks back and reads them again. When the skipped records
 were the partition's last ones, no later record shows the gap; so for a while
@@ -88,3 +89,29 @@ def committed_offsets(bootstrap: str, group_id: str, partitions: Iterable[Partit
     finally:
         admin.close()
     return {(tp.topic, tp.partition): meta.offset for tp, meta in found.items() if meta is not None}
+
+
+def start_offsets(bootstrap: str, group_id: str, partitions: Iterable[Partition]) -> dict[Partition, int]:
+    """Where the group must start each partition: its committed offset, else the partition's beginning.
+
+    A partition nobody committed on is read from its earliest offset (the
+    worker's offset reset policy), so its first record must be there too: the
+    guard checks such partitions as well (blocking; run it in a thread).
+    """
+    from kafka import KafkaConsumer, TopicPartition
+
+    wanted = list(partitions)
+    offsets = committed_offsets(bootstrap, group_id, wanted)
+    never = [
+        TopicPartition(topic, partition)
+        for topic, partition in wanted
+        if offsets.get((topic, partition), -1) < 0
+    ]
+    if never:
+        consumer = KafkaConsumer(bootstrap_servers=bootstrap, client_id=f"{group_id}-offsets")
+        try:
+            for tp, offset in consumer.beginning_offsets(never).items():
+                offsets[(tp.topic, tp.partition)] = offset
+        finally:
+            consumer.close()
+    return offsets

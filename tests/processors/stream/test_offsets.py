@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ingest.kafka import ensure_topics, make_producer
 from ingest.topics import Topics
-from processors.stream.offsets import WATCH_SECONDS, FirstOffsets, committed_offsets
+from processors.stream.offsets import WATCH_SECONDS, FirstOffsets, committed_offsets, start_offsets
 
 
 def test_a_first_record_beyond_the_committed_offset_asks_for_a_rewind() -> None:
@@ -50,3 +50,6 @@ def test_committed_offsets_come_from_the_broker(kafka_bootstrap: str, topic_pref
     found = committed_offsets(kafka_bootstrap, group, [(topics.raw("web"), 0), (topics.raw("email"), 0)])
     assert found[(topics.raw("web"), 0)] == 3
     assert found.get((topics.raw("email"), 0), -1) == -1
+    # A partition nobody committed on starts at its beginning: the guard checks it too.
+    starts = start_offsets(kafka_bootstrap, group, [(topics.raw("web"), 0), (topics.raw("email"), 0)])
+    assert starts == {(topics.raw("web"), 0): 3, (topics.raw("email"), 0): 0}
