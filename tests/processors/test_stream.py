@@ -31,6 +31,7 @@ from ingest.topics import Topics
 from processors.config import Settings
 from processors.embedded import expand_inputs, run
 from processors.storage import connect, migrate
+from processors.stream.metrics import parse_metrics
 from processors.stream.sink import SinkConfig, run_sink
 
 pytestmark = pytest.mark.slow
@@ -135,13 +136,7 @@ def free_port() -> int:
 def scrape(port: int) -> dict[str, float]:
     """A Prometheus text page as {series: value}."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        text = response.read().decode()
-    series = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, value = line.rsplit(" ", 1)
-            series[name] = float(value)
-    return series
+        return parse_metrics(response.read().decode())
 
 
 def count(dsn: str, query: str) -> int:
