@@ -192,6 +192,20 @@ class Journey:
         return self.converted_at is not None
 
 
+def is_late(occurred_at: datetime, watermark: datetime | None) -> bool:
+    """Behind the watermark: the touchpoint arrives after journeys were decided without it.
+
+    A touchpoint within the allowed lateness (at or after the watermark) changes
+    no decided status: a journey counts as dropped only once the watermark is a
+    drop-off timeout past its last move, and anything at or after the watermark
+    comes later than that. A late one is still placed in event-time order and
+    its journeys refolded (the fold is over the event set, not arrival order):
+    it can turn a dropped journey back into an open or converted one, so the
+    shells count it and publish the corrected journeys.
+    """
+    return watermark is not None and occurred_at < watermark
+
+
 def journey_id_for(customer_id: str, first_event_id: str) -> str:
     """Deterministic id: the same customer and first touchpoint give the same journey."""
     digest = hashlib.sha256(f"{customer_id}\x1f{first_event_id}".encode()).hexdigest()

@@ -27,7 +27,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from journeys.fold import Journey, JourneyStatus, fold_customer
+from journeys.fold import Journey, JourneyStatus, fold_customer, is_late
 from journeys.identity import IdentityConflict, IdentityMerge, Key
 from journeys.reconstruct import Admission, Reconstruction
 from journeys.touchpoint import Touchpoint
@@ -42,7 +42,10 @@ class BatchResult:
     - `journeys`: every affected customer with all its journeys now (empty: vanished);
     - `identities`: identifiers whose customer changed or that are new;
     - `merges_added` / `merges_removed`, `conflicts_added` / `conflicts_removed`:
-      changes of the identity logs (late events can rewrite them).
+      changes of the identity logs (late events can rewrite them);
+    - `late`: new touchpoints behind the watermark the batch started from
+      (`journeys.fold.is_late`): they may correct journeys already published,
+      whose corrected state is in `journeys` like any other change.
     """
 
     admissions: list[tuple[Touchpoint, Admission]] = field(default_factory=list)
@@ -54,6 +57,7 @@ class BatchResult:
     conflicts_added: list[IdentityConflict] = field(default_factory=list)
     conflicts_removed: list[IdentityConflict] = field(default_factory=list)
     watermark: datetime | None = None
+    late: list[Touchpoint] = field(default_factory=list)
 
 
 class LiveReconstruction:
@@ -73,11 +77,14 @@ class LiveReconstruction:
         graph = recon.graph
         result = BatchResult()
         affected: set[str] = set()
+        published = recon.watermark  # what the state published so far was decided against
         for touchpoint in touchpoints:
             admission = recon.admit(touchpoint)
             result.admissions.append((touchpoint, admission))
             if admission is Admission.NEW:
                 result.new_touchpoints.append(touchpoint)
+                if is_late(touchpoint.occurred_at, published):
+                    result.late.append(touchpoint)
 
         # Identity changes first: events of customers that merged or split are re-keyed.
         rekeyed: set[str] = set()

@@ -615,6 +615,11 @@ def _print_run(summary: Any, dsn: str) -> None:
         f"{summary.duplicates:,} exact duplicates, [yellow]{summary.dead_letters:,}[/] dead letters "
         f"({summary.replayed:,} stored events replayed) in {summary.seconds:.1f}s"
     )
+    if summary.late_events:
+        console.print(
+            f"  {summary.late_events:,} late events (behind the stored watermark): "
+            "the journeys they belong to were corrected"
+        )
     if summary.dead_letter_reasons:
         reasons = ", ".join(
             f"{k} ×{v}" for k, v in sorted(summary.dead_letter_reasons.items(), key=lambda x: -x[1])

@@ -20,6 +20,7 @@ from ingest.files import read_records
 from ingest.pii import PiiHasher
 from ingest.pipeline import FORMATS, IngestContext
 from ingest.records import DeadLetter, RawRecord
+from journeys.fold import is_late
 from journeys.phases import PhaseRules
 from journeys.reconstruct import Admission, Reconstruction
 from journeys.touchpoint import CompactTouchpoint
@@ -53,6 +54,7 @@ class RunSummary:
     journeys_written: int = 0
     journeys_deleted: int = 0
     replayed: int = 0
+    late_events: int = 0  # new touchpoints behind the watermark of the state stored before the run
     watermark: datetime | None = None
 
     @property
@@ -181,6 +183,7 @@ def run_records(
     migrate(client)
     reconstruction, summary.replayed = open_reconstruction(client, settings)
     recipe = parse_recipe(settings, reconstruction.rules, create_key=Target.parse(settings.dsn).embedded)
+    published = reconstruction.watermark  # late events may correct journeys stored with it
 
     new: list[CompactTouchpoint] = []
     letters: list[DeadLetter] = []
@@ -192,6 +195,7 @@ def run_records(
             admission = reconstruction.admit_classified(outcome)
             if admission is Admission.NEW:
                 new.append(outcome.touchpoint)
+                summary.late_events += is_late(outcome.touchpoint.occurred_at, published)
                 if len(new) >= EVENT_FLUSH:
                     summary.touchpoints_new += sink.write_events(client, new)
                     new.clear()

@@ -314,6 +314,10 @@ def create_app(settings: Settings, config: StreamConfig) -> faust.App:
             elif admission is Admission.DUPLICATE:
                 duplicates += 1
         metrics.inc("journeys_duplicates_total", duplicates, stage="reconstruct")
+        if result.late:
+            # Behind the watermark of what was published: the corrected journeys go out below.
+            metrics.inc("journeys_late_events_total", len(result.late), stage="reconstruct")
+            log.info("reconstruct: %d late touchpoints corrected published journeys", len(result.late))
         messages += state_messages(result, live.reconstruction, raw_events, now)
         # One table entry per CHUNK new events, keyed by the first (an event is admitted once).
         new = result.new_touchpoints

@@ -149,3 +149,46 @@ def test_a_merge_reports_the_absorbed_customer_as_vanished() -> None:
     assert [(m.surviving_customer_id, m.absorbed_customer_id) for m in merged.merges_added] == [
         (laptop, phone)
     ]
+
+
+def _visit(event_id: str, days: float, visitor: str, action: str = "Product Viewed") -> Touchpoint:
+    return Touchpoint(
+        event_id=event_id,
+        occurred_at=T0 + timedelta(days=days),
+        channel="web",
+        source="test",
+        action=action,
+        identifiers=[{"type": "anonymous_id", "value": visitor}],
+    )
+
+
+def test_a_late_touchpoint_corrects_a_journey_already_published_as_dropped() -> None:
+    """Behind the watermark: counted as late, placed in event-time order, the correction published."""
+    live = LiveReconstruction(Reconstruction(RULES))
+    live.admit_batch([_visit("e1", 0, "a1")])
+    dropped = live.admit_batch([_visit("e2", 30, "a2")])  # a1 has been silent for 30 days
+    a1 = next(c for c, js in dropped.journeys.items() if js[0].status is JourneyStatus.DROPPED)
+
+    # The order a1 placed on day 3 arrives only now: weeks behind the watermark.
+    corrected = live.admit_batch([_visit("e3", 3, "a1", action="Order Completed")])
+    assert [tp.event_id for tp in corrected.late] == ["e3"]
+    (journey,) = corrected.journeys[a1]
+    assert journey.status is JourneyStatus.CONVERTED and journey.touchpoint_count == 2
+
+
+def test_a_touchpoint_within_the_allowed_lateness_is_not_late_and_changes_no_decided_status() -> None:
+    live = LiveReconstruction(Reconstruction(RULES))
+    live.admit_batch([_visit("e1", 0, "a1")])
+    live.admit_batch([_visit("e2", 30, "a2")])
+    watermark = live.reconstruction.watermark
+    assert watermark is not None
+    # Between the watermark and the newest event: on time by the policy (one hour of lateness).
+    on_time = T0 + timedelta(days=30) - timedelta(minutes=30)
+    assert watermark < on_time
+    result = live.admit_batch(
+        [Touchpoint(**{**_visit("e3", 0, "a1").model_dump(), "event_id": "e3", "occurred_at": on_time})]
+    )
+    assert result.late == []
+    a1_journeys = next(js for c, js in result.journeys.items() if any(j.touchpoint_count == 1 for j in js))
+    # a1 comes back after its drop-off: its first journey stays dropped, a new one opens.
+    assert [j.status for j in a1_journeys] == [JourneyStatus.DROPPED, JourneyStatus.OPEN]

@@ -132,6 +132,37 @@ def test_rerunning_the_same_input_changes_nothing(tmp_path: Path, settings: Sett
     assert rows(settings.dsn, "SELECT count() FROM events FINAL") == [(5,)]
 
 
+def test_a_late_event_is_counted_and_corrects_the_stored_journey(tmp_path: Path, settings: Settings) -> None:
+    """A run stores a journey as dropped; the next run brings its order, placed weeks earlier."""
+    first = write_jsonl(
+        tmp_path / "first.jsonl",
+        [
+            track("v1", "Product Viewed", 0, anonymous_id="a-1"),
+            track("v2", "Product Viewed", 24 * 30, anonymous_id="a-2"),
+        ],
+    )
+    assert run([first], settings).late_events == 0
+    assert rows(
+        settings.dsn, "SELECT status FROM journeys WHERE touchpoint_count = 1 ORDER BY started_at"
+    ) == [
+        ("dropped",),
+        ("open",),
+    ]
+    late = write_jsonl(
+        tmp_path / "late.jsonl",
+        [
+            track("v3", "Order Completed", 24 * 3, anonymous_id="a-1", revenue=49.0, currency="EUR"),
+            track("v4", "Product Viewed", 24 * 30 - 0.5, anonymous_id="a-2"),  # within the allowed lateness
+        ],
+    )
+    summary = run([late], settings)
+    assert summary.late_events == 1
+    assert rows(settings.dsn, "SELECT status, touchpoint_count FROM journeys ORDER BY started_at") == [
+        ("converted", 2),
+        ("open", 2),
+    ]
+
+
 def test_late_identity_link_rewrites_history(tmp_path: Path, settings: Settings) -> None:
     run([write_jsonl(tmp_path / "day2.jsonl", BROWSING)], settings)
     before = rows(settings.dsn, "SELECT journey_id, customer_id, status FROM journeys ORDER BY started_at")
