@@ -11,18 +11,23 @@ import asyncio
 import base64
 import contextlib
 import hmac
+import itertools
 import logging
 import socket
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from hostile import bodies
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from ingest.collector import (
     SEGMENT_CALL_LIMIT,
@@ -49,6 +54,7 @@ PUBLIC_KEY = base64.b64encode(
 ).decode()
 JSON = {"Content-Type": "application/json"}
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+_fuzz_runs = itertools.count()
 SEGMENT_CALLS = ("track", "page", "screen", "identify", "alias", "group")
 
 
@@ -470,3 +476,96 @@ def test_journeys_collect_serves_until_sigterm(
     assert line["status"] == 200 and line["accepted"] == 1 and line["rejected"] == 0
     assert b"gibbons" not in output.lower() and b"12345678" not in output  # no body or PII in the logs
     assert len(read_back(kafka_bootstrap, Topics(topic_prefix).raw("web"), count=1)) == 1
+
+
+# -- hostile input at every endpoint ----------------------------------------------
+
+SAMPLE_RECORDS = {
+    "segment": orjson.loads(fixture("segment/track_order_completed.json")),
+    "sendgrid": orjson.loads(fixture("sendgrid/events.json"))[0],
+    "social": orjson.loads(fixture("social/export.jsonl").splitlines()[0]),
+    "meta": orjson.loads(fixture("meta/page_feed_comment.json")),
+}
+FORM_BODIES = bodies({}) | st.lists(
+    st.tuples(
+        st.sampled_from(["CallSid", "CallStatus", "From", "To", "Direction", "Timestamp", "Caller", "x"]),
+        st.text(max_size=30),
+    ),
+    max_size=8,
+).map(lambda pairs: urlencode(pairs).encode())
+
+
+@settings(
+    max_examples=4,
+    deadline=None,
+    # each example makes topics of its own; the broker and the key are the same for all
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(
+    json_bodies=st.lists(bodies(SAMPLE_RECORDS), min_size=12, max_size=12),
+    form_bodies=st.lists(FORM_BODIES, min_size=12, max_size=12),
+)
+def test_hostile_bodies_at_every_endpoint_are_answered_and_accounted_for(
+    kafka_bootstrap: str,
+    topic_prefix: str,
+    pii_key: str,
+    read_back: Any,
+    json_bodies: list,
+    form_bodies: list,
+) -> None:
+    """No 5xx; a 200 put its record on a raw topic, a 400 one dead letter per reason, and nothing else."""
+    topics = Topics(f"{topic_prefix}-{next(_fuzz_runs)}")
+    ensure_topics(kafka_bootstrap, topics, partitions=1)
+    raw_expected = letters_expected = 0
+
+    async def call(client: TestClient) -> None:
+        nonlocal raw_expected, letters_expected
+        twilio_url = str(client.make_url("/twilio/voice/status"))
+        # The documented payloads among the hostile ones, so that both answers are accounted for.
+        valid = [
+            ("/v1/track", fixture("segment/track_order_completed.json"), {**JSON, **basic(WRITE_KEY)}),
+            (
+                "/sendgrid/events",
+                fixture("sendgrid/events.json"),
+                sendgrid_signed(fixture("sendgrid/events.json")),
+            ),
+        ]
+        requests = (
+            valid
+            + [
+                (path, body, headers(body))
+                for body in json_bodies
+                for path, headers in (
+                    ("/v1/track", lambda _: {**JSON, **basic(WRITE_KEY)}),
+                    ("/v1/batch", lambda _: {**JSON, **basic(WRITE_KEY)}),
+                    ("/sendgrid/events", sendgrid_signed),
+                    ("/social", lambda _: JSON),
+                    ("/meta/webhook", meta_signed),
+                )
+            ]
+            + [
+                (
+                    "/twilio/voice/status",
+                    body,
+                    {**FORM, "X-Twilio-Signature": twilio_signature(TWILIO_TOKEN, twilio_url, body)},
+                )
+                for body in form_bodies
+            ]
+        )
+        for path, body, headers in requests:
+            response = await client.post(path, data=body, headers=headers)
+            answer = await response.json()
+            assert response.status in (200, 400, 413), (path, body[:80], response.status, answer)
+            if response.status == 200:
+                raw_expected += 1
+                assert answer["accepted"] >= 1
+            elif response.status == 400:
+                assert answer["rejected"] and all(r["reason"] for r in answer["rejected"])
+                letters_expected += len(answer["rejected"])
+
+    serve(kafka_bootstrap, topics, pii_key, call)
+    assert raw_expected >= 2
+    raw = read_back(kafka_bootstrap, *topics.all_raw, count=raw_expected)
+    letters = read_back(kafka_bootstrap, topics.dead_letters, count=letters_expected)
+    assert (len(raw), len(letters)) == (raw_expected, letters_expected)
+    assert all(headers_of(letter)["reason"] for letter in letters)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+from hostile import bodies
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -234,26 +235,6 @@ def test_parse_is_lazy() -> None:
     assert isinstance(next(outcomes), Touchpoint)
 
 
-JSON_VALUES = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers(-(2**63), 2**63 - 1)
-    | st.floats(allow_nan=False)
-    | st.text(max_size=20),
-    lambda children: (
-        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=5)
-    ),
-    max_leaves=25,
-)
-KEYS = st.sampled_from(
-    sorted({key for sample in SAMPLES.values() for key in sample} | {"batch", "entry", "changes"})
-)
-# Objects close to real records, so the adapters (not only detection) are exercised.
-NEAR_RECORDS = st.sampled_from(list(SAMPLES.values())).flatmap(
-    lambda sample: st.dictionaries(KEYS, JSON_VALUES, max_size=4).map(lambda noise: {**sample, **noise})
-)
-
-
 def _leaf_count(raw: bytes) -> int:
     try:
         parsed = orjson.loads(raw)
@@ -264,7 +245,7 @@ def _leaf_count(raw: bytes) -> int:
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
-    raw=st.binary(max_size=200) | JSON_VALUES.map(orjson.dumps) | NEAR_RECORDS.map(orjson.dumps),
+    raw=bodies(SAMPLES),
     format=st.sampled_from([None, *FORMATS]),
 )
 @example(raw=b'{"entry":[null]}', format="meta")  # found by this test: no `object`, an entry to split
