@@ -530,20 +530,12 @@ def retire_missing(client: Client, journeys: set[str], merges: set[tuple], confl
         client, _current_ids(client, "SELECT journey_id FROM journeys") - journeys, version, now
     )
     _insert(client, "journey_versions", JOURNEY_COLUMNS, tombstones)
-    stale = sorted(_current_ids(client, _MERGE_KEYS) - merges)
-    _insert(
-        client,
-        "identity_merge_versions",
-        MERGE_COLUMNS,
-        [_merge_tombstone(k, version, now_ms) for k in stale],
-    )
-    stale = sorted(_current_ids(client, _CONFLICT_KEYS) - conflicts)
-    _insert(
-        client,
-        "identity_conflict_versions",
-        CONFLICT_COLUMNS,
-        [_conflict_tombstone(k, version, now_ms) for k in stale],
-    )
+    for table, columns, current, live, tombstone in (
+        ("identity_merge_versions", MERGE_COLUMNS, _MERGE_KEYS, merges, _merge_tombstone),
+        ("identity_conflict_versions", CONFLICT_COLUMNS, _CONFLICT_KEYS, conflicts, _conflict_tombstone),
+    ):
+        stale = sorted(_current_ids(client, current) - live)
+        _insert(client, table, columns, [tombstone(key, version, now_ms) for key in stale])
     return len(tombstones)
 
 

@@ -6,6 +6,7 @@ import threading
 import time
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
 
@@ -40,6 +41,19 @@ def visits(count: int) -> list[Touchpoint]:
     ]
 
 
+def sink_config(bootstrap: str, topics: Topics, topic_prefix: str, **overrides: Any) -> SinkConfig:
+    """The sink against the test broker: its own group, no metrics port, quick group timeouts."""
+    defaults: dict[str, Any] = {
+        "group_id": f"{topic_prefix}-sink",
+        "metrics_port": None,
+        "max_seconds": 0.2,
+        "idle_exit": 2.0,
+        "session_timeout_ms": 6000,
+        "heartbeat_interval_ms": 1000,
+    }
+    return SinkConfig(bootstrap=bootstrap, topics=topics, **{**defaults, **overrides})
+
+
 def test_the_sink_holds_its_batch_while_clickhouse_refuses_and_commits_after_writing(
     kafka_bootstrap: str, topic_prefix: str, dsn: str
 ) -> None:
@@ -69,17 +83,7 @@ def test_the_sink_holds_its_batch_while_clickhouse_refuses_and_commits_after_wri
 
     restored = threading.Thread(target=bring_clickhouse_back, daemon=True)
     restored.start()
-    config = SinkConfig(
-        bootstrap=kafka_bootstrap,
-        topics=topics,
-        group_id=f"{topic_prefix}-sink",
-        metrics_port=None,
-        max_seconds=0.2,
-        idle_exit=3.0,
-        retry_initial=0.2,
-        session_timeout_ms=6000,
-        heartbeat_interval_ms=1000,
-    )
+    config = sink_config(kafka_bootstrap, topics, topic_prefix, idle_exit=3.0, retry_initial=0.2)
     summary = run_sink(lambda: client, config, metrics=metrics)
     restored.join(timeout=5)
 
@@ -138,16 +142,7 @@ def test_a_touchpoint_moved_by_a_merge_is_written_where_it_went_when_both_snapsh
 
     client = connect(dsn)
     migrate(client)
-    config = SinkConfig(
-        bootstrap=kafka_bootstrap,
-        topics=topics,
-        group_id=f"{topic_prefix}-sink",
-        metrics_port=None,
-        max_seconds=2.0,
-        idle_exit=2.0,
-        session_timeout_ms=6000,
-        heartbeat_interval_ms=1000,
-    )
+    config = sink_config(kafka_bootstrap, topics, topic_prefix, max_seconds=2.0)
     producer = make_producer(kafka_bootstrap)
     for key, value in messages:
         producer.send(topics.state, key=key, value=value)
@@ -214,17 +209,7 @@ def test_a_rebuilt_stage_s_snapshot_retires_customers_its_predecessor_published(
         producer.send(topics.state, key=key, value=value)
     producer.flush()
     producer.close()
-    config = SinkConfig(
-        bootstrap=kafka_bootstrap,
-        topics=topics,
-        group_id=f"{topic_prefix}-sink",
-        metrics_port=None,
-        max_messages=2,  # the snapshot spans several sink batches
-        max_seconds=0.2,
-        idle_exit=2.0,
-        session_timeout_ms=6000,
-        heartbeat_interval_ms=1000,
-    )
+    config = sink_config(kafka_bootstrap, topics, topic_prefix, max_messages=2)  # a snapshot over batches
     summary = run_sink(lambda: client, config)
 
     assert summary.batches > 1
