@@ -8,6 +8,7 @@ only process writing this test session's chDB path).
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -349,6 +350,65 @@ def test_two_workers_share_the_work_and_one_takes_over_when_the_other_is_killed(
     # No loss, no double count: the same rows as one embedded run over all the events.
     for table, order_by in (("touchpoints", "event_id"), ("journeys", "journey_id"), ("identities", "1, 2")):
         assert rows_of(streamed, table, order_by) == rows_of(embedded.dsn, table, order_by), table
+    assert count(streamed, "SELECT count() FROM touchpoints") == summary.touchpoints_new
+
+
+CRASHES = 3
+# The moments are random but replayable: a failure names its seed; JOURNEYS_CRASH_SEED tries others.
+CRASH_SEED = int(os.environ.get("JOURNEYS_CRASH_SEED", "20261129"))
+
+
+@pytest.mark.slow
+def test_a_worker_killed_at_random_moments_and_restarted_loses_and_doubles_nothing(
+    tmp_path: Path,
+    chdb_path: Path,
+    fresh_kafka: str,
+    topic_prefix: str,
+    pii_key: str,
+    start_worker: Callable,
+) -> None:
+    """The events stream in parts; after each part the only worker is killed (SIGKILL) at a random
+    moment — while joining, restoring, normalising or folding — and started again. The end state
+    equals one embedded run of the same events."""
+    kafka_bootstrap, rng = fresh_kafka, random.Random(CRASH_SEED)
+    files = generate(customers=60, seed=13, days=40).write(tmp_path / "demo")
+    inputs = expand_inputs([*files.inputs()])
+    database = topic_prefix.replace("-", "_")
+    embedded = Settings(dsn=f"chdb://{chdb_path}?database={database}_embedded")
+    summary = run(inputs, embedded)
+    records = [record for path in inputs for record in read_records(path)]
+    rng.shuffle(records)  # parts mix channels, so every part moves several raw partitions
+    parts = [records[i :: CRASHES + 1] for i in range(CRASHES + 1)]
+
+    topics = Topics(topic_prefix)
+    ensure_topics(kafka_bootstrap, topics, partitions=4)
+    streamed = f"chdb://{chdb_path}?database={database}_stream"
+    migrate(connect(streamed))
+    sink = SinkThread(streamed, kafka_bootstrap, topics)
+    worker = start_worker("w0", bootstrap=kafka_bootstrap)
+    moments = []
+    try:
+        for crash, part in enumerate(parts):
+            send(kafka_bootstrap, topics, part, pii_key)
+            if crash == CRASHES:
+                break
+            moments.append(round(rng.uniform(0.5, 8.0), 2))
+            time.sleep(moments[-1])
+            worker.kill()
+            worker.wait(timeout=10)
+            worker = start_worker(f"w{crash + 1}", bootstrap=kafka_bootstrap)
+        try:
+            wait_until(settled(streamed, summary.touchpoints_new), 240, "the restarted worker", tmp_path)
+        except AssertionError as timeout:
+            raise AssertionError(
+                f"kills at {moments} s (seed {CRASH_SEED}): "
+                + explain_missing(streamed, embedded.dsn, kafka_bootstrap, topics)
+            ) from timeout
+    finally:
+        sink.join()
+
+    for table, order_by in (("touchpoints", "event_id"), ("journeys", "journey_id"), ("identities", "1, 2")):
+        assert rows_of(streamed, table, order_by) == rows_of(embedded.dsn, table, order_by), (table, moments)
     assert count(streamed, "SELECT count() FROM touchpoints") == summary.touchpoints_new
 
 
