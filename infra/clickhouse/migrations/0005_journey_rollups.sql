@@ -99,7 +99,8 @@ SELECT
 FROM touchpoint_versions AS t
 GROUP BY t.journey_id;
 
--- The touchpoints stored before this migration (every version: the newest wins as above).
+-- The touchpoints stored before this migration: the materialized view's query over every stored
+-- row (all versions; per point the newest wins, as above). A repeat of it changes nothing.
 INSERT INTO journey_point_rollups
 SELECT
     t.journey_id AS journey_id,
