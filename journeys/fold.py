@@ -15,7 +15,14 @@ Vocabulary:
   customer doing something;
 - a *conversion* is a touchpoint that completes a purchase (`Order Completed`);
 - a *failure signal* is a touchpoint where something went wrong for the
-  customer (a bounce, a declined payment, an abandoned call, an error page).
+  customer (a bounce, a declined payment, an abandoned call, an error page);
+- a *step* is a customer move named `phase:channel:action`; the journey's
+  *path* is its steps with consecutive repeats collapsed;
+- a *moment of truth* candidate is a touchpoint type (channel, action) the
+  customer did before the first conversion: what can have decided it.
+
+The path and the moments are rollups of the touchpoints kept on the journey
+row, so the mining views read one row per journey instead of every touchpoint.
 """
 
 from __future__ import annotations
@@ -172,6 +179,9 @@ class Journey:
     dropoff_channel: Channel | None
     dropoff_action: str | None
     dropoff_event_id: str | None
+    # The touchpoint just before the drop-off touchpoint (any kind; None when the drop-off came first).
+    dropoff_previous_channel: Channel | None
+    dropoff_previous_action: str | None
     phases_reached: tuple[Phase, ...]
     phase_reached_at: tuple[datetime, ...]
     skipped_phases: tuple[Phase, ...]
@@ -186,10 +196,20 @@ class Journey:
     emotion: EmotionLine
     touchpoints: tuple[PlacedTouchpoint, ...]
     watermark: datetime
+    # The customer moves as `phase:channel:action`, consecutive repeats collapsed (`path_variants`).
+    path: tuple[str, ...]
+    # Distinct (channel, action) of customer moves strictly before the first conversion, conversions
+    # themselves excluded; every move when never converted (`moments_of_truth`). First-seen order.
+    moments: tuple[tuple[Channel, str], ...]
 
     @property
     def converted(self) -> bool:
         return self.converted_at is not None
+
+    @property
+    def loops(self) -> int:
+        """Steps of the path that come back after something else happened."""
+        return len(self.path) - len(set(self.path))
 
 
 def is_late(occurred_at: datetime, watermark: datetime | None) -> bool:
@@ -264,10 +284,14 @@ def fold_journey(
     phase = Phase.ORIENTATION
     last_active: ClassifiedTouchpoint | None = None
     last_active_phase = Phase.ORIENTATION
+    last_active_seq = 0
     last_failure: ClassifiedTouchpoint | None = None
     active_count = failure_count = 0
     converted_at: datetime | None = None
     revenue = 0.0
+    path: list[str] = []
+    # (channel, action) -> first time the customer did it, while not yet converted.
+    moments: dict[tuple[Channel, str], datetime] = {}
 
     for seq, step in enumerate(steps):
         tp, cls = step.touchpoint, step.classification
@@ -289,11 +313,16 @@ def fold_journey(
                 reached_order.append(phase)
             if last_active is not None and last_active.touchpoint.channel != tp.channel:
                 switches.append(_switch(last_active, step, phase, last_failure, policy))
+            move = _step(phase, tp.channel, tp.action)
+            if not path or path[-1] != move:
+                path.append(move)
+            if converted_at is None and not cls.conversion:
+                moments.setdefault((tp.channel, tp.action), tp.occurred_at)
             if cls.conversion and converted_at is None:
                 converted_at = tp.occurred_at
             if cls.conversion and tp.value is not None:
                 revenue += tp.value
-            last_active, last_active_phase = step, phase
+            last_active, last_active_phase, last_active_seq = step, phase, seq
         if cls.failure:
             last_failure = step
 
@@ -309,6 +338,7 @@ def fold_journey(
         policy,
     )
     dropped = status is JourneyStatus.DROPPED
+    before_dropoff = steps[last_active_seq - 1].touchpoint if dropped and last_active_seq > 0 else None
     top_rank = max((p.rank for p in reached_order), default=0)
     return Journey(
         journey_id=journey_id_for(customer_id, first.event_id),
@@ -326,6 +356,8 @@ def fold_journey(
         dropoff_channel=last_tp.channel if dropped else None,
         dropoff_action=last_tp.action if dropped else None,
         dropoff_event_id=last_tp.event_id if dropped else None,
+        dropoff_previous_channel=before_dropoff.channel if before_dropoff else None,
+        dropoff_previous_action=before_dropoff.action if before_dropoff else None,
         phases_reached=tuple(reached_order),
         phase_reached_at=tuple(reached_at[p] for p in reached_order),
         skipped_phases=tuple(p for p in PHASE_ORDER[:top_rank] if p not in reached_at),
@@ -340,7 +372,25 @@ def fold_journey(
         emotion=EmotionLine(tuple(emotion)),
         touchpoints=tuple(placed),
         watermark=watermark,
+        path=tuple(path),
+        # A move at the very instant of the conversion (ordered before it by event id) did not precede it.
+        moments=tuple(kind for kind, at in moments.items() if converted_at is None or at < converted_at),
     )
+
+
+_STEPS: dict[tuple[Phase, Channel, str], str] = {}
+_MAX_STEPS = 100_000  # step kinds shared; past this (unusually many actions) names are made anew
+
+
+def _step(phase: Phase, channel: Channel, action: str) -> str:
+    """`phase:channel:action`, one shared string per step kind (there are few; journeys are many)."""
+    key = (phase, channel, action)
+    name = _STEPS.get(key)
+    if name is None:
+        name = f"{phase.value}:{channel.value}:{action}"
+        if len(_STEPS) < _MAX_STEPS:
+            _STEPS[key] = name
+    return name
 
 
 def fold_customer(

@@ -72,8 +72,13 @@ def _fail(message: str, code: int = 2) -> NoReturn:
 @app.command()
 def run(
     inputs: Annotated[
-        list[Path], typer.Argument(help="JSON-lines, JSON or CSV files; .gz too.", show_default=False)
-    ],
+        list[Path] | None,
+        typer.Argument(
+            help="JSON-lines, JSON or CSV files; .gz too. None: replay the stored event log and rewrite "
+            "every journey (after an upgrade that adds journey columns).",
+            show_default=False,
+        ),
+    ] = None,
     format: Annotated[
         str | None,
         typer.Option(
@@ -104,7 +109,9 @@ def run(
     try:
         with _progress() as progress:
             task = progress.add_task("records", total=None)
-            summary = run_files(inputs, settings, format=format, progress=lambda n: progress.advance(task, n))
+            summary = run_files(
+                inputs or [], settings, format=format, progress=lambda n: progress.advance(task, n)
+            )
     except (FileNotFoundError, ConfigError, StorageError) as exc:
         _fail(str(exc))
     _print_run(summary, settings.dsn)

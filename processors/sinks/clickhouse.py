@@ -13,6 +13,7 @@ import hashlib
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
+from operator import itemgetter
 from typing import Any
 
 import orjson
@@ -240,6 +241,8 @@ def journey_values(journey: Journey) -> tuple:
         journey.dropoff_channel.value if journey.dropoff_channel else "",
         journey.dropoff_action or "",
         journey.dropoff_event_id or "",
+        journey.dropoff_previous_channel.value if journey.dropoff_previous_channel else "",
+        journey.dropoff_previous_action or "",
         [p.value for p in journey.phases_reached],
         [_ms(at) for at in journey.phase_reached_at],
         [p.value for p in journey.skipped_phases],
@@ -272,6 +275,9 @@ def journey_values(journey: Journey) -> tuple:
         emotion.end,
         emotion.mean,
         _ms(journey.watermark),
+        list(journey.path),
+        [channel.value for channel, _ in journey.moments],
+        [action for _, action in journey.moments],
     )
 
 
@@ -291,6 +297,8 @@ JOURNEY_COLUMNS = (
     "dropoff_channel",
     "dropoff_action",
     "dropoff_event_id",
+    "dropoff_previous_channel",
+    "dropoff_previous_action",
     "phases_reached",
     "phase_reached_at",
     "skipped_phases",
@@ -323,6 +331,9 @@ JOURNEY_COLUMNS = (
     "emotion_end",
     "emotion_mean",
     "watermark",
+    "path_steps",
+    "moment_channel",
+    "moment_action",
     "version",
     "is_deleted",
     "written_at",
@@ -564,7 +575,8 @@ def write_customer_journeys(
         (*values, version, 0, now_ms) for journeys, _ in customers.values() for values in journeys
     ]
     last_placement = {values[0]: values for _, touchpoints in customers.values() for values in touchpoints}
-    tp_rows = [(*values, version, now_ms) for values in last_placement.values()]
+    # By journey (column 2), so that each journey's touchpoints go out in one insert (`_insert_touchpoints`).
+    tp_rows = sorted(((*values, version, now_ms) for values in last_placement.values()), key=itemgetter(2))
     current = client.query(
         "SELECT journey_id FROM journeys WHERE customer_id IN {ids:Array(String)}",
         parameters={"ids": sorted(customers)},
@@ -572,8 +584,26 @@ def write_customer_journeys(
     stale = {row[0] for row in current} - {row[0] for row in journey_rows}
     tombstones = _tombstones(client, stale, version, now)
     _insert(client, "journey_versions", JOURNEY_COLUMNS, journey_rows + tombstones)
-    _insert(client, "touchpoint_versions", TOUCHPOINT_COLUMNS, tp_rows)
+    _insert_touchpoints(client, tp_rows)
     return len(journey_rows), len(tombstones)
+
+
+def _insert_touchpoints(client: Client, rows: list[tuple]) -> None:
+    """Insert touchpoint rows grouped by journey in chunks that never split a journey.
+
+    `journey_point_rollups` (migration 0005) is computed by a materialized view per
+    inserted block; the drop-off view counts a journey once per point only when all
+    the touchpoints of one journey version arrive in one block. ClickHouse squashes
+    an insert into one block up to `min_insert_block_size_rows` (about 1M rows), so
+    inserts of at most `STATE_CHUNK_ROWS` plus one journey keep each journey whole.
+    """
+    start = 0
+    while start < len(rows):
+        end = min(start + STATE_CHUNK_ROWS, len(rows))
+        while end < len(rows) and rows[end][2] == rows[end - 1][2]:
+            end += 1
+        _insert(client, "touchpoint_versions", TOUCHPOINT_COLUMNS, rows[start:end])
+        start = end
 
 
 def write_identity_changes(

@@ -249,3 +249,43 @@ def test_late_touchpoint_is_placed_in_order_and_recomputes() -> None:
 def test_empty_journey_is_an_error() -> None:
     with pytest.raises(ValueError, match="at least one touchpoint"):
         fold_journey("c", [], at(1), POLICY)
+
+
+def test_path_collapses_consecutive_repeats_of_customer_moves() -> None:
+    steps = [
+        step(1, 0, action="Page Viewed", phase=Phase.ORIENTATION),
+        step(2, 1, action="Page Viewed"),  # inherits orientation: the same step again, collapsed
+        step(3, 2, "email", "delivered", passive=True),  # not a customer move
+        step(4, 3, action="Product Viewed", phase=Phase.CONSIDERATION),
+        step(5, 4, action="Page Viewed", phase=Phase.ORIENTATION),
+        step(6, 5, action="Page Viewed"),
+    ]
+    journey = fold_journey("c", steps, at(1), POLICY)
+    assert journey.path == (
+        "orientation:web:Page Viewed",
+        "consideration:web:Product Viewed",
+        "orientation:web:Page Viewed",
+    )
+    assert journey.loops == 1
+    passive_only = fold_journey("c", [step(1, 0, "email", "delivered", passive=True)], at(1), POLICY)
+    assert passive_only.path == () and passive_only.moments == ()
+
+
+def test_moments_are_the_distinct_moves_before_the_first_conversion() -> None:
+    steps = [
+        step(1, 0, action="Product Viewed", phase=Phase.CONSIDERATION),
+        step(2, 1, "email", "delivered", passive=True),  # organisation-initiated: never a moment
+        step(3, 2, "phone", "call.completed"),
+        step(4, 3, action="Product Viewed"),
+        step(5, 5, "web", "Checkout Started", phase=Phase.PURCHASE),  # same instant as the conversion
+        step(6, 5, action="Order Completed", phase=Phase.PURCHASE, conversion=True),
+        step(7, 9, "social", "social.mention"),  # after the purchase: cannot have decided it
+    ]
+    journey = fold_journey("c", steps, at(1), POLICY)
+    assert journey.moments == ((Channel.WEB, "Product Viewed"), (Channel.PHONE, "call.completed"))
+    never_bought = fold_journey("c", [steps[0], steps[2], steps[6]], at(1), POLICY)
+    assert never_bought.moments == (
+        (Channel.WEB, "Product Viewed"),
+        (Channel.PHONE, "call.completed"),
+        (Channel.SOCIAL, "social.mention"),
+    )

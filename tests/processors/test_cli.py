@@ -85,6 +85,19 @@ def test_run_then_query_in_every_output_format(web_file: Path, dsn: str) -> None
     assert "converted" in as_table.stdout
 
 
+def test_run_without_input_rewrites_every_journey_from_the_log(web_file: Path, dsn: str) -> None:
+    assert runner.invoke(app, ["run", str(web_file), "--db", dsn]).exit_code == 0
+    query = "SELECT journey_id, path_steps, status FROM journeys"
+    before = runner.invoke(app, ["sql", query, "--db", dsn, "--format", "json"]).stdout
+    rebuilt = runner.invoke(app, ["run", "--db", dsn])
+    assert rebuilt.exit_code == 0, rebuilt.output
+    assert runner.invoke(app, ["sql", query, "--db", dsn, "--format", "json"]).stdout == before
+    versions = runner.invoke(
+        app, ["sql", "SELECT uniqExact(version) FROM journey_versions", "--db", dsn, "--format", "csv"]
+    )
+    assert versions.stdout.splitlines()[1] == "2"
+
+
 def test_sql_error_is_reported_not_raised(dsn: str) -> None:
     result = runner.invoke(app, ["sql", "SELECT nope FROM journeys", "--db", dsn])
     assert result.exit_code == 2

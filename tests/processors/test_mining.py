@@ -9,13 +9,18 @@ from __future__ import annotations
 
 import itertools
 import re
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from clickhouse_connect.driver.client import Client
 
-from processors.demo import DemoResult
+from processors.config import Settings
+from processors.demo import DemoResult, run_demo
+from processors.embedded import run, unlink_identifier
+from processors.storage import connect, migrations
 
 COOKBOOK = Path(__file__).parents[2] / "docs" / "cookbook.md"
 QUERIES = re.findall(r"```sql\n(.*?)```", COOKBOOK.read_text(), flags=re.S)
@@ -24,6 +29,56 @@ QUERIES = re.findall(r"```sql\n(.*?)```", COOKBOOK.read_text(), flags=re.S)
 @pytest.fixture
 def demo(mining_demo: tuple[Client, DemoResult]) -> tuple[Client, DemoResult]:
     return mining_demo
+
+
+# The views migration 0005 rewrote over per-journey rollups, and the migration that last
+# defined each over the touchpoints: the old definitions are the oracle for the new ones.
+REWRITTEN = {
+    "journey_paths": 2,
+    "path_variants": 2,
+    "moments_of_truth": 2,
+    "dropoff_points": 4,
+    "phase_funnel": 2,
+}
+MIGRATIONS = {m.version: m for m in migrations()}
+
+
+def view_sql(version: int, view: str) -> str:
+    """The query of `view` as migration `version` created it."""
+    for statement in MIGRATIONS[version].statements():
+        head, _, body = statement.partition(" AS\n")
+        if head.startswith("CREATE") and head.split()[-1] == view:
+            return body.rstrip(";")
+    raise LookupError(f"migration {version} does not create {view}")
+
+
+def exact(query: str) -> str:
+    """`did_just_before` as every move before the drop-off, not the top 3 (topK breaks ties by chance)."""
+    return query.replace("topK(3)(", "groupArray(").replace("topKIf(3)(", "groupArrayIf(")
+
+
+def canonical(client: Client, query: str) -> list[tuple]:
+    """The rows in a comparable form: sorted, and arrays sorted where their order is not the answer."""
+    result = client.query(query)
+    shown = []
+    for row in result.result_rows:
+        shown.append(
+            tuple(
+                sorted(v) if isinstance(v, list) and name == "did_just_before" else v
+                for name, v in zip(result.column_names, row, strict=True)
+            )
+        )
+    return sorted(shown, key=repr)
+
+
+def old_and_new(client: Client, view: str) -> tuple[list[tuple], list[tuple]]:
+    """The view's rows by its touchpoint-scanning definition and by the rollup one now installed."""
+    old = view_sql(REWRITTEN[view], view)
+    if view == "path_variants":  # it reads journey_paths, which is rewritten too
+        old = old.replace("FROM journey_paths", f"FROM ({view_sql(2, 'journey_paths')}) AS journey_paths")
+    if view == "dropoff_points":
+        return canonical(client, exact(old)), canonical(client, exact(view_sql(5, view)))
+    return canonical(client, old), canonical(client, f"SELECT * FROM {view}")
 
 
 def rows(client: Client, query: str) -> list[dict[str, Any]]:
@@ -133,3 +188,64 @@ def test_anomalies_are_the_journeys_own_skips_regressions_and_reversals(
         1 for phases in reached for a, b in itertools.pairwise(phases) if order.index(b) < order.index(a)
     )
     assert counted.get("reversed", 0) == reversals
+
+
+@pytest.mark.parametrize("view", sorted(REWRITTEN))
+def test_the_rollup_views_answer_what_the_touchpoint_views_answered(
+    demo: tuple[Client, DemoResult], view: str
+) -> None:
+    client, _ = demo
+    old, new = old_and_new(client, view)
+    assert old, f"{view} is empty on the demo: the comparison would prove nothing"
+    assert new == old
+    if view == "dropoff_points":  # the installed view too, top 3 and all
+        columns = "phase, channel, action, detail, dropped_journeys, journeys_passing, dropoff_rate"
+        assert canonical(client, f"SELECT {columns} FROM dropoff_points") == canonical(
+            client, f"SELECT {columns} FROM ({view_sql(4, view)})"
+        )
+
+
+def test_the_rollups_stay_exact_when_journeys_are_rewritten(chdb_path: Path, tmp_path: Path) -> None:
+    """Late links merge customers and unlinks split them again: journeys are tombstoned, touchpoints
+    move to other journeys and back, and every row gets new versions."""
+    settings = Settings.load(dsn=f"chdb://{chdb_path}?database=mining_rewrites")
+    run_demo(settings, customers=150, seed=5, directory=tmp_path)
+    client = connect(settings.dsn)
+    # Late logins: pairs of anonymous visitors turn out to be one user each, early in their history.
+    visitors = client.query(
+        "SELECT any(identifier_value), min(j.started_at) FROM identities AS i "
+        "INNER JOIN journeys AS j USING (customer_id) GROUP BY customer_id "
+        "HAVING groupUniqArray(identifier_type) = ['anonymous_id'] ORDER BY customer_id LIMIT 20"
+    ).result_rows
+    logins = [
+        {
+            "type": "identify",
+            "messageId": f"late-login-{n}",
+            "timestamp": started.replace(tzinfo=UTC).isoformat(),
+            "anonymousId": anonymous_id,
+            "userId": f"late-user-{n // 2}",
+        }
+        for n, (anonymous_id, started) in enumerate(visitors)
+    ]
+    late = tmp_path / "late-logins.jsonl"
+    late.write_bytes(b"".join(orjson.dumps(login) + b"\n" for login in logins))
+    run([late], settings)
+    moved = client.query(
+        "SELECT count() FROM (SELECT event_id FROM touchpoint_versions GROUP BY event_id "
+        "HAVING uniqExact(journey_id) > 1)"
+    ).result_rows[0][0]
+    tombstones = client.query("SELECT countIf(is_deleted = 1) FROM journey_versions").result_rows[0][0]
+    assert moved > 0 and tombstones > 0
+    # And half of them undone: the surviving journeys lose the touchpoints they had gained.
+    for n in range(0, len(visitors) // 2, 2):
+        unlink_identifier(settings, "user_id", f"late-user-{n}", reason="test")
+    run([], settings)  # no input: replays the log, every journey written once more
+    for view in REWRITTEN:
+        old, new = old_and_new(client, view)
+        assert new == old, view
+    # Once background merges fold a journey's rollup rows of all versions into one, only the
+    # points of its current version may count.
+    client.command("OPTIMIZE TABLE journey_point_rollups FINAL")
+    for view in REWRITTEN:
+        old, new = old_and_new(client, view)
+        assert new == old, f"{view}, rollups merged"
