@@ -543,6 +543,9 @@ def test_no_personal_data_or_secret_reaches_a_log_record(
         assert (await client.post("/twilio/voice/status", data=twilio, headers=signed)).status == 200
         assert (await client.post("/social", data=social, headers=SOCIAL)).status == 200
         assert (await client.post("/social", data=b"{" + social, headers=SOCIAL)).status == 400
+        meta = fixture("meta/messenger.json").replace(b'"text": "', b'"text": "' + email.encode() + b" ")
+        assert b"jane.secret" in meta
+        assert (await client.post("/meta/webhook", data=meta, headers=meta_signed(meta))).status == 200
         challenge = {"hub.mode": "subscribe", "hub.verify_token": META_VERIFY, "hub.challenge": "7"}
         assert (await client.get("/meta/webhook", params=challenge)).status == 200
 
