@@ -125,12 +125,13 @@ class CollectorConfig:
 
     bootstrap: str
     topics: Topics = field(default_factory=Topics)
-    segment_write_key: str | None = None
-    sendgrid_verification_key: str | None = None
-    twilio_auth_token: str | None = None
-    social_token: str | None = None  # `Authorization: Bearer <token>` on POST /social
-    meta_verify_token: str | None = None
-    meta_app_secret: str | None = None
+    # The credentials (`CREDENTIALS`); kept out of repr so that logging a config never logs a secret.
+    segment_write_key: str | None = field(default=None, repr=False)
+    sendgrid_verification_key: str | None = field(default=None, repr=False)
+    twilio_auth_token: str | None = field(default=None, repr=False)
+    social_token: str | None = field(default=None, repr=False)  # `Authorization: Bearer` on POST /social
+    meta_verify_token: str | None = field(default=None, repr=False)
+    meta_app_secret: str | None = field(default=None, repr=False)
     public_url: str | None = None  # the URL providers call, for Twilio signatures behind a proxy
     send_timeout: float = 10.0  # seconds to wait for Kafka's acknowledgement before answering 503
     segment_call_limit: int = SEGMENT_CALL_LIMIT
@@ -405,7 +406,8 @@ class Collector:
         self.config = config
         self.context = context
         self.sender = sender
-        self._sendgrid_key = _load_ecdsa_key(config.sendgrid_verification_key)
+        enabled = "sendgrid" in config.endpoints
+        self._sendgrid_key = _load_ecdsa_key(config.sendgrid_verification_key) if enabled else None
         self._limiter = RateLimiter(config.rate, config.burst, config.clock) if config.rate > 0 else None
 
     def limited(

@@ -357,6 +357,9 @@ def test_credentials_come_from_the_environment_or_files(tmp_path: Path) -> None:
     assert config.sendgrid_verification_key == PUBLIC_KEY
     assert config.check() == []
     assert config.endpoints == frozenset(CREDENTIALS) and config.insecure == frozenset()
+    assert "from-file" not in repr(config) and "env-wins" not in repr(
+        config
+    )  # a logged config shows no secret
 
     missing = str(tmp_path / "nowhere")
     with pytest.raises(
