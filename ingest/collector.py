@@ -7,28 +7,38 @@ retry covers every failure on our side:
 
 - `POST /v1/{track,page,screen,identify,alias,group,batch}`: the Segment HTTP
   tracking API, HTTP Basic auth with the write key as user name;
-- `POST /sendgrid/events`: the SendGrid Event Webhook (JSON array), with the
-  optional ECDSA signature headers checked when a verification key is set;
+- `POST /sendgrid/events`: the SendGrid Event Webhook (JSON array), ECDSA
+  signature headers checked against the verification key;
 - `POST /twilio/voice/status`: Twilio Voice status callbacks (form-encoded),
-  `X-Twilio-Signature` checked when an auth token is set;
-- `POST /social`: the project's social JSON (object or array);
+  `X-Twilio-Signature` checked with the auth token;
+- `POST /social`: the project's social JSON (object or array), a bearer token;
 - `GET`/`POST /meta/webhook`: Meta Graph webhooks (verify token handshake,
-  `X-Hub-Signature-256` checked when an app secret is set);
+  `X-Hub-Signature-256` checked with the app secret);
 - `GET /health/live`, `/health/ready` (ready = Kafka reachable).
+
+Authentication is on by default: every enabled endpoint needs its credential
+(`CREDENTIALS`), or the collector refuses to start (`CollectorConfig.check`).
+An operator enables only some endpoints (`JOURNEYS_COLLECTOR_ENDPOINTS`) or,
+for local development only, lets named endpoints without a credential take
+unauthenticated requests (`JOURNEYS_COLLECTOR_INSECURE`, a warning at start).
+Credentials come from the environment or `*_FILE` files (`ingest.secrets`).
+
+Every endpoint is rate limited per client address (token buckets,
+`RateLimiter`): 429 with `Retry-After` past the limit.
 
 Answers: 200 with `{"accepted": n, "rejected": [...]}` when at least one
 record is valid (the raw record goes on its channel's raw topic unchanged;
 invalid elements of a partly valid batch are dead-lettered by the normalise
 stage, once); 400 with the reasons when nothing in the body is valid (each
 reason also goes to the dead-letter topic); 401/403 for failed
-authentication; 413 over the size limit; 415 for a wrong content type; 503
-with `Retry-After` when Kafka does not acknowledge in time or a provider's
-secret is not configured.
+authentication; 413 over the size limit; 415 for a wrong content type; 429
+over the rate limit; 503 with `Retry-After` when Kafka does not acknowledge in
+time.
 
 Every request gives one access-log line (logger `journeys.collector.access`)
 with method, path, status, duration, body size, the accepted/rejected counts
 and the refusal reason as `extra` fields; never a body, a query string (Meta's
-verify token travels in one) or a client address.
+verify token travels in one), a credential or a client address.
 """
 
 from __future__ import annotations
@@ -38,10 +48,11 @@ import base64
 import hashlib
 import hmac
 import logging
+import math
 import os
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Hashable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -55,6 +66,7 @@ from .context import IngestContext
 from .kafka import ensure_topics, make_producer
 from .pipeline import parse_records
 from .records import DeadLetter, RawRecord
+from .secrets import FILE_SUFFIX, SecretError, secret_from_env
 from .topics import Topics, bootstrap_from_env, dead_letter_headers, message_key, raw_headers
 
 log = logging.getLogger("journeys.collector")
@@ -65,6 +77,29 @@ SEGMENT_BATCH_LIMIT = 500 * 1024  # Segment: "maximum of 500KB per batch request
 WEBHOOK_LIMIT = 1024 * 1024
 SEGMENT_CALLS = ("track", "page", "screen", "identify", "alias", "group")
 SIGNATURE_TOLERANCE = 300  # seconds a SendGrid signature timestamp may be old (replay window)
+ENDPOINTS = ("segment", "sendgrid", "twilio", "social", "meta")
+ENDPOINTS_ENV = "JOURNEYS_COLLECTOR_ENDPOINTS"
+INSECURE_ENV = "JOURNEYS_COLLECTOR_INSECURE"
+RATE_ENV = "JOURNEYS_COLLECTOR_RATE"
+BURST_ENV = "JOURNEYS_COLLECTOR_BURST"
+# Generous: a client address may send 100 requests a second sustained, 1,000 at once.
+DEFAULT_RATE = 100.0
+DEFAULT_BURST = 1000
+MAX_RATE_CLIENTS = 100_000  # buckets kept; the least recently seen client is forgotten past this
+# What each endpoint needs before it may start, as (CollectorConfig field, environment variable).
+CREDENTIALS: dict[str, tuple[tuple[str, str], ...]] = {
+    "segment": (("segment_write_key", "JOURNEYS_SEGMENT_WRITE_KEY"),),
+    "sendgrid": (("sendgrid_verification_key", "JOURNEYS_SENDGRID_VERIFICATION_KEY"),),
+    "twilio": (("twilio_auth_token", "JOURNEYS_TWILIO_AUTH_TOKEN"),),
+    "social": (("social_token", "JOURNEYS_SOCIAL_TOKEN"),),
+    "meta": (
+        ("meta_app_secret", "JOURNEYS_META_APP_SECRET"),
+        ("meta_verify_token", "JOURNEYS_META_VERIFY_TOKEN"),
+    ),
+}
+# How the HTTP server runs, in production and in the tests alike: aiohttp's own
+# access log would write client addresses and query strings (Meta's verify token).
+SERVER_OPTIONS: dict[str, Any] = {"access_log": None}
 # Per request (each runs in its own task): what the access-log line adds to method, path and status.
 _outcome: ContextVar[dict[str, Any] | None] = ContextVar("journeys_collector_outcome", default=None)
 
@@ -76,41 +111,186 @@ def _note(**fields: Any) -> None:
         outcome.update(fields)
 
 
+class CollectorConfigError(ValueError):
+    """The collector cannot start as configured; the message says what to set (never a secret)."""
+
+
 @dataclass(frozen=True)
 class CollectorConfig:
-    """Where records go and the providers' secrets; `from_env` reads the documented variables."""
+    """Where records go, the providers' credentials and the limits; `from_env` reads the documented variables.
+
+    `check()` refuses a configuration in which an enabled endpoint has no
+    credential, unless that endpoint is named in `insecure`.
+    """
 
     bootstrap: str
     topics: Topics = field(default_factory=Topics)
-    segment_write_key: str | None = None
-    sendgrid_verification_key: str | None = None
-    twilio_auth_token: str | None = None
-    meta_verify_token: str | None = None
-    meta_app_secret: str | None = None
+    # The credentials (`CREDENTIALS`); kept out of repr so that logging a config never logs a secret.
+    segment_write_key: str | None = field(default=None, repr=False)
+    sendgrid_verification_key: str | None = field(default=None, repr=False)
+    twilio_auth_token: str | None = field(default=None, repr=False)
+    social_token: str | None = field(default=None, repr=False)  # `Authorization: Bearer` on POST /social
+    meta_verify_token: str | None = field(default=None, repr=False)
+    meta_app_secret: str | None = field(default=None, repr=False)
     public_url: str | None = None  # the URL providers call, for Twilio signatures behind a proxy
     send_timeout: float = 10.0  # seconds to wait for Kafka's acknowledgement before answering 503
     segment_call_limit: int = SEGMENT_CALL_LIMIT
     segment_batch_limit: int = SEGMENT_BATCH_LIMIT
     webhook_limit: int = WEBHOOK_LIMIT  # SendGrid, Twilio, social and Meta bodies
+    endpoints: frozenset[str] = frozenset(ENDPOINTS)  # the others are not routed (404)
+    insecure: frozenset[str] = frozenset()  # enabled endpoints allowed to run without a credential
+    rate: float = DEFAULT_RATE  # requests a second per client address and endpoint; 0 = no limit
+    burst: int = DEFAULT_BURST  # requests a client may send at once before the rate applies
+    clock: Callable[[], float] = field(default=time.monotonic, repr=False, compare=False)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> CollectorConfig:
+        """The configuration from the environment; raises `CollectorConfigError` for unusable values."""
         env = os.environ if environ is None else environ
 
         def value(name: str) -> str | None:
             return env.get(name, "").strip() or None
 
+        def secret(name: str) -> str | None:
+            try:
+                found = secret_from_env(name, env, what=name)
+                return None if found is None else found.decode("utf-8")
+            except SecretError as exc:
+                raise CollectorConfigError(str(exc)) from None
+            except UnicodeDecodeError:
+                raise CollectorConfigError(f"{name} (or {name}{FILE_SUFFIX}) is not UTF-8 text") from None
+
+        def number(name: str, default: float) -> float:
+            text = value(name)
+            try:
+                return default if text is None else float(text)
+            except ValueError:
+                raise CollectorConfigError(f"{name} must be a number, got {text!r}") from None
+
+        credentials = {
+            config_field: secret(variable)
+            for needed in CREDENTIALS.values()
+            for config_field, variable in needed
+        }
         config = cls(
             bootstrap=bootstrap_from_env(env),
             topics=Topics.from_env(env),
-            segment_write_key=value("JOURNEYS_SEGMENT_WRITE_KEY"),
-            sendgrid_verification_key=value("JOURNEYS_SENDGRID_VERIFICATION_KEY"),
-            twilio_auth_token=value("JOURNEYS_TWILIO_AUTH_TOKEN"),
-            meta_verify_token=value("JOURNEYS_META_VERIFY_TOKEN"),
-            meta_app_secret=value("JOURNEYS_META_APP_SECRET"),
             public_url=value("JOURNEYS_COLLECTOR_PUBLIC_URL"),
+            endpoints=_endpoint_names(env, ENDPOINTS_ENV) or frozenset(ENDPOINTS),
+            insecure=_endpoint_names(env, INSECURE_ENV),
+            rate=number(RATE_ENV, DEFAULT_RATE),
+            burst=int(number(BURST_ENV, DEFAULT_BURST)),
+            **credentials,
         )
         return config if not overrides else type(config)(**{**config.__dict__, **overrides})
+
+    def missing_credentials(self, endpoint: str) -> list[str]:
+        """The environment variables `endpoint` needs that are not set."""
+        return [
+            variable
+            for config_field, variable in CREDENTIALS[endpoint]
+            if getattr(self, config_field) is None
+        ]
+
+    def check(self) -> list[str]:
+        """Raise `CollectorConfigError` unless the collector may start; return the warnings to log.
+
+        Every problem is in the one message, so one restart fixes them all.
+        """
+        problems: list[str] = []
+        for variable, names in ((ENDPOINTS_ENV, self.endpoints), (INSECURE_ENV, self.insecure)):
+            unknown = sorted(set(names) - set(ENDPOINTS))
+            if unknown:
+                problems.append(
+                    f"{variable} names unknown endpoints {unknown}; choose from {', '.join(ENDPOINTS)}"
+                )
+        if not self.endpoints:
+            problems.append(f"no endpoint is enabled ({ENDPOINTS_ENV})")
+        if self.rate < 0 or (self.rate > 0 and self.burst < 1):
+            problems.append(f"{RATE_ENV} must be ≥ 0 (0 = no limit) and {BURST_ENV} ≥ 1")
+        warnings: list[str] = []
+        unauthenticated: list[str] = []
+        for endpoint in (e for e in ENDPOINTS if e in self.endpoints):
+            missing = self.missing_credentials(endpoint)
+            if not missing:
+                continue
+            wanted = " and ".join(f"{v} (or {v}{FILE_SUFFIX})" for v in missing)
+            if endpoint in self.insecure:
+                warnings.append(
+                    f"INSECURE: the {endpoint} endpoint accepts unauthenticated requests "
+                    f"({INSECURE_ENV}={endpoint}, no {' or '.join(missing)}): for local development only"
+                )
+            else:
+                unauthenticated.append(f"{endpoint} needs {wanted}")
+        if unauthenticated:
+            problems.append(
+                "authentication is required on every enabled endpoint: "
+                + "; ".join(unauthenticated)
+                + f". Set the credentials, enable only some endpoints ({ENDPOINTS_ENV}=segment,twilio), "
+                f"or for local development only allow them unauthenticated ({INSECURE_ENV}=sendgrid,…)"
+            )
+        if "sendgrid" in self.endpoints and self.sendgrid_verification_key is not None:
+            from cryptography.hazmat.primitives.asymmetric import ec
+
+            try:
+                usable = isinstance(
+                    _load_ecdsa_key(self.sendgrid_verification_key), ec.EllipticCurvePublicKey
+                )
+            except ValueError:
+                usable = False
+            if not usable:
+                problems.append(
+                    "JOURNEYS_SENDGRID_VERIFICATION_KEY is not an ECDSA public key "
+                    "(base64 DER as SendGrid shows it, or PEM)"
+                )
+        if problems:
+            raise CollectorConfigError("the collector cannot start: " + " | ".join(problems))
+        return warnings
+
+
+def _endpoint_names(env: Mapping[str, str], variable: str) -> frozenset[str]:
+    """Endpoint names from a comma- or space-separated variable (checked by `CollectorConfig.check`)."""
+    return frozenset(name.strip().lower() for name in env.get(variable, "").replace(",", " ").split())
+
+
+class RateLimiter:
+    """Token buckets per client: `rate` requests a second sustained, up to `burst` at once.
+
+    A client's bucket holds at most `burst` tokens, refills at `rate` a second
+    and each request takes one; an empty bucket says how long until the next
+    token. Time comes from `clock` (monotonic seconds), so tests drive it. At
+    most `max_clients` buckets are kept: past that the least recently seen
+    client is forgotten (it comes back with a full bucket), which bounds memory
+    under a flood of addresses.
+    """
+
+    def __init__(
+        self,
+        rate: float,
+        burst: int,
+        clock: Callable[[], float] = time.monotonic,
+        max_clients: int = MAX_RATE_CLIENTS,
+    ) -> None:
+        self.rate = rate
+        self.burst = float(burst)
+        self.clock = clock
+        self.max_clients = max_clients
+        self._buckets: dict[Hashable, tuple[float, float]] = {}  # client -> (tokens, when counted)
+
+    def wait(self, client: Hashable) -> float:
+        """0.0 when `client` may go ahead (one token taken), else the seconds until its next token."""
+        now = self.clock()
+        tokens, counted = self._buckets.pop(client, (self.burst, now))
+        tokens = min(self.burst, tokens + max(0.0, now - counted) * self.rate)
+        waiting = 0.0
+        if tokens >= 1:
+            tokens -= 1
+        else:
+            waiting = (1 - tokens) / self.rate
+        self._buckets[client] = (tokens, now)  # re-inserted: the dict's order is least recently seen first
+        if len(self._buckets) > self.max_clients:
+            del self._buckets[next(iter(self._buckets))]
+        return waiting
 
 
 class KafkaUnavailable(RuntimeError):
@@ -193,10 +373,14 @@ class KafkaSender:
         producer.close(timeout=self.timeout)
 
 
-def _problem(status: int, reason: str, **extra: Any) -> web.Response:
-    headers = {"Retry-After": "5"} if status == 503 else None
-    _note(reason=reason)  # our own words, never quoting a body
-    return web.json_response({"error": reason, **extra}, status=status, headers=headers)
+def _problem(
+    status: int, reason: str, *, headers: Mapping[str, str] | None = None, **extra: Any
+) -> web.Response:
+    """An error answer with its reason (our own words, never quoting a body or a credential)."""
+    answer_headers = {"Retry-After": "5"} if status == 503 else {}
+    answer_headers.update(headers or {})
+    _note(reason=reason)
+    return web.json_response({"error": reason, **extra}, status=status, headers=answer_headers or None)
 
 
 async def _read_body(request: web.Request, limit: int) -> bytes | web.Response:
@@ -222,7 +406,33 @@ class Collector:
         self.config = config
         self.context = context
         self.sender = sender
-        self._sendgrid_key = _load_ecdsa_key(config.sendgrid_verification_key)
+        enabled = "sendgrid" in config.endpoints
+        self._sendgrid_key = _load_ecdsa_key(config.sendgrid_verification_key) if enabled else None
+        self._limiter = RateLimiter(config.rate, config.burst, config.clock) if config.rate > 0 else None
+
+    def limited(
+        self, endpoint: str, handler: Callable[[web.Request], Awaitable[web.Response]]
+    ) -> Callable[[web.Request], Awaitable[web.Response]]:
+        """`handler` behind the rate limit of (endpoint, client address), checked before anything else.
+
+        Before authentication, so a flood of wrong credentials is limited too;
+        per endpoint, so one provider's burst never holds up another's. The
+        address is the TCP peer (behind a proxy: the proxy's) and is only a
+        bucket's name in memory: never logged, never in an answer.
+        """
+
+        async def limited_handler(request: web.Request) -> web.Response:
+            if self._limiter is not None:
+                waiting = self._limiter.wait((endpoint, request.remote or ""))
+                if waiting > 0:
+                    return _problem(
+                        429,
+                        f"over the rate limit of {self.config.rate:g} requests a second; retry later",
+                        headers={"Retry-After": str(max(1, math.ceil(waiting)))},
+                    )
+            return await handler(request)
+
+        return limited_handler
 
     # -- the shared path: validate, then Kafka, then answer
 
@@ -260,13 +470,15 @@ class Collector:
 
     # -- Segment
 
+    # Each handler checks its credential when one is configured; `CollectorConfig.check`
+    # lets an endpoint run without one only when the operator named it insecure.
+
     async def segment(self, request: web.Request) -> web.Response:
-        if self.config.segment_write_key is None:
-            return _problem(503, "Segment endpoints are not configured (set JOURNEYS_SEGMENT_WRITE_KEY)")
-        if not _basic_user_matches(request, self.config.segment_write_key):
-            return web.json_response(
-                {"error": "missing or wrong write key (HTTP Basic, write key as user name)"},
-                status=401,
+        key = self.config.segment_write_key
+        if key is not None and not _basic_user_matches(request, key):
+            return _problem(
+                401,
+                "missing or wrong write key (HTTP Basic, write key as user name)",
                 headers={"WWW-Authenticate": 'Basic realm="segment"'},
             )
         call = request.match_info["call"]
@@ -305,7 +517,7 @@ class Collector:
             )
             expected = twilio_signature(token, url, body)
             given = request.headers.get("X-Twilio-Signature", "")
-            if not hmac.compare_digest(expected, given):
+            if not _same(expected, given):
                 return _problem(
                     403, "X-Twilio-Signature does not match (check JOURNEYS_COLLECTOR_PUBLIC_URL)"
                 )
@@ -314,6 +526,13 @@ class Collector:
     # -- social
 
     async def social(self, request: web.Request) -> web.Response:
+        token = self.config.social_token
+        if token is not None and not _bearer_matches(request, token):
+            return _problem(
+                401,
+                "missing or wrong bearer token (Authorization: Bearer)",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
         body = await _body(request, "application/json", self.config.webhook_limit)
         if isinstance(body, web.Response):
             return body
@@ -325,10 +544,9 @@ class Collector:
         query = request.query
         token = self.config.meta_verify_token
         if token is None:
-            return _problem(503, "Meta webhooks are not configured (set JOURNEYS_META_VERIFY_TOKEN)")
-        if query.get("hub.mode") != "subscribe" or not hmac.compare_digest(
-            query.get("hub.verify_token", ""), token
-        ):
+            # Only when the operator allowed Meta unauthenticated: there is nothing to compare with.
+            return _problem(503, "the Meta handshake is not configured (set JOURNEYS_META_VERIFY_TOKEN)")
+        if query.get("hub.mode") != "subscribe" or not _same(query.get("hub.verify_token", ""), token):
             return _problem(403, "hub.mode must be subscribe and hub.verify_token must match")
         return web.Response(text=query.get("hub.challenge", ""))
 
@@ -339,7 +557,7 @@ class Collector:
         secret = self.config.meta_app_secret
         if secret is not None:
             expected = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-            if not hmac.compare_digest(expected, request.headers.get("X-Hub-Signature-256", "")):
+            if not _same(expected, request.headers.get("X-Hub-Signature-256", "")):
                 return _problem(403, "X-Hub-Signature-256 does not match the app secret")
         return await self.accept(request, body, "meta")
 
@@ -356,19 +574,35 @@ class Collector:
 
 
 def create_collector(config: CollectorConfig, context: IngestContext, sender: Any) -> web.Application:
-    """The aiohttp application; `sender` has `async send(topic, key, value, headers)` and `ready()`."""
+    """The aiohttp application; `sender` has `async send(topic, key, value, headers)` and `ready()`.
+
+    Raises `CollectorConfigError` when an enabled endpoint has no credential and
+    was not named insecure; logs a warning for each endpoint that was.
+    Disabled endpoints have no route (404).
+    """
+    for warning in config.check():
+        log.warning(warning)
     handlers = Collector(config, context, sender)
+    routes = {
+        "segment": [web.post("/v1/{call:track|page|screen|identify|alias|group|batch}", handlers.segment)],
+        "sendgrid": [web.post("/sendgrid/events", handlers.sendgrid)],
+        "twilio": [web.post("/twilio/voice/status", handlers.twilio)],
+        "social": [web.post("/social", handlers.social)],
+        "meta": [web.get("/meta/webhook", handlers.meta_verify), web.post("/meta/webhook", handlers.meta)],
+    }
     # aiohttp's own limit sits above ours so that ours answers with the reason.
     largest = max(config.segment_call_limit, config.segment_batch_limit, config.webhook_limit)
     app = web.Application(client_max_size=largest * 2, middlewares=[access_log])
     app.add_routes(
         [
-            web.post("/v1/{call:track|page|screen|identify|alias|group|batch}", handlers.segment),
-            web.post("/sendgrid/events", handlers.sendgrid),
-            web.post("/twilio/voice/status", handlers.twilio),
-            web.post("/social", handlers.social),
-            web.get("/meta/webhook", handlers.meta_verify),
-            web.post("/meta/webhook", handlers.meta),
+            web.route(route.method, route.path, handlers.limited(endpoint, route.handler))
+            for endpoint in ENDPOINTS
+            if endpoint in config.endpoints
+            for route in routes[endpoint]
+        ]
+    )
+    app.add_routes(
+        [
             web.get("/health/live", handlers.live),
             web.get("/health/ready", handlers.ready),
         ]
@@ -377,7 +611,12 @@ def create_collector(config: CollectorConfig, context: IngestContext, sender: An
 
 
 def run_collector(config: CollectorConfig, context: IngestContext, host: str, port: int) -> None:
-    """Serve until SIGTERM/SIGINT; the producer is flushed and closed on the way out."""
+    """Serve until SIGTERM/SIGINT; the producer is flushed and closed on the way out.
+
+    The configuration is checked before Kafka is contacted, so a missing
+    credential fails at once (`CollectorConfigError`).
+    """
+    config.check()
     ensure_topics(config.bootstrap, config.topics)
     sender = KafkaSender(config.bootstrap, config.send_timeout, config.topics.raw("web"))
     app = create_collector(config, context, sender)
@@ -386,8 +625,9 @@ def run_collector(config: CollectorConfig, context: IngestContext, host: str, po
         sender.close()
 
     app.on_cleanup.append(close_sender)
-    log.info("collecting on %s:%d into Kafka at %s", host, port, config.bootstrap)
-    web.run_app(app, host=host, port=port, print=None, access_log=None)
+    enabled = ", ".join(e for e in ENDPOINTS if e in config.endpoints)
+    log.info("collecting on %s:%d into Kafka at %s (endpoints: %s)", host, port, config.bootstrap, enabled)
+    web.run_app(app, host=host, port=port, print=None, **SERVER_OPTIONS)
 
 
 @web.middleware
@@ -445,7 +685,19 @@ def _basic_user_matches(request: web.Request, write_key: str) -> bool:
         user = base64.b64decode(header[6:], validate=True).decode("utf-8").split(":", 1)[0]
     except (ValueError, UnicodeDecodeError):
         return False
-    return hmac.compare_digest(user, write_key)
+    return _same(user, write_key)
+
+
+def _same(given: str, expected: str) -> bool:
+    """Constant-time equality of two texts (as UTF-8: `compare_digest` refuses non-ASCII `str`)."""
+    return hmac.compare_digest(
+        given.encode("utf-8", "surrogateescape"), expected.encode("utf-8", "surrogateescape")
+    )
+
+
+def _bearer_matches(request: web.Request, token: str) -> bool:
+    header = request.headers.get("Authorization", "")
+    return header.startswith("Bearer ") and _same(header[7:].strip(), token)
 
 
 def _with_type(body: bytes, call: str) -> bytes:

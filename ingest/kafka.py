@@ -11,6 +11,7 @@ partitions would silently break ordering, so `ensure_topics` refuses that.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import time
 from collections.abc import Mapping
@@ -126,8 +127,21 @@ def _partition_counts(admin: KafkaAdminClient, names: list[str], timeout: float)
         time.sleep(0.2)
 
 
+def quiet_client_logs() -> None:
+    """Hold kafka-python's loggers at INFO or above, whatever the root level.
+
+    At DEBUG kafka-python logs every record it sends (`Sending (key=… value=…)`)
+    and every request's bytes; raw records carry email addresses and phone
+    numbers in the clear, so a DEBUG deployment would write them to its logs.
+    """
+    client = logging.getLogger("kafka")
+    if client.level < logging.INFO:
+        client.setLevel(logging.INFO)
+
+
 def make_producer(bootstrap: str, **overrides: Any) -> KafkaProducer:
     """An idempotent producer: acks from all in-sync replicas, retries without duplicates or reordering."""
+    quiet_client_logs()
     options: dict[str, Any] = {
         "bootstrap_servers": bootstrap,
         "client_id": "journeys-producer",

@@ -22,15 +22,16 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from functools import lru_cache
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
 import orjson
 import phonenumbers
 
+from .secrets import FILE_SUFFIX, SecretError, secret_from_env
+
 PII_KEY_ENV = "JOURNEYS_PII_KEY"
-PII_KEY_FILE_ENV = "JOURNEYS_PII_KEY_FILE"
+PII_KEY_FILE_ENV = PII_KEY_ENV + FILE_SUFFIX
 DEFAULT_PHONE_REGION = "NL"
 
 # Property keys that carry personal data, compared after folding (lower-case, no
@@ -134,23 +135,16 @@ def normalise_phone(raw: str, region: str = DEFAULT_PHONE_REGION) -> str:
 def load_pii_key(environ: Mapping[str, str] | None = None) -> bytes:
     """Read the hashing key from `JOURNEYS_PII_KEY` or the file in `JOURNEYS_PII_KEY_FILE`."""
     env = os.environ if environ is None else environ
-    value = env.get(PII_KEY_ENV, "")
-    if value.strip():
-        return value.strip().encode("utf-8")
-    key_file = env.get(PII_KEY_FILE_ENV, "")
-    if key_file.strip():
-        path = Path(key_file.strip())
-        try:
-            key = path.read_bytes().strip()
-        except OSError as exc:
-            raise PiiKeyError(f"cannot read the PII key file named by {PII_KEY_FILE_ENV}: {exc}") from None
-        if not key:
-            raise PiiKeyError(f"the PII key file named by {PII_KEY_FILE_ENV} is empty")
-        return key
-    raise PiiKeyError(
-        f"no PII hashing key: set {PII_KEY_ENV} or {PII_KEY_FILE_ENV} "
-        "(emails and phone numbers are stored only as keyed hashes)"
-    )
+    try:
+        key = secret_from_env(PII_KEY_ENV, env, what="the PII key")
+    except SecretError as exc:
+        raise PiiKeyError(str(exc)) from None
+    if key is None:
+        raise PiiKeyError(
+            f"no PII hashing key: set {PII_KEY_ENV} or {PII_KEY_FILE_ENV} "
+            "(emails and phone numbers are stored only as keyed hashes)"
+        )
+    return key
 
 
 class PiiHasher:

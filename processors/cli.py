@@ -480,10 +480,13 @@ def collect(
     config: ConfigOption = None,
     log_format: LogFormatOption = None,
 ) -> None:
-    """Receive webhooks (Segment, SendGrid, Twilio, social, Meta) and put them on the raw topics."""
+    """Receive webhooks (Segment, SendGrid, Twilio, social, Meta) and put them on the raw topics.
+
+    Every enabled endpoint needs its credential (docs/ingest.md); without one it exits 2.
+    """
     from kafka.errors import KafkaError
 
-    from ingest.collector import CollectorConfig, run_collector
+    from ingest.collector import CollectorConfig, CollectorConfigError, run_collector
     from ingest.kafka import TopicLayoutError
     from ingest.pii import PiiKeyError
     from processors.embedded import ingest_context
@@ -496,9 +499,11 @@ def collect(
     except (ConfigError, PiiKeyError) as exc:
         _fail(str(exc))
     overrides = {"bootstrap": kafka} if kafka else {}
-    collector_config = CollectorConfig.from_env(**overrides)
     try:
+        collector_config = CollectorConfig.from_env(**overrides)
         run_collector(collector_config, context, host, port)
+    except CollectorConfigError as exc:
+        _fail(str(exc))
     except (KafkaError, TopicLayoutError) as exc:
         _fail(f"Kafka at {collector_config.bootstrap}: {exc}")
 

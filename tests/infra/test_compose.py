@@ -117,3 +117,20 @@ def test_every_variable_is_documented() -> None:
     assert variables >= {"JOURNEYS_PII_KEY", "CLICKHOUSE_WRITER_PASSWORD", "CLICKHOUSE_ANALYST_PASSWORD"}
     missing = sorted(v for v in variables if f"`{v}`" not in documented)
     assert not missing, f"not in docs/deploy.md: {missing}"
+
+
+def test_the_collector_gets_every_variable_it_reads_and_no_secret_default() -> None:
+    from ingest.collector import BURST_ENV, CREDENTIALS, ENDPOINTS_ENV, INSECURE_ENV, RATE_ENV
+
+    environment = SERVICES["collector"]["environment"]
+    secrets = [variable for needed in CREDENTIALS.values() for _, variable in needed]
+    for variable in (
+        *secrets,
+        *(v + "_FILE" for v in secrets),
+        ENDPOINTS_ENV,
+        INSECURE_ENV,
+        RATE_ENV,
+        BURST_ENV,
+    ):
+        # Passed through from the operator's environment, empty when unset: never a value in the repo.
+        assert environment.get(variable) == f"${{{variable}:-}}", variable

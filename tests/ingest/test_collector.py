@@ -30,9 +30,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ingest.collector import (
+    CREDENTIALS,
     SEGMENT_CALL_LIMIT,
+    SERVER_OPTIONS,
     CollectorConfig,
+    CollectorConfigError,
     KafkaSender,
+    RateLimiter,
     create_collector,
     twilio_signature,
 )
@@ -46,6 +50,8 @@ FIXTURES = Path(__file__).parents[1] / "fixtures"
 WRITE_KEY = "wk_test_0123456789"
 TWILIO_TOKEN = "twilio-auth-token-for-tests"
 META_SECRET = "meta-app-secret"
+META_VERIFY = "verify-me"
+SOCIAL_TOKEN = "social-token-for-tests"
 PRIVATE_KEY = ec.generate_private_key(ec.SECP256R1())
 PUBLIC_KEY = base64.b64encode(
     PRIVATE_KEY.public_key().public_bytes(
@@ -54,6 +60,7 @@ PUBLIC_KEY = base64.b64encode(
 ).decode()
 JSON = {"Content-Type": "application/json"}
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+SOCIAL = {**JSON, "Authorization": f"Bearer {SOCIAL_TOKEN}"}
 _fuzz_runs = itertools.count()
 SEGMENT_CALLS = ("track", "page", "screen", "identify", "alias", "group")
 
@@ -107,7 +114,8 @@ def serve(bootstrap: str, topics: Topics, pii_key: str, call: Call, **config: An
         segment_write_key=WRITE_KEY,
         sendgrid_verification_key=PUBLIC_KEY,
         twilio_auth_token=TWILIO_TOKEN,
-        meta_verify_token="verify-me",
+        social_token=SOCIAL_TOKEN,
+        meta_verify_token=META_VERIFY,
         meta_app_secret=META_SECRET,
         send_timeout=2.0,
     )
@@ -116,7 +124,11 @@ def serve(bootstrap: str, topics: Topics, pii_key: str, call: Call, **config: An
 
     async def main() -> None:
         app = create_collector(settings, IngestContext(hasher=PiiHasher(pii_key)), sender)
-        async with TestClient(TestServer(app)) as client:
+        # Served as `journeys collect` serves it (no aiohttp access log), on 127.0.0.1 so that
+        # clients can come from other loopback addresses.
+        server = TestServer(app, host="127.0.0.1")
+        await server.start_server(**SERVER_OPTIONS)  # TestServer() itself drops runner options
+        async with TestClient(server) as client:
             await call(client)
 
     try:
@@ -162,7 +174,7 @@ def test_each_endpoint_accepts_its_documented_payload(
         response = await client.post("/twilio/voice/status", data=twilio, headers=signed)
         assert response.status == 200, await response.text()
         for body in (social, social_array):
-            response = await client.post("/social", data=body, headers=JSON)
+            response = await client.post("/social", data=body, headers=SOCIAL)
             assert response.status == 200, await response.text()
         for body in meta:
             response = await client.post("/meta/webhook", data=body, headers=meta_signed(body))
@@ -234,13 +246,18 @@ def test_failed_authentication_is_refused(
             response = await client.post("/twilio/voice/status", data=twilio, headers=signed)
             assert response.status == 403 and "X-Twilio-Signature" in (await response.json())["error"]
 
+        social = fixture("social/export.jsonl").splitlines()[0]
+        for headers in (JSON, {**JSON, "Authorization": "Bearer wrong"}, {**JSON, **basic(SOCIAL_TOKEN)}):
+            response = await client.post("/social", data=social, headers=headers)
+            assert response.status == 401 and "bearer" in (await response.json())["error"]
+
         meta = fixture("meta/messenger.json")
         bad = {**JSON, "X-Hub-Signature-256": "sha256=00"}
         assert (await client.post("/meta/webhook", data=meta, headers=bad)).status == 403
         assert (await client.post("/meta/webhook", data=meta, headers=JSON)).status == 403
         challenge = await client.get(
             "/meta/webhook",
-            params={"hub.mode": "subscribe", "hub.verify_token": "verify-me", "hub.challenge": "1158201444"},
+            params={"hub.mode": "subscribe", "hub.verify_token": META_VERIFY, "hub.challenge": "1158201444"},
         )
         assert challenge.status == 200 and await challenge.text() == "1158201444"
         refused = await client.get(
@@ -274,39 +291,283 @@ def test_twilio_behind_a_proxy_signs_the_public_url(
     assert [m.value for m in read_back(kafka_bootstrap, topics.raw("phone"), count=1)] == [twilio]
 
 
-def test_unconfigured_providers_are_unavailable_not_open(
-    kafka_bootstrap: str, topics: Topics, pii_key: str, read_back: Any
+def credential_free_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No provider credential, endpoint choice or rate setting from the machine running the tests."""
+    for needed in CREDENTIALS.values():
+        for _, variable in needed:
+            monkeypatch.delenv(variable, raising=False)
+            monkeypatch.delenv(variable + "_FILE", raising=False)
+    for variable in ("JOURNEYS_COLLECTOR_ENDPOINTS", "JOURNEYS_COLLECTOR_INSECURE"):
+        monkeypatch.delenv(variable, raising=False)
+
+
+def test_an_endpoint_without_its_credential_refuses_to_start(
+    pii_key: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from typer.testing import CliRunner
+
+    from processors.cli import app
+
+    bare = CollectorConfig(bootstrap="127.0.0.1:9")
+    with pytest.raises(CollectorConfigError) as refused:
+        bare.check()
+    message = str(refused.value)
+    for needed in CREDENTIALS.values():
+        for _, variable in needed:
+            assert f"{variable} (or {variable}_FILE)" in message
+    assert "JOURNEYS_COLLECTOR_ENDPOINTS" in message and "JOURNEYS_COLLECTOR_INSECURE" in message
+    context = IngestContext(hasher=PiiHasher(pii_key))
+    with pytest.raises(CollectorConfigError):  # the app itself cannot be made open by mistake
+        create_collector(bare, context, sender=None)
+
+    only_segment = CollectorConfig(bootstrap="127.0.0.1:9", segment_write_key=WRITE_KEY)
+    with pytest.raises(CollectorConfigError, match="sendgrid needs JOURNEYS_SENDGRID_VERIFICATION_KEY"):
+        only_segment.check()
+    assert CollectorConfig(**{**only_segment.__dict__, "endpoints": frozenset({"segment"})}).check() == []
+    with pytest.raises(CollectorConfigError, match=r"unknown endpoints \['mailchimp'\]"):
+        CollectorConfig(**{**only_segment.__dict__, "endpoints": frozenset({"segment", "mailchimp"})}).check()
+    not_a_key = {
+        **only_segment.__dict__,
+        "endpoints": frozenset({"sendgrid"}),
+        "sendgrid_verification_key": "abc",
+    }
+    with pytest.raises(CollectorConfigError, match="not an ECDSA public key"):
+        CollectorConfig(**not_a_key).check()
+
+    # `journeys collect` says so and exits 2 before it ever tries Kafka (nothing listens on port 9).
+    credential_free_env(monkeypatch)
+    monkeypatch.setenv("JOURNEYS_SEGMENT_WRITE_KEY", WRITE_KEY)
+    monkeypatch.setattr("processors.logs.configure", lambda *_: None)  # keep pytest's log handlers
+    result = CliRunner().invoke(app, ["collect", "--kafka", "127.0.0.1:9"])
+    output = " ".join(result.output.split())
+    assert result.exit_code == 2 and isinstance(result.exception, SystemExit), result.output
+    assert "authentication is required" in output and "JOURNEYS_TWILIO_AUTH_TOKEN" in output
+    assert "Kafka at" not in output and WRITE_KEY not in output
+
+
+def test_credentials_come_from_the_environment_or_files(tmp_path: Path) -> None:
+    files = {}
+    for needed in CREDENTIALS.values():
+        for config_field, variable in needed:
+            path = tmp_path / variable.lower()
+            path.write_text(f"{config_field}-from-file\n")  # Docker secrets end in a newline
+            files[variable + "_FILE"] = str(path)
+    files["JOURNEYS_SENDGRID_VERIFICATION_KEY_FILE"] = ""
+    config = CollectorConfig.from_env(
+        {**files, "JOURNEYS_SENDGRID_VERIFICATION_KEY": PUBLIC_KEY, "JOURNEYS_TWILIO_AUTH_TOKEN": "env-wins"}
+    )
+    assert config.segment_write_key == "segment_write_key-from-file"
+    assert config.meta_app_secret == "meta_app_secret-from-file"
+    assert config.social_token == "social_token-from-file"
+    assert config.twilio_auth_token == "env-wins"
+    assert config.sendgrid_verification_key == PUBLIC_KEY
+    assert config.check() == []
+    assert config.endpoints == frozenset(CREDENTIALS) and config.insecure == frozenset()
+    assert "from-file" not in repr(config) and "env-wins" not in repr(
+        config
+    )  # a logged config shows no secret
+
+    missing = str(tmp_path / "nowhere")
+    with pytest.raises(
+        CollectorConfigError,
+        match="cannot read JOURNEYS_SOCIAL_TOKEN file named by JOURNEYS_SOCIAL_TOKEN_FILE",
+    ):
+        CollectorConfig.from_env({"JOURNEYS_SOCIAL_TOKEN_FILE": missing})
+    (tmp_path / "empty").write_text("\n")
+    with pytest.raises(CollectorConfigError, match="is empty"):
+        CollectorConfig.from_env({"JOURNEYS_META_APP_SECRET_FILE": str(tmp_path / "empty")})
+    chosen = CollectorConfig.from_env(
+        {
+            "JOURNEYS_COLLECTOR_ENDPOINTS": "Segment, twilio",
+            "JOURNEYS_COLLECTOR_INSECURE": "twilio",
+            "JOURNEYS_COLLECTOR_RATE": "2.5",
+            "JOURNEYS_COLLECTOR_BURST": "10",
+        }
+    )
+    assert chosen.endpoints == {"segment", "twilio"} and chosen.insecure == {"twilio"}
+    assert (chosen.rate, chosen.burst) == (2.5, 10)
+    with pytest.raises(CollectorConfigError, match="JOURNEYS_COLLECTOR_RATE must be a number"):
+        CollectorConfig.from_env({"JOURNEYS_COLLECTOR_RATE": "fast"})
+
+
+def test_insecure_endpoints_are_named_loudly_and_disabled_ones_are_gone(
+    kafka_bootstrap: str, topics: Topics, pii_key: str, read_back: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    sendgrid = fixture("sendgrid/events.json")
+    twilio = fixture("twilio/inbound_call.txt").splitlines()[0]
+    social = fixture("social/export.jsonl").splitlines()[0]
+    meta = fixture("meta/messenger.json")
+
     async def call(client: TestClient) -> None:
         track = fixture("segment/track_order_completed.json")
-        response = await client.post("/v1/track", data=track, headers={**JSON, **basic("anything")})
-        assert response.status == 503 and "not configured" in (await response.json())["error"]
-        verify = await client.get("/meta/webhook", params={"hub.mode": "subscribe", "hub.verify_token": ""})
-        assert verify.status == 503
-        # Without the optional secrets, SendGrid, Twilio and Meta bodies are taken unsigned.
-        sendgrid = fixture("sendgrid/events.json")
+        assert (
+            await client.post("/v1/track", data=track, headers={**JSON, **basic(WRITE_KEY)})
+        ).status == 404
         assert (await client.post("/sendgrid/events", data=sendgrid, headers=JSON)).status == 200
-        twilio = fixture("twilio/inbound_call.txt").splitlines()[0]
         assert (await client.post("/twilio/voice/status", data=twilio, headers=FORM)).status == 200
-        meta = fixture("meta/messenger.json")
+        assert (await client.post("/social", data=social, headers=JSON)).status == 200
         assert (await client.post("/meta/webhook", data=meta, headers=JSON)).status == 200
+        # Without a verify token there is nothing to compare Meta's handshake with.
+        verify = await client.get("/meta/webhook", params={"hub.mode": "subscribe", "hub.verify_token": ""})
+        assert verify.status == 503 and "JOURNEYS_META_VERIFY_TOKEN" in (await verify.json())["error"]
 
-    serve(
-        kafka_bootstrap,
-        topics,
-        pii_key,
-        call,
-        segment_write_key=None,
-        sendgrid_verification_key=None,
-        twilio_auth_token=None,
-        meta_verify_token=None,
-        meta_app_secret=None,
-    )
+    insecure = frozenset({"sendgrid", "twilio", "social", "meta"})
+    with caplog.at_level(logging.WARNING, logger="journeys.collector"):
+        serve(
+            kafka_bootstrap,
+            topics,
+            pii_key,
+            call,
+            endpoints=insecure,
+            insecure=insecure,
+            segment_write_key=None,
+            sendgrid_verification_key=None,
+            twilio_auth_token=None,
+            social_token=None,
+            meta_verify_token=None,
+            meta_app_secret=None,
+        )
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert sorted(w.split(" endpoint ")[0] for w in warnings if w.startswith("INSECURE")) == [
+        f"INSECURE: the {name}" for name in sorted(insecure)
+    ]
     assert read_back(kafka_bootstrap, topics.raw("web")) == []
     unsigned = read_back(
-        kafka_bootstrap, topics.raw("email"), topics.raw("phone"), topics.raw("social"), count=3
+        kafka_bootstrap, topics.raw("email"), topics.raw("phone"), topics.raw("social"), count=4
     )
-    assert [headers_of(m)["format"] for m in unsigned] == ["sendgrid", "twilio", "meta"]
+    assert sorted(headers_of(m)["format"] for m in unsigned) == ["meta", "sendgrid", "social", "twilio"]
+
+    async def still_checked(client: TestClient) -> None:
+        # Naming an endpoint insecure never switches off a credential that is configured.
+        assert (await client.post("/twilio/voice/status", data=twilio, headers=FORM)).status == 403
+
+    serve(kafka_bootstrap, topics, pii_key, still_checked, insecure=frozenset({"twilio"}))
+
+
+class Clock:
+    """Monotonic seconds the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_token_bucket() -> None:
+    clock = Clock()
+    limiter = RateLimiter(rate=2.0, burst=3, clock=clock, max_clients=2)
+    assert [limiter.wait("a") for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert limiter.wait("a") == pytest.approx(0.5)  # one token every half second
+    clock.now += 0.25
+    assert limiter.wait("a") == pytest.approx(0.25)  # half a token back, half to go
+    clock.now += 100
+    assert [limiter.wait("a") for _ in range(4)][-1] > 0  # refilled to the burst, not beyond
+    assert limiter.wait("b") == 0.0
+    limiter.wait("c")  # a third client: the least recently seen ("a") is forgotten
+    assert limiter.wait("a") == 0.0
+
+
+def test_a_client_over_the_rate_limit_gets_429_and_others_are_unaffected(
+    kafka_bootstrap: str, topics: Topics, pii_key: str, read_back: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    import aiohttp
+
+    social = fixture("social/export.jsonl").splitlines()[0]
+    sendgrid = fixture("sendgrid/events.json")
+    clock = Clock()
+
+    async def call(client: TestClient) -> None:
+        for _ in range(2):  # the burst
+            assert (await client.post("/social", data=social, headers=SOCIAL)).status == 200
+        over = await client.post("/social", data=social, headers=SOCIAL)
+        assert over.status == 429 and over.headers["Retry-After"] == "2"  # 0.5 requests a second
+        assert "rate limit" in (await over.json())["error"]
+        wrong = await client.post("/social", data=social, headers=JSON)
+        assert wrong.status == 429  # checked before the credential: a flood of bad tokens is limited too
+        # The same client on another endpoint has a bucket of its own.
+        signed = sendgrid_signed(sendgrid)
+        assert (await client.post("/sendgrid/events", data=sendgrid, headers=signed)).status == 200
+        # Another client address is unaffected.
+        connector = aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))
+        async with aiohttp.ClientSession(connector=connector) as other:
+            response = await other.post(client.make_url("/social"), data=social, headers=SOCIAL)
+            assert response.status == 200
+        clock.now += 2.0  # one token back
+        assert (await client.post("/social", data=social, headers=SOCIAL)).status == 200
+        assert (await client.post("/social", data=social, headers=SOCIAL)).status == 429
+
+    with caplog.at_level(logging.INFO, logger="journeys.collector"):
+        serve(kafka_bootstrap, topics, pii_key, call, rate=0.5, burst=2, clock=clock)
+    assert len(read_back(kafka_bootstrap, topics.raw("social"), count=4)) == 4  # nothing refused was sent
+    access = [r for r in caplog.records if r.name == "journeys.collector.access"]
+    limited = [r for r in access if r.status == 429]  # type: ignore[attr-defined]
+    assert len(limited) == 3 and all("rate limit" in r.reason for r in limited)  # type: ignore[attr-defined]
+    # The client address names a bucket and nothing else (kafka-python's records name the broker's).
+    ours = [r for r in caplog.records if r.name.startswith(("journeys", "aiohttp"))]
+    assert not any("127.0.0" in r.getMessage() + repr(vars(r)) for r in ours)
+
+
+def test_no_personal_data_or_secret_reaches_a_log_record(
+    kafka_bootstrap: str, topics: Topics, pii_key: str, read_back: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every logger at DEBUG (aiohttp, kafka-python, ours): no address, number or credential in any record."""
+    email, phone = "jane.secret@initech.nl", "+31 6 1357 9246"
+    identify = orjson.dumps(
+        {
+            "type": "identify",
+            "messageId": "m-secret-42",
+            "userId": "u-42",
+            "traits": {"email": email, "phone": phone},
+            "timestamp": "2024-03-05T10:00:00Z",
+        }
+    )
+    events = orjson.loads(fixture("sendgrid/events.json"))
+    sendgrid = orjson.dumps([{**events[0], "email": email}])
+    twilio = fixture("twilio/inbound_call.txt").splitlines()[0].replace(b"%2B31612345678", b"%2B31613579246")
+    social = orjson.dumps(
+        {
+            **orjson.loads(fixture("social/export.jsonl").splitlines()[0]),
+            "text": f"mail me at {email} or {phone}",
+        }
+    )
+    basic_header = basic(WRITE_KEY)["Authorization"]
+
+    async def call(client: TestClient) -> None:
+        auth = {**JSON, **basic(WRITE_KEY)}
+        assert (await client.post("/v1/identify", data=identify, headers=auth)).status == 200
+        assert (
+            await client.post(
+                "/v1/identify", data=b'{"traits": {"email": "' + email.encode() + b'"}}', headers=auth
+            )
+        ).status == 400
+        assert (
+            await client.post("/v1/identify", data=identify, headers={**JSON, **basic(email)})
+        ).status == 401
+        assert (
+            await client.post("/sendgrid/events", data=sendgrid, headers=sendgrid_signed(sendgrid))
+        ).status == 200
+        url = str(client.make_url("/twilio/voice/status"))
+        signed = {**FORM, "X-Twilio-Signature": twilio_signature(TWILIO_TOKEN, url, twilio)}
+        assert (await client.post("/twilio/voice/status", data=twilio, headers=signed)).status == 200
+        assert (await client.post("/social", data=social, headers=SOCIAL)).status == 200
+        assert (await client.post("/social", data=b"{" + social, headers=SOCIAL)).status == 400
+        meta = fixture("meta/messenger.json").replace(b'"text": "', b'"text": "' + email.encode() + b" ")
+        assert b"jane.secret" in meta
+        assert (await client.post("/meta/webhook", data=meta, headers=meta_signed(meta))).status == 200
+        challenge = {"hub.mode": "subscribe", "hub.verify_token": META_VERIFY, "hub.challenge": "7"}
+        assert (await client.get("/meta/webhook", params=challenge)).status == 200
+
+    with caplog.at_level(logging.DEBUG):
+        serve(kafka_bootstrap, topics, pii_key, call)
+    assert any(r.name == "journeys.collector.access" for r in caplog.records)
+    secrets = [WRITE_KEY, basic_header[6:], TWILIO_TOKEN, SOCIAL_TOKEN, META_SECRET, META_VERIFY, pii_key]
+    personal = [email, "jane.secret", phone, "+31613579246", "613579246", "1357 9246", "31613579246"]
+    for record in caplog.records:
+        text = record.getMessage() + repr(vars(record))
+        found = [value for value in (*secrets, *personal) if value in text]
+        assert not found, (record.name, record.levelname, found)
+    assert len(read_back(kafka_bootstrap, topics.dead_letters, count=2)) == 2
 
 
 def test_bad_payloads_get_reasons_and_dead_letters(
@@ -314,7 +575,7 @@ def test_bad_payloads_get_reasons_and_dead_letters(
 ) -> None:
     async def call(client: TestClient) -> None:
         auth = basic(WRITE_KEY)
-        malformed = await client.post("/social", data=b"{not json, call 06 12345678", headers=JSON)
+        malformed = await client.post("/social", data=b"{not json, call 06 12345678", headers=SOCIAL)
         assert malformed.status == 400
         answer = await malformed.json()
         assert answer["error"] == "no valid record in the request"
@@ -325,13 +586,15 @@ def test_bad_payloads_get_reasons_and_dead_letters(
         big = b'{"type": "track", "event": "' + b"x" * SEGMENT_CALL_LIMIT + b'"}'
         too_large = await client.post("/v1/track", data=big, headers={**JSON, **auth})
         assert too_large.status == 413 and "limit" in (await too_large.json())["error"]
-        wrong_type = await client.post("/social", data=b"{}", headers={"Content-Type": "text/plain"})
+        wrong_type = await client.post(
+            "/social", data=b"{}", headers={**SOCIAL, "Content-Type": "text/plain"}
+        )
         assert wrong_type.status == 415 and "application/json" in (await wrong_type.json())["error"]
         twilio_json = await client.post("/twilio/voice/status", data=b'{"CallSid": "CA1"}', headers=JSON)
         assert twilio_json.status == 415
 
     with caplog.at_level(logging.INFO, logger="journeys.collector"):
-        serve(kafka_bootstrap, topics, pii_key, call, twilio_auth_token=None)
+        serve(kafka_bootstrap, topics, pii_key, call)
 
     letters = read_back(kafka_bootstrap, topics.dead_letters, count=2)
     assert len(letters) == 2
@@ -385,7 +648,7 @@ def test_health_and_a_kafka_outage(kafka_bootstrap: str, topics: Topics, pii_key
         assert (await client.get("/health/live")).status == 200
         assert (await client.get("/health/ready")).status == 503
         response = await client.post(
-            "/social", data=fixture("social/export.jsonl").splitlines()[0], headers=JSON
+            "/social", data=fixture("social/export.jsonl").splitlines()[0], headers=SOCIAL
         )
         assert response.status == 503 and response.headers["Retry-After"] == "5"
         assert "retry" in (await response.json())["error"]
@@ -413,11 +676,11 @@ def test_readiness_and_sends_follow_a_broker_that_goes_away(topic_prefix: str, p
 
         async def call(client: TestClient) -> None:
             assert (await client.get("/health/ready")).status == 200
-            assert (await client.post("/social", data=social, headers=JSON)).status == 200
+            assert (await client.post("/social", data=social, headers=SOCIAL)).status == 200
             crash()
             # Not the producer's cached metadata: a fresh request that now finds nobody.
             assert (await client.get("/health/ready")).status == 503
-            response = await client.post("/social", data=social, headers=JSON)
+            response = await client.post("/social", data=social, headers=SOCIAL)
             assert response.status == 503 and response.headers["Retry-After"] == "5"
             assert (await client.get("/health/live")).status == 200
 
@@ -439,6 +702,7 @@ def test_journeys_collect_serves_until_sigterm(
         os.environ,
         JOURNEYS_TOPIC_PREFIX=topic_prefix,
         JOURNEYS_SEGMENT_WRITE_KEY=WRITE_KEY,
+        JOURNEYS_COLLECTOR_ENDPOINTS="segment",  # the only credential given
         JOURNEYS_PII_KEY=pii_key,
         JOURNEYS_COLLECTOR_PORT=str(port),
     )
@@ -539,7 +803,7 @@ def test_hostile_bodies_at_every_endpoint_are_answered_and_accounted_for(
                     ("/v1/track", lambda _: {**JSON, **basic(WRITE_KEY)}),
                     ("/v1/batch", lambda _: {**JSON, **basic(WRITE_KEY)}),
                     ("/sendgrid/events", sendgrid_signed),
-                    ("/social", lambda _: JSON),
+                    ("/social", lambda _: SOCIAL),
                     ("/meta/webhook", meta_signed),
                 )
             ]
