@@ -247,9 +247,20 @@ def create_app(settings: Settings, config: StreamConfig) -> faust.App:
             message = event.message
             read_up_to[message.tp] = max(read_up_to.get(message.tp, 0), message.offset + 1)
             partitions[(message.tp.topic, message.tp.partition)] = message.tp
+        awaited = first_offsets.unseen()
         rewind = first_offsets.skipped(
             ((event.message.tp.topic, event.message.tp.partition), event.message.offset) for event in events
         )
+        firsts = {}
+        for event in events:
+            tp = (event.message.tp.topic, event.message.tp.partition)
+            if tp in awaited and tp not in firsts:
+                firsts[tp] = event.message.offset
+        if firsts:
+            log.info(
+                "first records after the assignment: %s",
+                ", ".join(f"{t}[{p}]@{o}" for (t, p), o in firsts.items()),
+            )
         await rewind_partitions(rewind, partitions)
 
     async def rewind_partitions(rewind: dict[tuple[str, int], int], partitions: dict[Any, Any]) -> None:
@@ -450,6 +461,13 @@ def create_app(settings: Settings, config: StreamConfig) -> faust.App:
             )
             committed = {}
         first_offsets.expect(committed, time.monotonic())
+        # One line per assignment: where each stream partition must start (diagnosing a loss starts here).
+        log.info(
+            "rebalance guard expects: %s",
+            ", ".join(
+                f"{topic}[{partition}]@{offset}" for (topic, partition), offset in sorted(committed.items())
+            ),
+        )
 
     if config.web_port is not None:
 

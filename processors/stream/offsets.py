@@ -49,6 +49,10 @@ class FirstOffsets:
         self._expected = {tp: offset for tp, offset in committed.items() if offset >= 0}
         self._watch_until = now + WATCH_SECONDS
 
+    def unseen(self) -> set[Partition]:
+        """Partitions whose first record since the assignment has not been seen yet."""
+        return set(self._expected)
+
     def awaiting(self, now: float) -> list[Partition]:
         """Partitions whose first record has not been seen yet, while the watch window lasts."""
         return list(self._expected) if now < self._watch_until else []
