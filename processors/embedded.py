@@ -17,7 +17,6 @@ from pathlib import Path
 from clickhouse_connect.driver.client import Client
 
 from ingest.files import read_records
-from ingest.pii import PiiHasher
 from ingest.pipeline import FORMATS, IngestContext
 from ingest.records import DeadLetter, RawRecord
 from journeys.fold import is_late
@@ -111,12 +110,8 @@ def parse_recipe(settings: Settings, rules: PhaseRules, *, create_key: bool) -> 
 
 
 def ingest_context(settings: Settings, *, create_key: bool) -> IngestContext:
-    return IngestContext(
-        hasher=PiiHasher(settings.pii_key(create_if_missing=create_key)),
-        policy=settings.identity,
-        extra_identifier_types=settings.extra_identifier_types,
-        phone_region=settings.phone_region,
-    )
+    """The ingest context under `settings` (where no classification follows: the stream's normalise stage)."""
+    return parse_recipe(settings, PhaseRules(), create_key=create_key).context()
 
 
 INPUT_SUFFIXES = (".jsonl", ".ndjson", ".jsonlines", ".json", ".csv", ".txt")

@@ -28,9 +28,10 @@ from ingest.files import read_records
 from ingest.kafka import ensure_topics, make_producer
 from ingest.pii import PiiHasher
 from ingest.producer import ProduceSummary, produce_files, produce_records
+from ingest.records import RawRecord
 from ingest.topics import Topics
 from processors.config import Settings
-from processors.embedded import expand_inputs, run
+from processors.embedded import RunSummary, expand_inputs, run
 from processors.storage import connect, migrate
 from processors.stream.metrics import parse_metrics
 from processors.stream.sink import SinkConfig, run_sink
@@ -298,6 +299,19 @@ def assigned_raw_partitions(log: Path, topics: Topics) -> set[str]:
     return {name for name in names if name.startswith(f"{topics.prefix}.raw.")}
 
 
+def reference_run(
+    tmp_path: Path, chdb_path: Path, topic_prefix: str, seed: int
+) -> tuple[Settings, RunSummary, list[RawRecord], str]:
+    """A demo reconstructed by one embedded run (what the stream must equal): its settings, summary,
+    the demo's raw records to stream, and the DSN of the stream's own database."""
+    inputs = expand_inputs([*generate(customers=60, seed=seed, days=40).write(tmp_path / "demo").inputs()])
+    database = topic_prefix.replace("-", "_")
+    embedded = Settings(dsn=f"chdb://{chdb_path}?database={database}_embedded")
+    summary = run(inputs, embedded)
+    records = [record for path in inputs for record in read_records(path)]
+    return embedded, summary, records, f"chdb://{chdb_path}?database={database}_stream"
+
+
 def test_two_workers_share_the_work_and_one_takes_over_when_the_other_is_killed(
     tmp_path: Path,
     chdb_path: Path,
@@ -307,17 +321,11 @@ def test_two_workers_share_the_work_and_one_takes_over_when_the_other_is_killed(
     start_worker: Callable,
 ) -> None:
     kafka_bootstrap = fresh_kafka
-    files = generate(customers=60, seed=11, days=40).write(tmp_path / "demo")
-    inputs = expand_inputs([*files.inputs()])
-    database = topic_prefix.replace("-", "_")
-    embedded = Settings(dsn=f"chdb://{chdb_path}?database={database}_embedded")
-    summary = run(inputs, embedded)
-    records = [record for path in inputs for record in read_records(path)]
+    embedded, summary, records, streamed = reference_run(tmp_path, chdb_path, topic_prefix, seed=11)
     first, rest = records[: len(records) // 2], records[len(records) // 2 :]
 
     topics = Topics(topic_prefix)
     ensure_topics(kafka_bootstrap, topics, partitions=4)
-    streamed = f"chdb://{chdb_path}?database={database}_stream"
     migrate(connect(streamed))
     sink = SinkThread(streamed, kafka_bootstrap, topics)
     workers = {name: start_worker(name, bootstrap=kafka_bootstrap) for name in ("w1", "w2")}
@@ -386,18 +394,12 @@ def test_a_worker_killed_at_random_moments_and_restarted_loses_and_doubles_nothi
     moment — while joining, restoring, normalising or folding — and started again. The end state
     equals one embedded run of the same events."""
     kafka_bootstrap, rng = fresh_kafka, random.Random(CRASH_SEED)
-    files = generate(customers=60, seed=13, days=40).write(tmp_path / "demo")
-    inputs = expand_inputs([*files.inputs()])
-    database = topic_prefix.replace("-", "_")
-    embedded = Settings(dsn=f"chdb://{chdb_path}?database={database}_embedded")
-    summary = run(inputs, embedded)
-    records = [record for path in inputs for record in read_records(path)]
+    embedded, summary, records, streamed = reference_run(tmp_path, chdb_path, topic_prefix, seed=13)
     rng.shuffle(records)  # parts mix channels, so every part moves several raw partitions
     parts = [records[i :: CRASHES + 1] for i in range(CRASHES + 1)]
 
     topics = Topics(topic_prefix)
     ensure_topics(kafka_bootstrap, topics, partitions=4)
-    streamed = f"chdb://{chdb_path}?database={database}_stream"
     migrate(connect(streamed))
     sink = SinkThread(streamed, kafka_bootstrap, topics)
     worker = start_worker("w0", bootstrap=kafka_bootstrap)

@@ -41,6 +41,26 @@ def visits(count: int) -> list[Touchpoint]:
     ]
 
 
+def visit_call_login() -> tuple[Touchpoint, Touchpoint, Touchpoint]:
+    """A visitor browses; an hour later a call comes from an unknown phone; a login links the two."""
+
+    def touchpoint(event_id: str, minutes: int, channel: str, action: str, **ids: str) -> Touchpoint:
+        return Touchpoint(
+            event_id=event_id,
+            occurred_at=T0 + timedelta(minutes=minutes),
+            channel=channel,
+            source="twilio" if channel == "phone" else "segment",
+            action=action,
+            identifiers=[{"type": kind, "value": value} for kind, value in ids.items()],
+        )
+
+    return (
+        touchpoint("visit-1", 0, "web", "Product Viewed", anonymous_id="anon-1", user_id="user-1"),
+        touchpoint("call-1", 60, "phone", "call.completed", phone="phone-hash-1"),
+        touchpoint("login-1", 120, "web", "Signed In", user_id="user-1", phone="phone-hash-1"),
+    )
+
+
 def sink_config(bootstrap: str, topics: Topics, topic_prefix: str, **overrides: Any) -> SinkConfig:
     """The sink against the test broker: its own group, no metrics port, quick group timeouts."""
     defaults: dict[str, Any] = {
@@ -112,19 +132,7 @@ def test_a_touchpoint_moved_by_a_merge_is_written_where_it_went_when_both_snapsh
     ensure_topics(kafka_bootstrap, topics, partitions=1)
     live = LiveReconstruction(Reconstruction(RULES, IdentityPolicy(), JourneyPolicy()))
 
-    def touchpoint(event_id: str, minutes: int, channel: str, action: str, **ids: str) -> Touchpoint:
-        return Touchpoint(
-            event_id=event_id,
-            occurred_at=T0 + timedelta(minutes=minutes),
-            channel=channel,
-            source="twilio" if channel == "phone" else "segment",
-            action=action,
-            identifiers=[{"type": kind, "value": value} for kind, value in ids.items()],
-        )
-
-    visit = touchpoint("visit-1", 0, "web", "Product Viewed", anonymous_id="anon-1", user_id="user-1")
-    call = touchpoint("call-1", 60, "phone", "call.completed", phone="phone-hash-1")
-    login = touchpoint("login-1", 120, "web", "Signed In", user_id="user-1", phone="phone-hash-1")
+    visit, call, login = visit_call_login()
     now = datetime.now(UTC)
     raw = {tp.event_id: encode_touchpoint(tp) for tp in (call, visit, login)}
     messages = list(state_messages(live.admit_batch([visit]), live.reconstruction, raw, now))
@@ -169,30 +177,7 @@ def test_a_rebuilt_stage_s_snapshot_retires_customers_its_predecessor_published(
     where the caller was never a customer of its own: only the snapshot's end can retire it."""
     topics = Topics(topic_prefix)
     ensure_topics(kafka_bootstrap, topics, partitions=1)
-    visit = Touchpoint(
-        event_id="visit-1",
-        occurred_at=T0,
-        channel="web",
-        source="segment",
-        action="Product Viewed",
-        identifiers=[{"type": "anonymous_id", "value": "anon-1"}, {"type": "user_id", "value": "user-1"}],
-    )
-    call = Touchpoint(
-        event_id="call-1",
-        occurred_at=T0 + timedelta(hours=1),
-        channel="phone",
-        source="twilio",
-        action="call.completed",
-        identifiers=[{"type": "phone", "value": "phone-hash-1"}],
-    )
-    login = Touchpoint(
-        event_id="login-1",
-        occurred_at=T0 + timedelta(hours=2),
-        channel="web",
-        source="segment",
-        action="Signed In",
-        identifiers=[{"type": "user_id", "value": "user-1"}, {"type": "phone", "value": "phone-hash-1"}],
-    )
+    visit, call, login = visit_call_login()
     raw = {tp.event_id: encode_touchpoint(tp) for tp in (visit, call, login)}
     now = datetime.now(UTC)
     predecessor = LiveReconstruction(Reconstruction(RULES, IdentityPolicy(), JourneyPolicy()))
