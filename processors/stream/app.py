@@ -50,7 +50,7 @@ from processors.stream.messages import (
     state_messages,
 )
 from processors.stream.metrics import Metrics
-from processors.stream.offsets import FirstOffsets, committed_offsets, start_offsets
+from processors.stream.offsets import CommitGuard, start_offsets
 
 log = logging.getLogger("journeys.worker")
 
@@ -170,8 +170,39 @@ def _transport_class(fetch_max_wait: float) -> type[faust_aiokafka.Transport]:
     thread = type("ConsumerThread", (_ConsumerThread,), {"fetch_max_wait_ms": int(fetch_max_wait * 1000)})
 
     class Consumer(faust_aiokafka.Consumer):
+        """Faust's consumer with the commit guard (offsets.py) on its acknowledgements and commits."""
+
         def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
             return thread(self, loop=self.loop, beacon=self.beacon)
+
+        @property
+        def _guard(self) -> CommitGuard | None:
+            return getattr(self.app, "commit_guard", None)
+
+        def ack(self, message: Any) -> bool:
+            guard = self._guard
+            if guard is not None and not guard.may_ack(message):
+                # Skipped by Faust, never processed: must not count toward a commit.
+                self.app.journeys_metrics.inc("journeys_skipped_acks_refused_total", topic=message.topic)
+                return False
+            return super().ack(message)
+
+        def _new_offset(self, tp: Any) -> int | None:
+            guard, acked = self._guard, self._acked.get(tp)
+            if (
+                guard is not None
+                and acked
+                and guard.guards(tp.topic)
+                and not guard.may_commit(tp, self._committed_offset[tp], min(acked), time.monotonic())
+            ):
+                return None
+            return super()._new_offset(tp)
+
+        async def _add_gap(self, tp: Any, offset_from: int, offset_to: int) -> None:
+            guard = self._guard
+            if guard is not None and guard.guards(tp.topic):
+                return  # contiguous offsets: a jump means records not processed yet, never acknowledged ones
+            await super()._add_gap(tp, offset_from, offset_to)
 
     return type("Transport", (faust_aiokafka.Transport,), {"Consumer": Consumer})
 
@@ -232,7 +263,9 @@ def create_app(settings: Settings, config: StreamConfig) -> faust.App:
     )
     stage = ReconstructStage(settings)
     handoff = Handoff()
-    first_offsets = FirstOffsets()
+    streamed = {*topics.all_raw, topics.touchpoints}
+    guard = CommitGuard(streamed)
+    app.commit_guard = guard  # type: ignore[attr-defined]  # read by the consumer (_transport_class)
     read_up_to: dict[Any, int] = {}  # (topic, partition) -> next offset to read, for the lag gauge
     first_read: list[float] = []
 
@@ -247,8 +280,9 @@ def create_app(settings: Settings, config: StreamConfig) -> faust.App:
             message = event.message
             read_up_to[message.tp] = max(read_up_to.get(message.tp, 0), message.offset + 1)
             partitions[(message.tp.topic, message.tp.partition)] = message.tp
-        awaited = first_offsets.unseen()
-        rewind = first_offsets.skipped(
+        guard.took(event.message for event in events)
+        awaited = guard.unseen()
+        rewind = guard.skipped(
             ((event.message.tp.topic, event.message.tp.partition), event.message.offset) for event in events
         )
         firsts = {}
@@ -263,9 +297,11 @@ def create_app(settings: Settings, config: StreamConfig) -> faust.App:
             )
         await rewind_partitions(rewind, partitions)
 
-    async def rewind_partitions(rewind: dict[tuple[str, int], int], partitions: dict[Any, Any]) -> None:
+    async def rewind_partitions(
+        rewind: dict[tuple[str, int], int], partitions: dict[Any, Any], why: str = "records skipped"
+    ) -> None:
         for key, offset in rewind.items():
-            log.warning("records skipped on %s[%d] after a rebalance: reading again from %d", *key, offset)
+            log.warning("%s on %s[%d]: reading again from %d", why, *key, offset)
             metrics.inc("journeys_rebalance_rewinds_total", topic=key[0])
             await app.consumer.seek(partitions[key], offset)
 
@@ -426,48 +462,41 @@ def create_app(settings: Settings, config: StreamConfig) -> faust.App:
             lag = max(0, highwater - read_up_to.get(tp, 0))
             metrics.set("journeys_consumer_lag", lag, topic=tp.topic, partition=str(tp.partition))
 
-    @app.timer(2.0)
-    async def watch_commits() -> None:
-        """The rebalance guard's second check: commits past records the stage never saw (see offsets.py)."""
-        awaiting = first_offsets.awaiting(time.monotonic())
-        if not awaiting:
-            return
+    async def learn_starts(partitions: Sequence[tuple[str, int]]) -> None:
+        """Where the group must start these partitions, from the broker: the guard's bases."""
         try:
-            committed = await asyncio.get_running_loop().run_in_executor(
-                None, committed_offsets, config.bootstrap, app.conf.id, awaiting
+            starts = await asyncio.get_running_loop().run_in_executor(
+                None, start_offsets, config.bootstrap, app.conf.id, partitions
             )
-        except Exception as exc:  # a safety net: the next tick asks again
-            log.debug("could not read committed offsets: %s", exc)
+        except Exception as exc:  # asked again every 2 s; meanwhile these partitions' commits wait
+            log.warning("could not read where partitions start (%s): their commits wait", exc)
             return
-        rewind = first_offsets.overtaken(committed)
+        guard.learn(starts)
+        # One line per assignment: where each stream partition must start (diagnosing a loss starts here).
+        log.info(
+            "commit guard: partitions start at %s",
+            ", ".join(f"{topic}[{part}]@{offset}" for (topic, part), offset in sorted(starts.items())),
+        )
+
+    @app.timer(2.0)
+    async def guard_commits() -> None:
+        """Learn starts a failed read left unknown; read again what a missing record holds (offsets.py)."""
+        if guard.unknown:
+            await learn_starts(sorted(guard.unknown))
+        rewind = guard.held(time.monotonic())
         if rewind:
             assigned = {(tp.topic, tp.partition): tp for tp in app.consumer.assignment()}
-            await rewind_partitions({k: v for k, v in rewind.items() if k in assigned}, assigned)
+            held = {k: v for k, v in rewind.items() if k in assigned}
+            await rewind_partitions(held, assigned, "a commit held by a missing record")
 
     @app.on_partitions_assigned.connect
     async def on_assigned(app: faust.App, assigned: set, **kwargs: Any) -> None:
         stage.reset()
         names = sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned)
         log.info("assigned partitions: %s", ", ".join(names) or "none")
-        streamed = {*topics.all_raw, topics.touchpoints}
-        wanted = [(tp.topic, tp.partition) for tp in assigned if tp.topic in streamed]
-        try:
-            committed = await asyncio.get_running_loop().run_in_executor(
-                None, start_offsets, config.bootstrap, app.conf.id, wanted
-            )
-        except Exception as exc:  # the guard is a safety net: without it the stage still runs
-            log.warning(
-                "could not read committed offsets (%s); rebalance guard off until next assignment", exc
-            )
-            committed = {}
-        first_offsets.expect(committed, time.monotonic())
-        # One line per assignment: where each stream partition must start (diagnosing a loss starts here).
-        log.info(
-            "rebalance guard expects: %s",
-            ", ".join(
-                f"{topic}[{partition}]@{offset}" for (topic, partition), offset in sorted(committed.items())
-            ),
-        )
+        wanted = sorted((tp.topic, tp.partition) for tp in assigned if tp.topic in streamed)
+        guard.assigned(wanted)
+        await learn_starts(wanted)
 
     if config.web_port is not None:
 

@@ -22,7 +22,11 @@ _HELP = {
     "journeys_consumer_lag": ("gauge", "Messages not yet consumed, per topic partition"),
     "journeys_rebalance_rewinds_total": (
         "counter",
-        "Partitions read again after Faust skipped records in a rebalance",
+        "Partitions read again from where they must start: records were skipped, or a commit was held",
+    ),
+    "journeys_skipped_acks_refused_total": (
+        "counter",
+        "Acknowledgements of records Faust skipped (never processed) kept from counting toward a commit",
     ),
 }
 

@@ -1,24 +1,35 @@
-"""A guard against Faust skipping records around a rebalance.
+"""The commit guard: Kafka offsets are never committed past a record the stages have not processed.
 
-Faust (faust-streaming 0.11) skips records its stream pulls while flow
-control is paused or from an older group generation, and acknowledges them
-(`Stream._py_aiter`). If a commit lands before the post-rebalance seek, the
-committed offset moves past records nobody processed, and the seek then
-starts after them: they are lost (faust-streaming issues #216, #221, #312 are
-the same family; the failover test caught one such loss).
+Faust (faust-streaming 0.11) can commit past unprocessed records around a
+rebalance, which loses them when the worker dies before reading them again
+(faust-streaming issues #216, #221, #312 are the same family). Reading its
+consumer, four paths lead there, and the failover and crash tests hit them:
 
-The guard remembers each newly assigned partition's committed offset (or, for
-a partition the group never committed on, its beginning), read from the broker
-when the partitions are assigned, and checks the first record
-the stage then sees on it. A first record beyond that offset means records were
-skipped: the stage seeks back and reads them again. When the skipped records
-were the partition's last ones, no later record shows the gap; so for a while
-after the assignment the stage also asks the broker for the group's committed
-offsets, and a partition whose commit moved past the expected offset before the
-stage saw any of its records is rewound the same way (the failover test lost
-the last record of a partition like that). What it reads twice is harmless
-downstream (touchpoints are deduplicated by event id, dead letters by
-fingerprint).
+1. it *acknowledges records it skips* — records its stream pulls while flow
+   control is paused or from an older group generation (`Stream._py_aiter`);
+   their offsets then count toward the next commit although the re-read copies
+   are still waiting in the queue;
+2. its commit takes the first run of consecutive acknowledged offsets
+   *wherever it starts* when the partition was never committed (or at 0), and
+   lets *one missing record* at the head through otherwise
+   (`Consumer._new_offset`: `min(acked) - committed > 1`);
+3. it treats a jump in fetched offsets as a *gap* that counts as acknowledged
+   (meant for compacted and transactional topics); after a seek back, records
+   fetched before the seek make such a jump;
+4. the first record after an assignment can come after the committed offset
+   (records dropped in flight), with nothing asking for them again.
+
+The guard closes each: an acknowledgement counts only for a record a stage
+actually took (`took` / `may_ack`); a commit must start exactly at the
+partition's base — its committed offset, or at an assignment the offset the
+group must start from (`start_offsets`) — so a missing head holds it
+(`may_commit`); gaps are not taken as acknowledged on the stream topics (their
+producers, `journeys produce`, the collector and the workers, are
+non-transactional and the topics are not compacted, so offsets are
+contiguous); a first record beyond the base, or a commit held for
+`HOLD_SECONDS`, makes the stage read the partition again from its base
+(`skipped`, `held`). What is read twice is harmless downstream: touchpoints
+are deduplicated by event id, dead letters by fingerprint.
 """
 
 from __future__ import annotations
@@ -26,55 +37,105 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-Partition = tuple[str, int]
+Partition = tuple[str, int]  # Faust's TP is a namedtuple of the same shape, so it works as a key
 
 
-# How long after an assignment commits are compared: Faust commits every few seconds, so a skip
-# shows well within this; later, a partition that never got a record is simply quiet.
-WATCH_SECONDS = 60.0
+# How long a commit may be held by a missing head before the partition is read again from its base:
+# longer than a batch takes to go through a stage, short enough that a backlog does not pile up.
+HOLD_SECONDS = 10.0
 
 
-class FirstOffsets:
-    """Per newly assigned partition, the offset its first record must have."""
+class CommitGuard:
+    """Per assigned stream partition: where commits must start, and which records a stage took."""
 
-    def __init__(self) -> None:
-        self._expected: dict[Partition, int] = {}
-        self._watch_until = 0.0
+    def __init__(self, topics: Iterable[str]) -> None:
+        self.topics = frozenset(topics)
+        self._base: dict[Partition, int] = {}  # where the partition's offsets must start at this assignment
+        self._first: dict[Partition, int] = {}  # partitions whose first record has not been seen yet
+        self._taken: set[int] = set()  # id() of messages a stage took and has not acknowledged yet
+        self._keep: dict[int, Any] = {}  # the messages themselves, so their id() is not reused
+        self._held_since: dict[Partition, float] = {}
+        self._unknown: set[Partition] = set()
 
-    def expect(self, committed: Mapping[Partition, int], now: float = 0.0) -> None:
-        """A new assignment: these partitions must start at these offsets (others are not checked).
+    def guards(self, topic: str) -> bool:
+        return topic in self.topics
 
-        `now` (a monotonic clock) starts the window in which `awaiting` reports them.
-        """
-        self._expected = {tp: offset for tp, offset in committed.items() if offset >= 0}
-        self._watch_until = now + WATCH_SECONDS
+    def assigned(self, partitions: Iterable[Partition]) -> None:
+        """A new assignment of these stream partitions; where each starts follows (`learn`)."""
+        self._base.clear()
+        self._first.clear()
+        self._unknown = set(partitions)
+        self._held_since.clear()
+        self._taken.clear()
+        self._keep.clear()
+
+    def learn(self, starts: Mapping[Partition, int]) -> None:
+        """Where assigned partitions start (`start_offsets`, read from the broker)."""
+        for tp, offset in starts.items():
+            if tp in self._unknown and offset >= 0:
+                self._unknown.discard(tp)
+                self._base[tp] = self._first[tp] = offset
+
+    @property
+    def unknown(self) -> set[Partition]:
+        """Assigned partitions whose start is not known yet: their commits wait for it."""
+        return set(self._unknown)
 
     def unseen(self) -> set[Partition]:
         """Partitions whose first record since the assignment has not been seen yet."""
-        return set(self._expected)
+        return set(self._first)
 
-    def awaiting(self, now: float) -> list[Partition]:
-        """Partitions whose first record has not been seen yet, while the watch window lasts."""
-        return list(self._expected) if now < self._watch_until else []
+    def took(self, messages: Iterable[Any]) -> None:
+        """A stage took these messages: their acknowledgements, once it is done with them, count."""
+        for message in messages:
+            self._taken.add(id(message))
+            self._keep[id(message)] = message
 
-    def overtaken(self, committed: Mapping[Partition, int]) -> dict[Partition, int]:
-        """Partitions still awaiting their first record whose commit moved past the expected offset.
+    def may_ack(self, message: Any) -> bool:
+        """Whether an acknowledgement of this message may count toward a commit.
 
-        The stage never processed a record there, yet the group committed beyond
-        it: records were acknowledged unprocessed. Returns the offsets to go back to.
+        Only for a record a stage took: Faust also acknowledges records it skipped.
         """
+        if message.topic not in self.topics:
+            return True
+        key = id(message)
+        if key in self._taken:
+            self._taken.discard(key)
+            del self._keep[key]
+            return True
+        return False
+
+    def may_commit(self, tp: Partition, committed: int | None, lowest_acked: int, now: float) -> bool:
+        """Whether the acknowledged offsets, the lowest being `lowest_acked`, may be committed.
+
+        Only when they start exactly at the partition's base: the committed
+        offset, else the offset the assignment started from. A missing head (or
+        an unknown base) holds the commit; `held` tells when to read again.
+        """
+        if committed is not None:
+            self._base[tp] = committed
+        base = self._base.get(tp)
+        if base is not None and lowest_acked <= base:
+            self._held_since.pop(tp, None)
+            return True
+        self._held_since.setdefault(tp, now)
+        return False
+
+    def held(self, now: float) -> dict[Partition, int]:
+        """Partitions whose commit a missing head held for `HOLD_SECONDS`, with the base to read from."""
         rewind: dict[Partition, int] = {}
-        for tp, offset in committed.items():
-            expected = self._expected.get(tp)
-            if expected is not None and offset > expected:
-                rewind[tp] = self._expected.pop(tp)
+        for tp, since in list(self._held_since.items()):
+            base = self._base.get(tp)
+            if base is not None and now - since >= HOLD_SECONDS:
+                rewind[tp] = base
+                self._held_since[tp] = now  # read again at most once per HOLD_SECONDS
         return rewind
 
     def skipped(self, records: Iterable[tuple[Partition, int]]) -> dict[Partition, int]:
-        """Partitions whose first record came after the expected offset, with the offset to go back to."""
+        """Partitions whose first record came after their base, with the offset to go back to."""
         rewind: dict[Partition, int] = {}
         for tp, offset in records:
-            expected = self._expected.pop(tp, None)
+            expected = self._first.pop(tp, None)
             if expected is not None and offset > expected:
                 rewind[tp] = expected
         return rewind
