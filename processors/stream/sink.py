@@ -94,8 +94,14 @@ def _latest_snapshot(
 
 @dataclass
 class Snapshot:
-    """What a complete-state snapshot on the state topic contained so far (see `snapshot_messages`)."""
+    """What a complete-state snapshot on the state topic contained so far (see `snapshot_messages`).
 
+    `begin` is where its begin marker is (topic, partition, offset): the sink
+    commits no further on that partition until the end marker, so a sink that
+    restarts inside a snapshot reads it again from its beginning.
+    """
+
+    begin: tuple[str, int, int] | None = None
     journeys: set[str] = field(default_factory=set)
     merges: set[tuple] = field(default_factory=set)
     conflicts: set[tuple] = field(default_factory=set)
@@ -171,7 +177,7 @@ def write_batch(
             elif kind == "snapshot":
                 phase = message["phase"]
                 if phase == "begin":
-                    progress.snapshot = Snapshot()
+                    progress.snapshot = Snapshot(begin=(record.topic, record.partition, record.offset))
                 elif phase == "end":
                     _write_segment(client, segment, summary)
                     segment = _Segment()
@@ -301,7 +307,7 @@ def run_sink(
             )
             if pending and (due or stopping):
                 _write_with_retries(client, pending, config, summary, metrics, stop, progress)
-                consumer.commit()
+                consumer.commit(offsets=_commit_offsets(consumer, progress))
                 pending = []
                 _record_lag(consumer, metrics)
             if stopping:
@@ -348,6 +354,19 @@ def _write_with_retries(
         metrics.set("journeys_sink_batch_seconds", took)
         metrics.inc("journeys_records_in_total", len(batch), stage="sink")
         return
+
+
+def _commit_offsets(consumer: Any, progress: SinkProgress) -> dict[Any, Any]:
+    """What the sink has written, per assigned partition; inside a snapshot, no further than its begin."""
+    from kafka import TopicPartition
+    from kafka.structs import OffsetAndMetadata
+
+    offsets = {tp: OffsetAndMetadata(consumer.position(tp), "", -1) for tp in consumer.assignment()}
+    begin = progress.snapshot.begin if progress.snapshot is not None else None
+    if begin is not None:
+        topic, partition, offset = begin
+        offsets[TopicPartition(topic, partition)] = OffsetAndMetadata(offset, "", -1)
+    return offsets
 
 
 def _record_lag(consumer: Any, metrics: Metrics) -> None:

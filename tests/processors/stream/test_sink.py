@@ -203,3 +203,38 @@ def test_a_rebuilt_stage_s_snapshot_retires_customers_its_predecessor_published(
     assert summary.journeys_deleted == 1, "the phone-only caller's journey"
     merges = client.query("SELECT absorbed_customer_id FROM identity_merges").result_rows
     assert len(merges) == 1
+
+
+def test_a_sink_restarted_inside_a_snapshot_reads_it_again_from_its_beginning(
+    kafka_bootstrap: str, topic_prefix: str, dsn: str
+) -> None:
+    """The sink stops after the snapshot's begin marker and part of it: it must not have committed past
+    the begin, or its successor sees an end without a beginning and retires nothing."""
+    topics = Topics(topic_prefix)
+    ensure_topics(kafka_bootstrap, topics, partitions=1)
+    visit, call, login = visit_call_login()
+    raw = {tp.event_id: encode_touchpoint(tp) for tp in (visit, call, login)}
+    now = datetime.now(UTC)
+    predecessor = LiveReconstruction(Reconstruction(RULES, IdentityPolicy(), JourneyPolicy()))
+    published = list(
+        state_messages(predecessor.admit_batch([visit, call]), predecessor.reconstruction, raw, now)
+    )
+    successor = LiveReconstruction(Reconstruction(RULES, IdentityPolicy(), JourneyPolicy()))
+    successor.reconstruction.admit_all([visit, call, login])
+    snapshot = list(snapshot_messages(successor.rebuild_result(), successor.reconstruction, raw, now))
+    assert len(snapshot) > 3  # begin, state messages, end
+
+    client = connect(dsn)
+    migrate(client)
+    config = sink_config(kafka_bootstrap, topics, topic_prefix, max_messages=2)
+    for part in (published + snapshot[:2], snapshot[2:]):  # the first sink stops inside the snapshot
+        producer = make_producer(kafka_bootstrap)
+        for key, value in part:
+            producer.send(topics.state, key=key, value=value)
+        producer.flush()
+        producer.close()
+        summary = run_sink(lambda: client, config)
+
+    assert summary.journeys_deleted == 1, "the phone-only caller's journey, retired by the second sink"
+    (customer,) = successor.reconstruction.graph.customers()
+    assert client.query("SELECT customer_id, touchpoint_count FROM journeys").result_rows == [(customer, 3)]
