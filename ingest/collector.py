@@ -24,7 +24,10 @@ unauthenticated requests (`JOURNEYS_COLLECTOR_INSECURE`, a warning at start).
 Credentials come from the environment or `*_FILE` files (`ingest.secrets`).
 
 Every endpoint is rate limited per client address (token buckets,
-`RateLimiter`): 429 with `Retry-After` past the limit.
+`RateLimiter`): 429 with `Retry-After` past the limit. The address is the TCP
+peer's, or, when that peer is a trusted proxy
+(`JOURNEYS_COLLECTOR_TRUSTED_PROXIES`), the client it names in
+`X-Forwarded-For` (`client_address`).
 
 Answers: 200 with `{"accepted": n, "rejected": [...]}` when at least one
 record is valid (the raw record goes on its channel's raw topic unchanged;
@@ -47,12 +50,13 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import ipaddress
 import logging
 import math
 import os
 import threading
 import time
-from collections.abc import Awaitable, Callable, Hashable, Mapping
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -82,6 +86,7 @@ ENDPOINTS_ENV = "JOURNEYS_COLLECTOR_ENDPOINTS"
 INSECURE_ENV = "JOURNEYS_COLLECTOR_INSECURE"
 RATE_ENV = "JOURNEYS_COLLECTOR_RATE"
 BURST_ENV = "JOURNEYS_COLLECTOR_BURST"
+TRUSTED_PROXIES_ENV = "JOURNEYS_COLLECTOR_TRUSTED_PROXIES"
 # Generous: a client address may send 100 requests a second sustained, 1,000 at once.
 DEFAULT_RATE = 100.0
 DEFAULT_BURST = 1000
@@ -115,6 +120,75 @@ class CollectorConfigError(ValueError):
     """The collector cannot start as configured; the message says what to set (never a secret)."""
 
 
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def parse_networks(text: str, variable: str) -> tuple[Network, ...]:
+    """The addresses and CIDR networks of a comma- or space-separated list (a lone address is a /32 or /128).
+
+    Raises `CollectorConfigError` naming `variable` and every entry that is
+    not one, including a network with host bits set (`10.0.0.1/8`: did the
+    operator mean 10.0.0.0/8 or the one host?).
+    """
+    networks: list[Network] = []
+    wrong: list[str] = []
+    for entry in text.replace(",", " ").split():
+        try:
+            networks.append(ipaddress.ip_network(entry))
+        except ValueError as exc:
+            wrong.append(str(exc))
+    if wrong:
+        raise CollectorConfigError(
+            f"{variable} must list IP addresses or CIDR networks (e.g. 10.0.0.0/8, 2001:db8::/32): "
+            + "; ".join(wrong)
+        )
+    return tuple(networks)
+
+
+def _address(text: str | None) -> Address | None:
+    """The IP address in `text`, else None; IPv4-mapped IPv6 (a dual-stack socket's IPv4 peer) as IPv4."""
+    try:
+        address = ipaddress.ip_address((text or "").strip())
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def client_address(peer: str | None, forwarded_for: Iterable[str], trusted: Sequence[Network]) -> str:
+    """The client a request is rate limited as: the TCP peer, unless that is a trusted proxy.
+
+    `peer` is aiohttp's `request.remote`: the socket's peer address (None once
+    the transport is gone; not an address on a Unix socket), never anything a
+    header said. Only when it lies in `trusted` is `X-Forwarded-For` read
+    (`forwarded_for`: every such header line, in order, as proxies may add a
+    line rather than extend one): the client is the right-most address that
+    is not itself a trusted proxy, since each proxy appends the peer it saw
+    and everything left of the first untrusted one is whatever that client
+    chose to send. When every hop is trusted, the left-most one is the client.
+    A malformed hop (`unknown`, a port, a name) leaves the peer: nothing
+    beyond it can be trusted. Addresses come back normalised, so one client
+    has one bucket however its address is spelled.
+    """
+    address = _address(peer)
+    if address is None:
+        return peer or ""
+    if not any(address in network for network in trusted):
+        return str(address)
+    client = address
+    hops = [hop for line in forwarded_for for hop in line.split(",")]
+    for hop in reversed(hops):
+        forwarded = _address(hop)
+        if forwarded is None:
+            return str(address)
+        client = forwarded
+        if not any(forwarded in network for network in trusted):
+            break
+    return str(client)
+
+
 @dataclass(frozen=True)
 class CollectorConfig:
     """Where records go, the providers' credentials and the limits; `from_env` reads the documented variables.
@@ -141,6 +215,8 @@ class CollectorConfig:
     insecure: frozenset[str] = frozenset()  # enabled endpoints allowed to run without a credential
     rate: float = DEFAULT_RATE  # requests a second per client address and endpoint; 0 = no limit
     burst: int = DEFAULT_BURST  # requests a client may send at once before the rate applies
+    # Peers whose X-Forwarded-For names the client to rate limit (`client_address`); none by default.
+    trusted_proxies: tuple[Network, ...] = ()
     clock: Callable[[], float] = field(default=time.monotonic, repr=False, compare=False)
 
     @classmethod
@@ -180,6 +256,7 @@ class CollectorConfig:
             insecure=_endpoint_names(env, INSECURE_ENV),
             rate=number(RATE_ENV, DEFAULT_RATE),
             burst=int(number(BURST_ENV, DEFAULT_BURST)),
+            trusted_proxies=parse_networks(env.get(TRUSTED_PROXIES_ENV, ""), TRUSTED_PROXIES_ENV),
             **credentials,
         )
         return config if not overrides else type(config)(**{**config.__dict__, **overrides})
@@ -417,13 +494,19 @@ class Collector:
 
         Before authentication, so a flood of wrong credentials is limited too;
         per endpoint, so one provider's burst never holds up another's. The
-        address is the TCP peer (behind a proxy: the proxy's) and is only a
-        bucket's name in memory: never logged, never in an answer.
+        address is the TCP peer's, or behind a trusted proxy the client's it
+        forwards for (`client_address`), and is only a bucket's name in
+        memory: never logged, never in an answer.
         """
 
         async def limited_handler(request: web.Request) -> web.Response:
             if self._limiter is not None:
-                waiting = self._limiter.wait((endpoint, request.remote or ""))
+                client = client_address(
+                    request.remote,
+                    request.headers.getall("X-Forwarded-For", ()),
+                    self.config.trusted_proxies,
+                )
+                waiting = self._limiter.wait((endpoint, client))
                 if waiting > 0:
                     return _problem(
                         429,

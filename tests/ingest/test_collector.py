@@ -33,11 +33,14 @@ from ingest.collector import (
     CREDENTIALS,
     SEGMENT_CALL_LIMIT,
     SERVER_OPTIONS,
+    TRUSTED_PROXIES_ENV,
     CollectorConfig,
     CollectorConfigError,
     KafkaSender,
     RateLimiter,
+    client_address,
     create_collector,
+    parse_networks,
     twilio_signature,
 )
 from ingest.context import IngestContext
@@ -297,7 +300,7 @@ def credential_free_env(monkeypatch: pytest.MonkeyPatch) -> None:
         for _, variable in needed:
             monkeypatch.delenv(variable, raising=False)
             monkeypatch.delenv(variable + "_FILE", raising=False)
-    for variable in ("JOURNEYS_COLLECTOR_ENDPOINTS", "JOURNEYS_COLLECTOR_INSECURE"):
+    for variable in ("JOURNEYS_COLLECTOR_ENDPOINTS", "JOURNEYS_COLLECTOR_INSECURE", TRUSTED_PROXIES_ENV):
         monkeypatch.delenv(variable, raising=False)
 
 
@@ -506,6 +509,124 @@ def test_a_client_over_the_rate_limit_gets_429_and_others_are_unaffected(
     # The client address names a bucket and nothing else (kafka-python's records name the broker's).
     ours = [r for r in caplog.records if r.name.startswith(("journeys", "aiohttp"))]
     assert not any("127.0.0" in r.getMessage() + repr(vars(r)) for r in ours)
+
+
+PROXIES = parse_networks("127.0.0.1, 10.0.0.0/8, 2001:db8::/64", TRUSTED_PROXIES_ENV)
+
+
+@pytest.mark.parametrize(
+    ("peer", "forwarded_for", "client"),
+    [
+        # An untrusted peer is the client, whatever it claims to forward for.
+        ("192.0.2.1", [], "192.0.2.1"),
+        ("192.0.2.1", ["198.51.100.1"], "192.0.2.1"),
+        ("192.0.2.1", ["198.51.100.1, 10.0.0.1"], "192.0.2.1"),
+        # A trusted peer: the right-most hop that is not a trusted proxy.
+        ("127.0.0.1", [], "127.0.0.1"),
+        ("127.0.0.1", ["198.51.100.1"], "198.51.100.1"),
+        ("127.0.0.1", ["198.51.100.1, 10.1.2.3"], "198.51.100.1"),  # load balancer, then a second proxy
+        ("10.0.0.7", ["198.51.100.1, 10.1.2.3, 10.4.5.6"], "198.51.100.1"),
+        ("127.0.0.1", ["6.6.6.6, 198.51.100.1, 10.1.2.3"], "198.51.100.1"),  # the client's own forgery
+        ("127.0.0.1", ["10.9.9.9, 10.1.2.3"], "10.9.9.9"),  # every hop trusted: the left-most
+        ("127.0.0.1", ["6.6.6.6", "198.51.100.1, 10.1.2.3"], "198.51.100.1"),  # one header line a proxy
+        ("127.0.0.1", [" 198.51.100.1 ,10.1.2.3 "], "198.51.100.1"),
+        # Malformed hops on the trusted side leave the peer.
+        ("127.0.0.1", ["unknown"], "127.0.0.1"),
+        ("127.0.0.1", ["198.51.100.1:4711"], "127.0.0.1"),
+        ("127.0.0.1", ["198.51.100.1, garbage"], "127.0.0.1"),
+        ("127.0.0.1", ["198.51.100.1,,10.1.2.3"], "127.0.0.1"),
+        ("127.0.0.1", [""], "127.0.0.1"),
+        ("127.0.0.1", ["garbage, 198.51.100.1"], "198.51.100.1"),  # left of the client: never read
+        # request.remote as aiohttp gives it: a dual-stack socket's IPv4 peer, IPv6, no transport.
+        ("::ffff:127.0.0.1", ["198.51.100.1"], "198.51.100.1"),
+        ("::ffff:192.0.2.1", ["198.51.100.1"], "192.0.2.1"),
+        ("2001:db8::5", ["2001:DB8:0:1::9"], "2001:db8:0:1::9"),
+        ("2001:db8:1::5", ["198.51.100.1"], "2001:db8:1::5"),
+        (None, ["198.51.100.1"], ""),
+    ],
+)
+def test_the_client_behind_trusted_proxies(peer: str | None, forwarded_for: list[str], client: str) -> None:
+    assert client_address(peer, forwarded_for, PROXIES) == client
+    assert client_address(peer, forwarded_for, ()) == (client_address(peer, [], ()))  # trusting nobody
+
+
+def test_behind_a_trusted_proxy_each_forwarded_client_has_its_own_limit(
+    kafka_bootstrap: str, topics: Topics, pii_key: str, read_back: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The test client's 127.0.0.1 is the load balancer; 127.0.0.2 is a client that reaches us directly."""
+    import aiohttp
+    from multidict import CIMultiDict
+
+    social = fixture("social/export.jsonl").splitlines()[0]
+    clock = Clock()
+
+    def forwarded(*lines: str) -> CIMultiDict[str]:
+        return CIMultiDict([*SOCIAL.items(), *(("X-Forwarded-For", line) for line in lines)])
+
+    async def call(client: TestClient) -> None:
+        async def status(*lines: str) -> int:
+            return (await client.post("/social", data=social, headers=forwarded(*lines))).status
+
+        # Through the proxy: one bucket per forwarded client (burst 1).
+        assert await status("198.51.100.1") == 200
+        assert await status("198.51.100.1") == 429
+        assert await status("198.51.100.2") == 200
+        # A chain: the load balancer's own hop (10.1.2.3) is skipped, and so is what the client forged.
+        assert await status("203.0.113.9, 10.1.2.3") == 200
+        assert await status("6.6.6.6, 203.0.113.9, 10.1.2.3") == 429
+        assert await status("6.6.6.6", "203.0.113.9, 10.1.2.3") == 429  # a header line of its own
+        # Malformed: the proxy's own bucket, shared with requests it did not forward for anyone.
+        assert await status("unknown") == 200
+        assert await status() == 429
+        # Straight to the collector, not through the proxy: a forged header changes nothing.
+        connector = aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))
+        async with aiohttp.ClientSession(connector=connector) as direct:
+            for spoofed, expected in (("198.51.100.3", 200), ("198.51.100.4", 429), ("127.0.0.1", 429)):
+                response = await direct.post(
+                    client.make_url("/social"), data=social, headers=forwarded(spoofed)
+                )
+                assert response.status == expected, spoofed
+
+    with caplog.at_level(logging.DEBUG, logger="journeys"):
+        serve(
+            kafka_bootstrap,
+            topics,
+            pii_key,
+            call,
+            rate=0.01,
+            burst=1,
+            clock=clock,
+            trusted_proxies=parse_networks("127.0.0.1 10.0.0.0/8", TRUSTED_PROXIES_ENV),
+        )
+    assert len(read_back(kafka_bootstrap, topics.raw("social"), count=5)) == 5
+    logged = " ".join(r.getMessage() + repr(vars(r)) for r in caplog.records if r.name.startswith("journeys"))
+    assert not any(a in logged for a in ("198.51.100", "203.0.113", "127.0.0", "6.6.6.6"))
+
+
+def test_trusted_proxies_are_checked_at_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from processors.cli import app
+
+    config = CollectorConfig.from_env({TRUSTED_PROXIES_ENV: "10.0.0.0/8, 192.168.1.10 fd00::/8"})
+    assert [str(n) for n in config.trusted_proxies] == ["10.0.0.0/8", "192.168.1.10/32", "fd00::/8"]
+    assert CollectorConfig.from_env({}).trusted_proxies == ()  # default: nobody
+    for wrong in ("10.0.0.0/33", "10.0.0.1/8", "proxy.internal", "10.0.0.0/8;10.1.0.0/16"):
+        with pytest.raises(CollectorConfigError, match=TRUSTED_PROXIES_ENV) as refused:
+            CollectorConfig.from_env({TRUSTED_PROXIES_ENV: f"127.0.0.1, {wrong}"})
+        assert wrong.split(";")[0] in str(refused.value)
+    with pytest.raises(CollectorConfigError, match="has host bits set"):
+        CollectorConfig.from_env({TRUSTED_PROXIES_ENV: "10.0.0.1/8"})
+
+    # `journeys collect` says so and exits 2 before it ever tries Kafka.
+    credential_free_env(monkeypatch)
+    monkeypatch.setenv("JOURNEYS_SEGMENT_WRITE_KEY", WRITE_KEY)
+    monkeypatch.setenv("JOURNEYS_COLLECTOR_ENDPOINTS", "segment")
+    monkeypatch.setenv(TRUSTED_PROXIES_ENV, "10.0.0.0/33")
+    monkeypatch.setattr("processors.logs.configure", lambda *_: None)
+    result = CliRunner().invoke(app, ["collect", "--kafka", "127.0.0.1:9"])
+    assert result.exit_code == 2, result.output
+    assert TRUSTED_PROXIES_ENV in result.output and "10.0.0.0/33" in result.output
 
 
 def test_no_personal_data_or_secret_reaches_a_log_record(
