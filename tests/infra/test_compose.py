@@ -125,12 +125,15 @@ def test_the_collector_gets_every_variable_it_reads_and_no_secret_default() -> N
         CREDENTIALS,
         ENDPOINTS_ENV,
         INSECURE_ENV,
+        PREVIOUS_SUFFIX,
         RATE_ENV,
         TRUSTED_PROXIES_ENV,
     )
 
     environment = SERVICES["collector"]["environment"]
-    secrets = [variable for needed in CREDENTIALS.values() for _, variable in needed]
+    secrets = [c.variable for needed in CREDENTIALS.values() for c in needed]
+    # The old value during a rotation, for every credential that has one (docs/deploy.md).
+    secrets += [c.variable + PREVIOUS_SUFFIX for needed in CREDENTIALS.values() for c in needed if c.rotates]
     for variable in (
         *secrets,
         *(v + "_FILE" for v in secrets),

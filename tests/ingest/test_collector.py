@@ -15,7 +15,7 @@ import itertools
 import logging
 import socket
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -30,6 +30,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ingest.collector import (
+    CREDENTIAL_OF_FIELD,
     CREDENTIALS,
     SEGMENT_CALL_LIMIT,
     SERVER_OPTIONS,
@@ -84,10 +85,10 @@ def sendgrid_signed(body: bytes, timestamp: int | None = None) -> dict[str, str]
     }
 
 
-def meta_signed(body: bytes) -> dict[str, str]:
+def meta_signed(body: bytes, app_secret: str = META_SECRET) -> dict[str, str]:
     return {
         **JSON,
-        "X-Hub-Signature-256": "sha256=" + hmac.new(META_SECRET.encode(), body, "sha256").hexdigest(),
+        "X-Hub-Signature-256": "sha256=" + hmac.new(app_secret.encode(), body, "sha256").hexdigest(),
     }
 
 
@@ -296,8 +297,8 @@ def test_twilio_behind_a_proxy_signs_the_public_url(
 
 def credential_free_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """No provider credential, endpoint choice or rate setting from the machine running the tests."""
-    for needed in CREDENTIALS.values():
-        for _, variable in needed:
+    for credential in CREDENTIAL_OF_FIELD.values():
+        for variable in (credential.variable, credential.variable + "_PREVIOUS"):
             monkeypatch.delenv(variable, raising=False)
             monkeypatch.delenv(variable + "_FILE", raising=False)
     for variable in ("JOURNEYS_COLLECTOR_ENDPOINTS", "JOURNEYS_COLLECTOR_INSECURE", TRUSTED_PROXIES_ENV):
@@ -315,9 +316,8 @@ def test_an_endpoint_without_its_credential_refuses_to_start(
     with pytest.raises(CollectorConfigError) as refused:
         bare.check()
     message = str(refused.value)
-    for needed in CREDENTIALS.values():
-        for _, variable in needed:
-            assert f"{variable} (or {variable}_FILE)" in message
+    for credential in CREDENTIAL_OF_FIELD.values():
+        assert f"{credential.variable} (or {credential.variable}_FILE)" in message
     assert "JOURNEYS_COLLECTOR_ENDPOINTS" in message and "JOURNEYS_COLLECTOR_INSECURE" in message
     context = IngestContext(hasher=PiiHasher(pii_key))
     with pytest.raises(CollectorConfigError):  # the app itself cannot be made open by mistake
@@ -350,11 +350,10 @@ def test_an_endpoint_without_its_credential_refuses_to_start(
 
 def test_credentials_come_from_the_environment_or_files(tmp_path: Path) -> None:
     files = {}
-    for needed in CREDENTIALS.values():
-        for config_field, variable in needed:
-            path = tmp_path / variable.lower()
-            path.write_text(f"{config_field}-from-file\n")  # Docker secrets end in a newline
-            files[variable + "_FILE"] = str(path)
+    for config_field, variable, _ in CREDENTIAL_OF_FIELD.values():
+        path = tmp_path / variable.lower()
+        path.write_text(f"{config_field}-from-file\n")  # Docker secrets end in a newline
+        files[variable + "_FILE"] = str(path)
     files["JOURNEYS_SENDGRID_VERIFICATION_KEY_FILE"] = ""
     config = CollectorConfig.from_env(
         {**files, "JOURNEYS_SENDGRID_VERIFICATION_KEY": PUBLIC_KEY, "JOURNEYS_TWILIO_AUTH_TOKEN": "env-wins"}
@@ -391,6 +390,144 @@ def test_credentials_come_from_the_environment_or_files(tmp_path: Path) -> None:
     assert (chosen.rate, chosen.burst) == (2.5, 10)
     with pytest.raises(CollectorConfigError, match="JOURNEYS_COLLECTOR_RATE must be a number"):
         CollectorConfig.from_env({"JOURNEYS_COLLECTOR_RATE": "fast"})
+
+
+# The credentials a rotation replaces (the ones `serve` configures) and the ones it retires.
+NEW_CREDENTIALS = {
+    "segment_write_key": WRITE_KEY,
+    "twilio_auth_token": TWILIO_TOKEN,
+    "social_token": SOCIAL_TOKEN,
+    "meta_app_secret": META_SECRET,
+    "meta_verify_token": META_VERIFY,
+}
+OLD_CREDENTIALS = {name: f"old-{name}-7f3a" for name in NEW_CREDENTIALS}
+
+
+async def authenticate_everywhere(client: TestClient, credentials: Mapping[str, str]) -> dict[str, int]:
+    """One valid request at each endpoint with a shared secret, made with `credentials`: the statuses."""
+    twilio = fixture("twilio/inbound_call.txt").splitlines()[0]
+    meta = fixture("meta/messenger.json")
+    url = str(client.make_url("/twilio/voice/status"))
+    requests = {
+        "segment_write_key": client.post(
+            "/v1/track",
+            data=fixture("segment/track_order_completed.json"),
+            headers={**JSON, **basic(credentials["segment_write_key"])},
+        ),
+        "twilio_auth_token": client.post(
+            "/twilio/voice/status",
+            data=twilio,
+            headers={
+                **FORM,
+                "X-Twilio-Signature": twilio_signature(credentials["twilio_auth_token"], url, twilio),
+            },
+        ),
+        "social_token": client.post(
+            "/social",
+            data=fixture("social/export.jsonl").splitlines()[0],
+            headers={**JSON, "Authorization": f"Bearer {credentials['social_token']}"},
+        ),
+        "meta_app_secret": client.post(
+            "/meta/webhook", data=meta, headers=meta_signed(meta, credentials["meta_app_secret"])
+        ),
+        "meta_verify_token": client.get(
+            "/meta/webhook",
+            params={
+                "hub.mode": "subscribe",
+                "hub.verify_token": credentials["meta_verify_token"],
+                "hub.challenge": "5",
+            },
+        ),
+    }
+    return {name: (await request).status for name, request in requests.items()}
+
+
+def test_during_a_rotation_the_previous_credential_is_accepted_until_it_is_removed(
+    kafka_bootstrap: str, topics: Topics, pii_key: str, read_back: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Every shared secret is exercised: a new one without a rotation test fails here.
+    assert set(OLD_CREDENTIALS) == {c.config_field for c in CREDENTIAL_OF_FIELD.values() if c.rotates}
+    ok = dict.fromkeys(NEW_CREDENTIALS, 200)
+
+    async def rotating(client: TestClient) -> None:
+        assert await authenticate_everywhere(client, NEW_CREDENTIALS) == ok
+        assert await authenticate_everywhere(client, OLD_CREDENTIALS) == ok
+
+    async def rotated(client: TestClient) -> None:
+        assert await authenticate_everywhere(client, NEW_CREDENTIALS) == ok
+        assert await authenticate_everywhere(client, OLD_CREDENTIALS) == {
+            "segment_write_key": 401,
+            "twilio_auth_token": 403,
+            "social_token": 401,
+            "meta_app_secret": 403,
+            "meta_verify_token": 403,
+        }
+
+    with caplog.at_level(logging.DEBUG, logger="journeys"):
+        serve(kafka_bootstrap, topics, pii_key, rotating, previous=OLD_CREDENTIALS)
+        access = [r for r in caplog.records if r.name == "journeys.collector.access"]
+        # The access log says which requests still use the old credential (never the credential).
+        assert [getattr(r, "credential", None) for r in access] == [None] * 5 + ["previous"] * 5
+        assert "credential=previous" in access[-1].getMessage()
+        caplog.clear()
+        serve(kafka_bootstrap, topics, pii_key, rotated)  # `_PREVIOUS` removed, the collector restarted
+    assert not any(hasattr(r, "credential") for r in caplog.records)
+    # Each accepted POST is one raw record: 4 endpoints x (new, old, new).
+    assert len(read_back(kafka_bootstrap, *topics.all_raw, count=12)) == 12
+    assert read_back(kafka_bootstrap, topics.dead_letters) == []
+    logged = " ".join(r.getMessage() + repr(vars(r)) for r in caplog.records)
+    assert not any(value in logged for value in (*OLD_CREDENTIALS.values(), *NEW_CREDENTIALS.values()))
+
+
+def test_previous_credentials_come_from_the_environment_or_files(tmp_path: Path) -> None:
+    old_token = tmp_path / "old_social_token"
+    old_token.write_text("old-social-from-file\n")
+    config = CollectorConfig.from_env(
+        {
+            "JOURNEYS_COLLECTOR_ENDPOINTS": "segment social",
+            "JOURNEYS_SEGMENT_WRITE_KEY": "wk_new",
+            "JOURNEYS_SEGMENT_WRITE_KEY_PREVIOUS": "wk_old",
+            "JOURNEYS_SOCIAL_TOKEN": "new-social",
+            "JOURNEYS_SOCIAL_TOKEN_PREVIOUS_FILE": str(old_token),
+        }
+    )
+    assert config.accepted("segment_write_key") == ("wk_new", "wk_old")  # the current one first
+    assert config.accepted("social_token") == ("new-social", "old-social-from-file")
+    assert config.accepted("twilio_auth_token") == ()
+    assert config.check() == []
+    assert "wk_old" not in repr(config) and "old-social" not in repr(config)
+    with pytest.raises(CollectorConfigError, match="JOURNEYS_META_APP_SECRET_PREVIOUS_FILE"):
+        CollectorConfig.from_env({"JOURNEYS_META_APP_SECRET_PREVIOUS_FILE": str(tmp_path / "nowhere")})
+
+    # A previous credential without a current one would leave the endpoint checking nothing (or
+    # refusing everything): refused, also when the endpoint is insecure or switched off.
+    for endpoints, insecure in (("twilio", ""), ("twilio", "twilio"), ("segment", "")):
+        orphan = CollectorConfig.from_env(
+            {
+                "JOURNEYS_COLLECTOR_ENDPOINTS": endpoints,
+                "JOURNEYS_COLLECTOR_INSECURE": insecure,
+                "JOURNEYS_SEGMENT_WRITE_KEY": "wk_new",
+                "JOURNEYS_TWILIO_AUTH_TOKEN_PREVIOUS": "old-token",
+            }
+        )
+        with pytest.raises(
+            CollectorConfigError,
+            match="JOURNEYS_TWILIO_AUTH_TOKEN_PREVIOUS is set without JOURNEYS_TWILIO_AUTH_TOKEN",
+        ):
+            orphan.check()
+    # SendGrid's key is public and SendGrid signs with one key at a time: no previous key.
+    sendgrid = CollectorConfig.from_env(
+        {
+            "JOURNEYS_COLLECTOR_ENDPOINTS": "sendgrid",
+            "JOURNEYS_SENDGRID_VERIFICATION_KEY": PUBLIC_KEY,
+            "JOURNEYS_SENDGRID_VERIFICATION_KEY_PREVIOUS": PUBLIC_KEY,
+        }
+    )
+    with pytest.raises(CollectorConfigError, match="SENDGRID_VERIFICATION_KEY_PREVIOUS is not supported"):
+        sendgrid.check()
+    not_a_credential = CollectorConfig(bootstrap="127.0.0.1:9", previous={"public_url": "https://old"})
+    with pytest.raises(CollectorConfigError, match="'public_url' is not a credential"):
+        not_a_credential.check()
 
 
 def test_insecure_endpoints_are_named_loudly_and_disabled_ones_are_gone(
