@@ -22,9 +22,14 @@ An operator enables only some endpoints (`JOURNEYS_COLLECTOR_ENDPOINTS`) or,
 for local development only, lets named endpoints without a credential take
 unauthenticated requests (`JOURNEYS_COLLECTOR_INSECURE`, a warning at start).
 Credentials come from the environment or `*_FILE` files (`ingest.secrets`).
+During a rotation a shared secret's previous value (`NAME_PREVIOUS`) is
+accepted alongside the current one (`CollectorConfig.accepted`).
 
 Every endpoint is rate limited per client address (token buckets,
-`RateLimiter`): 429 with `Retry-After` past the limit.
+`RateLimiter`): 429 with `Retry-After` past the limit. The address is the TCP
+peer's, or, when that peer is a trusted proxy
+(`JOURNEYS_COLLECTOR_TRUSTED_PROXIES`), the client it names in
+`X-Forwarded-For` (`client_address`).
 
 Answers: 200 with `{"accepted": n, "rejected": [...]}` when at least one
 record is valid (the raw record goes on its channel's raw topic unchanged;
@@ -36,9 +41,10 @@ over the rate limit; 503 with `Retry-After` when Kafka does not acknowledge in
 time.
 
 Every request gives one access-log line (logger `journeys.collector.access`)
-with method, path, status, duration, body size, the accepted/rejected counts
-and the refusal reason as `extra` fields; never a body, a query string (Meta's
-verify token travels in one), a credential or a client address.
+with method, path, status, duration, body size, the accepted/rejected counts,
+the refusal reason and `credential=previous` (a rotation's old credential was
+used) as `extra` fields; never a body, a query string (Meta's verify token
+travels in one), a credential or a client address.
 """
 
 from __future__ import annotations
@@ -47,16 +53,17 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import ipaddress
 import logging
 import math
 import os
 import threading
 import time
-from collections.abc import Awaitable, Callable, Hashable, Mapping
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import parse_qsl
 
 import orjson
@@ -82,21 +89,39 @@ ENDPOINTS_ENV = "JOURNEYS_COLLECTOR_ENDPOINTS"
 INSECURE_ENV = "JOURNEYS_COLLECTOR_INSECURE"
 RATE_ENV = "JOURNEYS_COLLECTOR_RATE"
 BURST_ENV = "JOURNEYS_COLLECTOR_BURST"
+TRUSTED_PROXIES_ENV = "JOURNEYS_COLLECTOR_TRUSTED_PROXIES"
 # Generous: a client address may send 100 requests a second sustained, 1,000 at once.
 DEFAULT_RATE = 100.0
 DEFAULT_BURST = 1000
 MAX_RATE_CLIENTS = 100_000  # buckets kept; the least recently seen client is forgotten past this
-# What each endpoint needs before it may start, as (CollectorConfig field, environment variable).
-CREDENTIALS: dict[str, tuple[tuple[str, str], ...]] = {
-    "segment": (("segment_write_key", "JOURNEYS_SEGMENT_WRITE_KEY"),),
-    "sendgrid": (("sendgrid_verification_key", "JOURNEYS_SENDGRID_VERIFICATION_KEY"),),
-    "twilio": (("twilio_auth_token", "JOURNEYS_TWILIO_AUTH_TOKEN"),),
-    "social": (("social_token", "JOURNEYS_SOCIAL_TOKEN"),),
+PREVIOUS_SUFFIX = "_PREVIOUS"
+
+
+class Credential(NamedTuple):
+    """A credential an endpoint checks: its `CollectorConfig` field and the variable that sets it."""
+
+    config_field: str
+    variable: str
+    # A shared secret: during a rotation `variable_PREVIOUS` (or the file in `variable_PREVIOUS_FILE`)
+    # holds the old value, accepted alongside the current one. SendGrid's verification key is a
+    # public key and SendGrid signs with one private key at a time: no previous key (docs/deploy.md).
+    rotates: bool = True
+
+
+# What each endpoint needs before it may start.
+CREDENTIALS: dict[str, tuple[Credential, ...]] = {
+    "segment": (Credential("segment_write_key", "JOURNEYS_SEGMENT_WRITE_KEY"),),
+    "sendgrid": (
+        Credential("sendgrid_verification_key", "JOURNEYS_SENDGRID_VERIFICATION_KEY", rotates=False),
+    ),
+    "twilio": (Credential("twilio_auth_token", "JOURNEYS_TWILIO_AUTH_TOKEN"),),
+    "social": (Credential("social_token", "JOURNEYS_SOCIAL_TOKEN"),),
     "meta": (
-        ("meta_app_secret", "JOURNEYS_META_APP_SECRET"),
-        ("meta_verify_token", "JOURNEYS_META_VERIFY_TOKEN"),
+        Credential("meta_app_secret", "JOURNEYS_META_APP_SECRET"),
+        Credential("meta_verify_token", "JOURNEYS_META_VERIFY_TOKEN"),
     ),
 }
+CREDENTIAL_OF_FIELD = {c.config_field: c for needed in CREDENTIALS.values() for c in needed}
 # How the HTTP server runs, in production and in the tests alike: aiohttp's own
 # access log would write client addresses and query strings (Meta's verify token).
 SERVER_OPTIONS: dict[str, Any] = {"access_log": None}
@@ -113,6 +138,75 @@ def _note(**fields: Any) -> None:
 
 class CollectorConfigError(ValueError):
     """The collector cannot start as configured; the message says what to set (never a secret)."""
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def parse_networks(text: str, variable: str) -> tuple[Network, ...]:
+    """The addresses and CIDR networks of a comma- or space-separated list (a lone address is a /32 or /128).
+
+    Raises `CollectorConfigError` naming `variable` and every entry that is
+    not one, including a network with host bits set (`10.0.0.1/8`: did the
+    operator mean 10.0.0.0/8 or the one host?).
+    """
+    networks: list[Network] = []
+    wrong: list[str] = []
+    for entry in text.replace(",", " ").split():
+        try:
+            networks.append(ipaddress.ip_network(entry))
+        except ValueError as exc:
+            wrong.append(str(exc))
+    if wrong:
+        raise CollectorConfigError(
+            f"{variable} must list IP addresses or CIDR networks (e.g. 10.0.0.0/8, 2001:db8::/32): "
+            + "; ".join(wrong)
+        )
+    return tuple(networks)
+
+
+def _address(text: str | None) -> Address | None:
+    """The IP address in `text`, else None; IPv4-mapped IPv6 (a dual-stack socket's IPv4 peer) as IPv4."""
+    try:
+        address = ipaddress.ip_address((text or "").strip())
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def client_address(peer: str | None, forwarded_for: Iterable[str], trusted: Sequence[Network]) -> str:
+    """The client a request is rate limited as: the TCP peer, unless that is a trusted proxy.
+
+    `peer` is aiohttp's `request.remote`: the socket's peer address (None once
+    the transport is gone; not an address on a Unix socket), never anything a
+    header said. Only when it lies in `trusted` is `X-Forwarded-For` read
+    (`forwarded_for`: every such header line, in order, as proxies may add a
+    line rather than extend one): the client is the right-most address that
+    is not itself a trusted proxy, since each proxy appends the peer it saw
+    and everything left of the first untrusted one is whatever that client
+    chose to send. When every hop is trusted, the left-most one is the client.
+    A malformed hop (`unknown`, a port, a name) leaves the peer: nothing
+    beyond it can be trusted. Addresses come back normalised, so one client
+    has one bucket however its address is spelled.
+    """
+    address = _address(peer)
+    if address is None:
+        return peer or ""
+    if not any(address in network for network in trusted):
+        return str(address)
+    client = address
+    hops = [hop for line in forwarded_for for hop in line.split(",")]
+    for hop in reversed(hops):
+        forwarded = _address(hop)
+        if forwarded is None:
+            return str(address)
+        client = forwarded
+        if not any(forwarded in network for network in trusted):
+            break
+    return str(client)
 
 
 @dataclass(frozen=True)
@@ -132,6 +226,9 @@ class CollectorConfig:
     social_token: str | None = field(default=None, repr=False)  # `Authorization: Bearer` on POST /social
     meta_verify_token: str | None = field(default=None, repr=False)
     meta_app_secret: str | None = field(default=None, repr=False)
+    # During a rotation, the old value of a credential by its field ("segment_write_key": …),
+    # accepted alongside the current one: `accepted` is the one place that combines them.
+    previous: Mapping[str, str] = field(default_factory=dict, repr=False)
     public_url: str | None = None  # the URL providers call, for Twilio signatures behind a proxy
     send_timeout: float = 10.0  # seconds to wait for Kafka's acknowledgement before answering 503
     segment_call_limit: int = SEGMENT_CALL_LIMIT
@@ -141,6 +238,8 @@ class CollectorConfig:
     insecure: frozenset[str] = frozenset()  # enabled endpoints allowed to run without a credential
     rate: float = DEFAULT_RATE  # requests a second per client address and endpoint; 0 = no limit
     burst: int = DEFAULT_BURST  # requests a client may send at once before the rate applies
+    # Peers whose X-Forwarded-For names the client to rate limit (`client_address`); none by default.
+    trusted_proxies: tuple[Network, ...] = ()
     clock: Callable[[], float] = field(default=time.monotonic, repr=False, compare=False)
 
     @classmethod
@@ -167,10 +266,12 @@ class CollectorConfig:
             except ValueError:
                 raise CollectorConfigError(f"{name} must be a number, got {text!r}") from None
 
-        credentials = {
-            config_field: secret(variable)
-            for needed in CREDENTIALS.values()
-            for config_field, variable in needed
+        credentials = {c.config_field: secret(c.variable) for c in CREDENTIAL_OF_FIELD.values()}
+        # Every credential's, so that `check` can refuse one that has no previous value (SendGrid's).
+        previous = {
+            c.config_field: old
+            for c in CREDENTIAL_OF_FIELD.values()
+            if (old := secret(c.variable + PREVIOUS_SUFFIX)) is not None
         }
         config = cls(
             bootstrap=bootstrap_from_env(env),
@@ -180,17 +281,28 @@ class CollectorConfig:
             insecure=_endpoint_names(env, INSECURE_ENV),
             rate=number(RATE_ENV, DEFAULT_RATE),
             burst=int(number(BURST_ENV, DEFAULT_BURST)),
+            trusted_proxies=parse_networks(env.get(TRUSTED_PROXIES_ENV, ""), TRUSTED_PROXIES_ENV),
+            previous=previous,
             **credentials,
         )
         return config if not overrides else type(config)(**{**config.__dict__, **overrides})
 
     def missing_credentials(self, endpoint: str) -> list[str]:
         """The environment variables `endpoint` needs that are not set."""
-        return [
-            variable
-            for config_field, variable in CREDENTIALS[endpoint]
-            if getattr(self, config_field) is None
-        ]
+        return [c.variable for c in CREDENTIALS[endpoint] if getattr(self, c.config_field) is None]
+
+    def accepted(self, config_field: str) -> tuple[str, ...]:
+        """Every value a check of the credential in `config_field` accepts, the current one first.
+
+        During a rotation the previous one follows it. Every handler asks here,
+        so this is the one place that says what an endpoint accepts; empty when
+        the credential is not configured (an endpoint named insecure).
+        """
+        current = getattr(self, config_field)
+        if current is None:
+            return ()
+        previous = self.previous.get(config_field)
+        return (current,) if previous is None else (current, previous)
 
     def check(self) -> list[str]:
         """Raise `CollectorConfigError` unless the collector may start; return the warnings to log.
@@ -208,6 +320,7 @@ class CollectorConfig:
             problems.append(f"no endpoint is enabled ({ENDPOINTS_ENV})")
         if self.rate < 0 or (self.rate > 0 and self.burst < 1):
             problems.append(f"{RATE_ENV} must be ≥ 0 (0 = no limit) and {BURST_ENV} ≥ 1")
+        problems.extend(self._rotation_problems())
         warnings: list[str] = []
         unauthenticated: list[str] = []
         for endpoint in (e for e in ENDPOINTS if e in self.endpoints):
@@ -246,6 +359,28 @@ class CollectorConfig:
         if problems:
             raise CollectorConfigError("the collector cannot start: " + " | ".join(problems))
         return warnings
+
+    def _rotation_problems(self) -> list[str]:
+        """A previous credential that cannot be accepted: one without a current one, or SendGrid's key."""
+        problems: list[str] = []
+        for config_field in sorted(self.previous):
+            credential = CREDENTIAL_OF_FIELD.get(config_field)
+            if credential is None:
+                problems.append(f"{config_field!r} is not a credential")
+                continue
+            current, old = credential.variable, credential.variable + PREVIOUS_SUFFIX
+            if not credential.rotates:
+                problems.append(
+                    f"{old} is not supported: SendGrid signs with one key at a time, so a previous "
+                    f"verification key verifies nothing it sends; put the new key in {current} "
+                    "(docs/deploy.md, rotating provider credentials)"
+                )
+            elif getattr(self, config_field) is None:
+                problems.append(
+                    f"{old} is set without {current}: during a rotation {current} holds the new "
+                    f"credential and {old} the old one"
+                )
+        return problems
 
 
 def _endpoint_names(env: Mapping[str, str], variable: str) -> frozenset[str]:
@@ -417,13 +552,19 @@ class Collector:
 
         Before authentication, so a flood of wrong credentials is limited too;
         per endpoint, so one provider's burst never holds up another's. The
-        address is the TCP peer (behind a proxy: the proxy's) and is only a
-        bucket's name in memory: never logged, never in an answer.
+        address is the TCP peer's, or behind a trusted proxy the client's it
+        forwards for (`client_address`), and is only a bucket's name in
+        memory: never logged, never in an answer.
         """
 
         async def limited_handler(request: web.Request) -> web.Response:
             if self._limiter is not None:
-                waiting = self._limiter.wait((endpoint, request.remote or ""))
+                client = client_address(
+                    request.remote,
+                    request.headers.getall("X-Forwarded-For", ()),
+                    self.config.trusted_proxies,
+                )
+                waiting = self._limiter.wait((endpoint, client))
                 if waiting > 0:
                     return _problem(
                         429,
@@ -474,8 +615,8 @@ class Collector:
     # lets an endpoint run without one only when the operator named it insecure.
 
     async def segment(self, request: web.Request) -> web.Response:
-        key = self.config.segment_write_key
-        if key is not None and not _basic_user_matches(request, key):
+        keys = self.config.accepted("segment_write_key")
+        if keys and not _authentic(_basic_user(request), keys):
             return _problem(
                 401,
                 "missing or wrong write key (HTTP Basic, write key as user name)",
@@ -508,16 +649,15 @@ class Collector:
         body = await _body(request, "application/x-www-form-urlencoded", self.config.webhook_limit)
         if isinstance(body, web.Response):
             return body
-        token = self.config.twilio_auth_token
-        if token is not None:
+        tokens = self.config.accepted("twilio_auth_token")
+        if tokens:
             url = (
                 (self.config.public_url.rstrip("/") + request.path_qs)
                 if self.config.public_url
                 else str(request.url)
             )
-            expected = twilio_signature(token, url, body)
-            given = request.headers.get("X-Twilio-Signature", "")
-            if not _same(expected, given):
+            expected = [twilio_signature(token, url, body) for token in tokens]
+            if not _authentic(request.headers.get("X-Twilio-Signature"), expected):
                 return _problem(
                     403, "X-Twilio-Signature does not match (check JOURNEYS_COLLECTOR_PUBLIC_URL)"
                 )
@@ -526,8 +666,8 @@ class Collector:
     # -- social
 
     async def social(self, request: web.Request) -> web.Response:
-        token = self.config.social_token
-        if token is not None and not _bearer_matches(request, token):
+        tokens = self.config.accepted("social_token")
+        if tokens and not _authentic(_bearer(request), tokens):
             return _problem(
                 401,
                 "missing or wrong bearer token (Authorization: Bearer)",
@@ -542,11 +682,11 @@ class Collector:
 
     async def meta_verify(self, request: web.Request) -> web.Response:
         query = request.query
-        token = self.config.meta_verify_token
-        if token is None:
+        tokens = self.config.accepted("meta_verify_token")
+        if not tokens:
             # Only when the operator allowed Meta unauthenticated: there is nothing to compare with.
             return _problem(503, "the Meta handshake is not configured (set JOURNEYS_META_VERIFY_TOKEN)")
-        if query.get("hub.mode") != "subscribe" or not _same(query.get("hub.verify_token", ""), token):
+        if query.get("hub.mode") != "subscribe" or not _authentic(query.get("hub.verify_token"), tokens):
             return _problem(403, "hub.mode must be subscribe and hub.verify_token must match")
         return web.Response(text=query.get("hub.challenge", ""))
 
@@ -554,10 +694,12 @@ class Collector:
         body = await _body(request, "application/json", self.config.webhook_limit)
         if isinstance(body, web.Response):
             return body
-        secret = self.config.meta_app_secret
-        if secret is not None:
-            expected = "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-            if not _same(expected, request.headers.get("X-Hub-Signature-256", "")):
+        secrets = self.config.accepted("meta_app_secret")
+        if secrets:
+            expected = [
+                "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest() for secret in secrets
+            ]
+            if not _authentic(request.headers.get("X-Hub-Signature-256"), expected):
                 return _problem(403, "X-Hub-Signature-256 does not match the app secret")
         return await self.accept(request, body, "meta")
 
@@ -661,12 +803,14 @@ async def access_log(request: web.Request, handler: Any) -> web.StreamResponse:
             f" accepted={fields['accepted']} rejected={fields['rejected']}" if "accepted" in outcome else ""
         )
         because = f" ({outcome['reason']})" if "reason" in outcome else ""
+        previous = " credential=previous" if "credential" in outcome else ""
         access.log(
             logging.WARNING if status >= 500 else logging.INFO,
-            "%s %s %d%s%s %.1f ms",
+            "%s %s %d%s%s%s %.1f ms",
             request.method,
             path,
             status,
+            previous,
             counts,
             because,
             fields["duration_ms"],
@@ -677,15 +821,36 @@ async def access_log(request: web.Request, handler: Any) -> web.StreamResponse:
 # -- provider conventions
 
 
-def _basic_user_matches(request: web.Request, write_key: str) -> bool:
+def _basic_user(request: web.Request) -> str | None:
+    """The user name of HTTP Basic authentication (Segment's write key), if the request has one."""
     header = request.headers.get("Authorization", "")
     if not header.startswith("Basic "):
-        return False
+        return None
     try:
-        user = base64.b64decode(header[6:], validate=True).decode("utf-8").split(":", 1)[0]
+        return base64.b64decode(header[6:], validate=True).decode("utf-8").split(":", 1)[0]
     except (ValueError, UnicodeDecodeError):
+        return None
+
+
+def _bearer(request: web.Request) -> str | None:
+    header = request.headers.get("Authorization", "")
+    return header[7:].strip() if header.startswith("Bearer ") else None
+
+
+def _authentic(given: str | None, expected: Sequence[str]) -> bool:
+    """`given` equals one of `expected`: what `CollectorConfig.accepted` allows, the current one first.
+
+    Each comparison is constant-time and all of them are made, so the time
+    taken does not say which one matched. A match of any but the first (the
+    previous credential, during a rotation) is noted in the access log, so an
+    operator sees when the old one is no longer used and can be removed.
+    """
+    if given is None:
         return False
-    return _same(user, write_key)
+    matches = [_same(given, candidate) for candidate in expected]
+    if any(matches[1:]) and not matches[0]:
+        _note(credential="previous")
+    return any(matches)
 
 
 def _same(given: str, expected: str) -> bool:
@@ -693,11 +858,6 @@ def _same(given: str, expected: str) -> bool:
     return hmac.compare_digest(
         given.encode("utf-8", "surrogateescape"), expected.encode("utf-8", "surrogateescape")
     )
-
-
-def _bearer_matches(request: web.Request, token: str) -> bool:
-    header = request.headers.get("Authorization", "")
-    return header.startswith("Bearer ") and _same(header[7:].strip(), token)
 
 
 def _with_type(body: bytes, call: str) -> bytes:

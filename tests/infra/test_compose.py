@@ -120,10 +120,20 @@ def test_every_variable_is_documented() -> None:
 
 
 def test_the_collector_gets_every_variable_it_reads_and_no_secret_default() -> None:
-    from ingest.collector import BURST_ENV, CREDENTIALS, ENDPOINTS_ENV, INSECURE_ENV, RATE_ENV
+    from ingest.collector import (
+        BURST_ENV,
+        CREDENTIALS,
+        ENDPOINTS_ENV,
+        INSECURE_ENV,
+        PREVIOUS_SUFFIX,
+        RATE_ENV,
+        TRUSTED_PROXIES_ENV,
+    )
 
     environment = SERVICES["collector"]["environment"]
-    secrets = [variable for needed in CREDENTIALS.values() for _, variable in needed]
+    secrets = [c.variable for needed in CREDENTIALS.values() for c in needed]
+    # The old value during a rotation, for every credential that has one (docs/deploy.md).
+    secrets += [c.variable + PREVIOUS_SUFFIX for needed in CREDENTIALS.values() for c in needed if c.rotates]
     for variable in (
         *secrets,
         *(v + "_FILE" for v in secrets),
@@ -131,6 +141,7 @@ def test_the_collector_gets_every_variable_it_reads_and_no_secret_default() -> N
         INSECURE_ENV,
         RATE_ENV,
         BURST_ENV,
+        TRUSTED_PROXIES_ENV,
     ):
         # Passed through from the operator's environment, empty when unset: never a value in the repo.
         assert environment.get(variable) == f"${{{variable}:-}}", variable

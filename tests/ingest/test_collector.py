@@ -15,7 +15,7 @@ import itertools
 import logging
 import socket
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -30,14 +30,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ingest.collector import (
+    CREDENTIAL_OF_FIELD,
     CREDENTIALS,
     SEGMENT_CALL_LIMIT,
     SERVER_OPTIONS,
+    TRUSTED_PROXIES_ENV,
     CollectorConfig,
     CollectorConfigError,
     KafkaSender,
     RateLimiter,
+    client_address,
     create_collector,
+    parse_networks,
     twilio_signature,
 )
 from ingest.context import IngestContext
@@ -81,10 +85,10 @@ def sendgrid_signed(body: bytes, timestamp: int | None = None) -> dict[str, str]
     }
 
 
-def meta_signed(body: bytes) -> dict[str, str]:
+def meta_signed(body: bytes, app_secret: str = META_SECRET) -> dict[str, str]:
     return {
         **JSON,
-        "X-Hub-Signature-256": "sha256=" + hmac.new(META_SECRET.encode(), body, "sha256").hexdigest(),
+        "X-Hub-Signature-256": "sha256=" + hmac.new(app_secret.encode(), body, "sha256").hexdigest(),
     }
 
 
@@ -293,11 +297,11 @@ def test_twilio_behind_a_proxy_signs_the_public_url(
 
 def credential_free_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """No provider credential, endpoint choice or rate setting from the machine running the tests."""
-    for needed in CREDENTIALS.values():
-        for _, variable in needed:
+    for credential in CREDENTIAL_OF_FIELD.values():
+        for variable in (credential.variable, credential.variable + "_PREVIOUS"):
             monkeypatch.delenv(variable, raising=False)
             monkeypatch.delenv(variable + "_FILE", raising=False)
-    for variable in ("JOURNEYS_COLLECTOR_ENDPOINTS", "JOURNEYS_COLLECTOR_INSECURE"):
+    for variable in ("JOURNEYS_COLLECTOR_ENDPOINTS", "JOURNEYS_COLLECTOR_INSECURE", TRUSTED_PROXIES_ENV):
         monkeypatch.delenv(variable, raising=False)
 
 
@@ -312,9 +316,8 @@ def test_an_endpoint_without_its_credential_refuses_to_start(
     with pytest.raises(CollectorConfigError) as refused:
         bare.check()
     message = str(refused.value)
-    for needed in CREDENTIALS.values():
-        for _, variable in needed:
-            assert f"{variable} (or {variable}_FILE)" in message
+    for credential in CREDENTIAL_OF_FIELD.values():
+        assert f"{credential.variable} (or {credential.variable}_FILE)" in message
     assert "JOURNEYS_COLLECTOR_ENDPOINTS" in message and "JOURNEYS_COLLECTOR_INSECURE" in message
     context = IngestContext(hasher=PiiHasher(pii_key))
     with pytest.raises(CollectorConfigError):  # the app itself cannot be made open by mistake
@@ -347,11 +350,10 @@ def test_an_endpoint_without_its_credential_refuses_to_start(
 
 def test_credentials_come_from_the_environment_or_files(tmp_path: Path) -> None:
     files = {}
-    for needed in CREDENTIALS.values():
-        for config_field, variable in needed:
-            path = tmp_path / variable.lower()
-            path.write_text(f"{config_field}-from-file\n")  # Docker secrets end in a newline
-            files[variable + "_FILE"] = str(path)
+    for config_field, variable, _ in CREDENTIAL_OF_FIELD.values():
+        path = tmp_path / variable.lower()
+        path.write_text(f"{config_field}-from-file\n")  # Docker secrets end in a newline
+        files[variable + "_FILE"] = str(path)
     files["JOURNEYS_SENDGRID_VERIFICATION_KEY_FILE"] = ""
     config = CollectorConfig.from_env(
         {**files, "JOURNEYS_SENDGRID_VERIFICATION_KEY": PUBLIC_KEY, "JOURNEYS_TWILIO_AUTH_TOKEN": "env-wins"}
@@ -388,6 +390,144 @@ def test_credentials_come_from_the_environment_or_files(tmp_path: Path) -> None:
     assert (chosen.rate, chosen.burst) == (2.5, 10)
     with pytest.raises(CollectorConfigError, match="JOURNEYS_COLLECTOR_RATE must be a number"):
         CollectorConfig.from_env({"JOURNEYS_COLLECTOR_RATE": "fast"})
+
+
+# The credentials a rotation replaces (the ones `serve` configures) and the ones it retires.
+NEW_CREDENTIALS = {
+    "segment_write_key": WRITE_KEY,
+    "twilio_auth_token": TWILIO_TOKEN,
+    "social_token": SOCIAL_TOKEN,
+    "meta_app_secret": META_SECRET,
+    "meta_verify_token": META_VERIFY,
+}
+OLD_CREDENTIALS = {name: f"old-{name}-7f3a" for name in NEW_CREDENTIALS}
+
+
+async def authenticate_everywhere(client: TestClient, credentials: Mapping[str, str]) -> dict[str, int]:
+    """One valid request at each endpoint with a shared secret, made with `credentials`: the statuses."""
+    twilio = fixture("twilio/inbound_call.txt").splitlines()[0]
+    meta = fixture("meta/messenger.json")
+    url = str(client.make_url("/twilio/voice/status"))
+    requests = {
+        "segment_write_key": client.post(
+            "/v1/track",
+            data=fixture("segment/track_order_completed.json"),
+            headers={**JSON, **basic(credentials["segment_write_key"])},
+        ),
+        "twilio_auth_token": client.post(
+            "/twilio/voice/status",
+            data=twilio,
+            headers={
+                **FORM,
+                "X-Twilio-Signature": twilio_signature(credentials["twilio_auth_token"], url, twilio),
+            },
+        ),
+        "social_token": client.post(
+            "/social",
+            data=fixture("social/export.jsonl").splitlines()[0],
+            headers={**JSON, "Authorization": f"Bearer {credentials['social_token']}"},
+        ),
+        "meta_app_secret": client.post(
+            "/meta/webhook", data=meta, headers=meta_signed(meta, credentials["meta_app_secret"])
+        ),
+        "meta_verify_token": client.get(
+            "/meta/webhook",
+            params={
+                "hub.mode": "subscribe",
+                "hub.verify_token": credentials["meta_verify_token"],
+                "hub.challenge": "5",
+            },
+        ),
+    }
+    return {name: (await request).status for name, request in requests.items()}
+
+
+def test_during_a_rotation_the_previous_credential_is_accepted_until_it_is_removed(
+    kafka_bootstrap: str, topics: Topics, pii_key: str, read_back: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Every shared secret is exercised: a new one without a rotation test fails here.
+    assert set(OLD_CREDENTIALS) == {c.config_field for c in CREDENTIAL_OF_FIELD.values() if c.rotates}
+    ok = dict.fromkeys(NEW_CREDENTIALS, 200)
+
+    async def rotating(client: TestClient) -> None:
+        assert await authenticate_everywhere(client, NEW_CREDENTIALS) == ok
+        assert await authenticate_everywhere(client, OLD_CREDENTIALS) == ok
+
+    async def rotated(client: TestClient) -> None:
+        assert await authenticate_everywhere(client, NEW_CREDENTIALS) == ok
+        assert await authenticate_everywhere(client, OLD_CREDENTIALS) == {
+            "segment_write_key": 401,
+            "twilio_auth_token": 403,
+            "social_token": 401,
+            "meta_app_secret": 403,
+            "meta_verify_token": 403,
+        }
+
+    with caplog.at_level(logging.DEBUG, logger="journeys"):
+        serve(kafka_bootstrap, topics, pii_key, rotating, previous=OLD_CREDENTIALS)
+        access = [r for r in caplog.records if r.name == "journeys.collector.access"]
+        # The access log says which requests still use the old credential (never the credential).
+        assert [getattr(r, "credential", None) for r in access] == [None] * 5 + ["previous"] * 5
+        assert "credential=previous" in access[-1].getMessage()
+        caplog.clear()
+        serve(kafka_bootstrap, topics, pii_key, rotated)  # `_PREVIOUS` removed, the collector restarted
+    assert not any(hasattr(r, "credential") for r in caplog.records)
+    # Each accepted POST is one raw record: 4 endpoints x (new, old, new).
+    assert len(read_back(kafka_bootstrap, *topics.all_raw, count=12)) == 12
+    assert read_back(kafka_bootstrap, topics.dead_letters) == []
+    logged = " ".join(r.getMessage() + repr(vars(r)) for r in caplog.records)
+    assert not any(value in logged for value in (*OLD_CREDENTIALS.values(), *NEW_CREDENTIALS.values()))
+
+
+def test_previous_credentials_come_from_the_environment_or_files(tmp_path: Path) -> None:
+    old_token = tmp_path / "old_social_token"
+    old_token.write_text("old-social-from-file\n")
+    config = CollectorConfig.from_env(
+        {
+            "JOURNEYS_COLLECTOR_ENDPOINTS": "segment social",
+            "JOURNEYS_SEGMENT_WRITE_KEY": "wk_new",
+            "JOURNEYS_SEGMENT_WRITE_KEY_PREVIOUS": "wk_old",
+            "JOURNEYS_SOCIAL_TOKEN": "new-social",
+            "JOURNEYS_SOCIAL_TOKEN_PREVIOUS_FILE": str(old_token),
+        }
+    )
+    assert config.accepted("segment_write_key") == ("wk_new", "wk_old")  # the current one first
+    assert config.accepted("social_token") == ("new-social", "old-social-from-file")
+    assert config.accepted("twilio_auth_token") == ()
+    assert config.check() == []
+    assert "wk_old" not in repr(config) and "old-social" not in repr(config)
+    with pytest.raises(CollectorConfigError, match="JOURNEYS_META_APP_SECRET_PREVIOUS_FILE"):
+        CollectorConfig.from_env({"JOURNEYS_META_APP_SECRET_PREVIOUS_FILE": str(tmp_path / "nowhere")})
+
+    # A previous credential without a current one would leave the endpoint checking nothing (or
+    # refusing everything): refused, also when the endpoint is insecure or switched off.
+    for endpoints, insecure in (("twilio", ""), ("twilio", "twilio"), ("segment", "")):
+        orphan = CollectorConfig.from_env(
+            {
+                "JOURNEYS_COLLECTOR_ENDPOINTS": endpoints,
+                "JOURNEYS_COLLECTOR_INSECURE": insecure,
+                "JOURNEYS_SEGMENT_WRITE_KEY": "wk_new",
+                "JOURNEYS_TWILIO_AUTH_TOKEN_PREVIOUS": "old-token",
+            }
+        )
+        with pytest.raises(
+            CollectorConfigError,
+            match="JOURNEYS_TWILIO_AUTH_TOKEN_PREVIOUS is set without JOURNEYS_TWILIO_AUTH_TOKEN",
+        ):
+            orphan.check()
+    # SendGrid's key is public and SendGrid signs with one key at a time: no previous key.
+    sendgrid = CollectorConfig.from_env(
+        {
+            "JOURNEYS_COLLECTOR_ENDPOINTS": "sendgrid",
+            "JOURNEYS_SENDGRID_VERIFICATION_KEY": PUBLIC_KEY,
+            "JOURNEYS_SENDGRID_VERIFICATION_KEY_PREVIOUS": PUBLIC_KEY,
+        }
+    )
+    with pytest.raises(CollectorConfigError, match="SENDGRID_VERIFICATION_KEY_PREVIOUS is not supported"):
+        sendgrid.check()
+    not_a_credential = CollectorConfig(bootstrap="127.0.0.1:9", previous={"public_url": "https://old"})
+    with pytest.raises(CollectorConfigError, match="'public_url' is not a credential"):
+        not_a_credential.check()
 
 
 def test_insecure_endpoints_are_named_loudly_and_disabled_ones_are_gone(
@@ -506,6 +646,124 @@ def test_a_client_over_the_rate_limit_gets_429_and_others_are_unaffected(
     # The client address names a bucket and nothing else (kafka-python's records name the broker's).
     ours = [r for r in caplog.records if r.name.startswith(("journeys", "aiohttp"))]
     assert not any("127.0.0" in r.getMessage() + repr(vars(r)) for r in ours)
+
+
+PROXIES = parse_networks("127.0.0.1, 10.0.0.0/8, 2001:db8::/64", TRUSTED_PROXIES_ENV)
+
+
+@pytest.mark.parametrize(
+    ("peer", "forwarded_for", "client"),
+    [
+        # An untrusted peer is the client, whatever it claims to forward for.
+        ("192.0.2.1", [], "192.0.2.1"),
+        ("192.0.2.1", ["198.51.100.1"], "192.0.2.1"),
+        ("192.0.2.1", ["198.51.100.1, 10.0.0.1"], "192.0.2.1"),
+        # A trusted peer: the right-most hop that is not a trusted proxy.
+        ("127.0.0.1", [], "127.0.0.1"),
+        ("127.0.0.1", ["198.51.100.1"], "198.51.100.1"),
+        ("127.0.0.1", ["198.51.100.1, 10.1.2.3"], "198.51.100.1"),  # load balancer, then a second proxy
+        ("10.0.0.7", ["198.51.100.1, 10.1.2.3, 10.4.5.6"], "198.51.100.1"),
+        ("127.0.0.1", ["6.6.6.6, 198.51.100.1, 10.1.2.3"], "198.51.100.1"),  # the client's own forgery
+        ("127.0.0.1", ["10.9.9.9, 10.1.2.3"], "10.9.9.9"),  # every hop trusted: the left-most
+        ("127.0.0.1", ["6.6.6.6", "198.51.100.1, 10.1.2.3"], "198.51.100.1"),  # one header line a proxy
+        ("127.0.0.1", [" 198.51.100.1 ,10.1.2.3 "], "198.51.100.1"),
+        # Malformed hops on the trusted side leave the peer.
+        ("127.0.0.1", ["unknown"], "127.0.0.1"),
+        ("127.0.0.1", ["198.51.100.1:4711"], "127.0.0.1"),
+        ("127.0.0.1", ["198.51.100.1, garbage"], "127.0.0.1"),
+        ("127.0.0.1", ["198.51.100.1,,10.1.2.3"], "127.0.0.1"),
+        ("127.0.0.1", [""], "127.0.0.1"),
+        ("127.0.0.1", ["garbage, 198.51.100.1"], "198.51.100.1"),  # left of the client: never read
+        # request.remote as aiohttp gives it: a dual-stack socket's IPv4 peer, IPv6, no transport.
+        ("::ffff:127.0.0.1", ["198.51.100.1"], "198.51.100.1"),
+        ("::ffff:192.0.2.1", ["198.51.100.1"], "192.0.2.1"),
+        ("2001:db8::5", ["2001:DB8:0:1::9"], "2001:db8:0:1::9"),
+        ("2001:db8:1::5", ["198.51.100.1"], "2001:db8:1::5"),
+        (None, ["198.51.100.1"], ""),
+    ],
+)
+def test_the_client_behind_trusted_proxies(peer: str | None, forwarded_for: list[str], client: str) -> None:
+    assert client_address(peer, forwarded_for, PROXIES) == client
+    assert client_address(peer, forwarded_for, ()) == (client_address(peer, [], ()))  # trusting nobody
+
+
+def test_behind_a_trusted_proxy_each_forwarded_client_has_its_own_limit(
+    kafka_bootstrap: str, topics: Topics, pii_key: str, read_back: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The test client's 127.0.0.1 is the load balancer; 127.0.0.2 is a client that reaches us directly."""
+    import aiohttp
+    from multidict import CIMultiDict
+
+    social = fixture("social/export.jsonl").splitlines()[0]
+    clock = Clock()
+
+    def forwarded(*lines: str) -> CIMultiDict[str]:
+        return CIMultiDict([*SOCIAL.items(), *(("X-Forwarded-For", line) for line in lines)])
+
+    async def call(client: TestClient) -> None:
+        async def status(*lines: str) -> int:
+            return (await client.post("/social", data=social, headers=forwarded(*lines))).status
+
+        # Through the proxy: one bucket per forwarded client (burst 1).
+        assert await status("198.51.100.1") == 200
+        assert await status("198.51.100.1") == 429
+        assert await status("198.51.100.2") == 200
+        # A chain: the load balancer's own hop (10.1.2.3) is skipped, and so is what the client forged.
+        assert await status("203.0.113.9, 10.1.2.3") == 200
+        assert await status("6.6.6.6, 203.0.113.9, 10.1.2.3") == 429
+        assert await status("6.6.6.6", "203.0.113.9, 10.1.2.3") == 429  # a header line of its own
+        # Malformed: the proxy's own bucket, shared with requests it did not forward for anyone.
+        assert await status("unknown") == 200
+        assert await status() == 429
+        # Straight to the collector, not through the proxy: a forged header changes nothing.
+        connector = aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))
+        async with aiohttp.ClientSession(connector=connector) as direct:
+            for spoofed, expected in (("198.51.100.3", 200), ("198.51.100.4", 429), ("127.0.0.1", 429)):
+                response = await direct.post(
+                    client.make_url("/social"), data=social, headers=forwarded(spoofed)
+                )
+                assert response.status == expected, spoofed
+
+    with caplog.at_level(logging.DEBUG, logger="journeys"):
+        serve(
+            kafka_bootstrap,
+            topics,
+            pii_key,
+            call,
+            rate=0.01,
+            burst=1,
+            clock=clock,
+            trusted_proxies=parse_networks("127.0.0.1 10.0.0.0/8", TRUSTED_PROXIES_ENV),
+        )
+    assert len(read_back(kafka_bootstrap, topics.raw("social"), count=5)) == 5
+    logged = " ".join(r.getMessage() + repr(vars(r)) for r in caplog.records if r.name.startswith("journeys"))
+    assert not any(a in logged for a in ("198.51.100", "203.0.113", "127.0.0", "6.6.6.6"))
+
+
+def test_trusted_proxies_are_checked_at_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from processors.cli import app
+
+    config = CollectorConfig.from_env({TRUSTED_PROXIES_ENV: "10.0.0.0/8, 192.168.1.10 fd00::/8"})
+    assert [str(n) for n in config.trusted_proxies] == ["10.0.0.0/8", "192.168.1.10/32", "fd00::/8"]
+    assert CollectorConfig.from_env({}).trusted_proxies == ()  # default: nobody
+    for wrong in ("10.0.0.0/33", "10.0.0.1/8", "proxy.internal", "10.0.0.0/8;10.1.0.0/16"):
+        with pytest.raises(CollectorConfigError, match=TRUSTED_PROXIES_ENV) as refused:
+            CollectorConfig.from_env({TRUSTED_PROXIES_ENV: f"127.0.0.1, {wrong}"})
+        assert wrong.split(";")[0] in str(refused.value)
+    with pytest.raises(CollectorConfigError, match="has host bits set"):
+        CollectorConfig.from_env({TRUSTED_PROXIES_ENV: "10.0.0.1/8"})
+
+    # `journeys collect` says so and exits 2 before it ever tries Kafka.
+    credential_free_env(monkeypatch)
+    monkeypatch.setenv("JOURNEYS_SEGMENT_WRITE_KEY", WRITE_KEY)
+    monkeypatch.setenv("JOURNEYS_COLLECTOR_ENDPOINTS", "segment")
+    monkeypatch.setenv(TRUSTED_PROXIES_ENV, "10.0.0.0/33")
+    monkeypatch.setattr("processors.logs.configure", lambda *_: None)
+    result = CliRunner().invoke(app, ["collect", "--kafka", "127.0.0.1:9"])
+    assert result.exit_code == 2, result.output
+    assert TRUSTED_PROXIES_ENV in result.output and "10.0.0.0/33" in result.output
 
 
 def test_no_personal_data_or_secret_reaches_a_log_record(
