@@ -480,14 +480,23 @@ def create_app(settings: Settings, config: StreamConfig) -> faust.App:
 
     @app.timer(2.0)
     async def guard_commits() -> None:
-        """Learn starts a failed read left unknown; read again what a missing record holds (offsets.py)."""
+        """Learn starts a failed read left unknown; read again what was dropped in flight (offsets.py)."""
         if guard.unknown:
             await learn_starts(sorted(guard.unknown))
-        rewind = guard.held(time.monotonic())
-        if rewind:
-            assigned = {(tp.topic, tp.partition): tp for tp in app.consumer.assignment()}
-            held = {k: v for k, v in rewind.items() if k in assigned}
-            await rewind_partitions(held, assigned, "a commit held by a missing record")
+        now = time.monotonic()
+        assigned = {(tp.topic, tp.partition): tp for tp in app.consumer.assignment()}
+        held = {k: v for k, v in guard.held(now).items() if k in assigned}
+        await rewind_partitions(held, assigned, "a commit held by a missing record")
+        positions = {}
+        for key, tp in assigned.items():
+            try:
+                highwater = app.consumer.highwater(tp) if guard.guards(tp.topic) else None
+            except Exception:  # not fetched yet
+                continue
+            if highwater is not None:
+                positions[key] = (read_up_to.get(tp, 0), highwater, app.consumer._committed_offset.get(tp))
+        stuck = {k: v for k, v in guard.stuck(now, positions).items() if k not in held}
+        await rewind_partitions(stuck, assigned, "records on the broker stopped arriving")
 
     @app.on_partitions_assigned.connect
     async def on_assigned(app: faust.App, assigned: set, **kwargs: Any) -> None:

@@ -26,9 +26,10 @@ group must start from (`start_offsets`) — so a missing head holds it
 (`may_commit`); gaps are not taken as acknowledged on the stream topics (their
 producers, `journeys produce`, the collector and the workers, are
 non-transactional and the topics are not compacted, so offsets are
-contiguous); a first record beyond the base, or a commit held for
-`HOLD_SECONDS`, makes the stage read the partition again from its base
-(`skipped`, `held`). What is read twice is harmless downstream: touchpoints
+contiguous); a first record beyond the base, a commit held for
+`HOLD_SECONDS`, or records on the broker beyond the base that stop arriving
+for `STUCK_SECONDS`, make the stage read the partition again from its base
+(`skipped`, `held`, `stuck`). What is read twice is harmless downstream: touchpoints
 are deduplicated by event id, dead letters by fingerprint.
 """
 
@@ -43,6 +44,11 @@ Partition = tuple[str, int]  # Faust's TP is a namedtuple of the same shape, so 
 # How long a commit may be held by a missing head before the partition is read again from its base:
 # longer than a batch takes to go through a stage, short enough that a backlog does not pile up.
 HOLD_SECONDS = 10.0
+# How long a partition may have records on the broker beyond everything taken and committed with
+# none arriving before it is read again from its base; seen on this many timer ticks, so a
+# loop blocked by one long fold (no ticks meanwhile) does not count as a stuck partition.
+STUCK_SECONDS = 30.0
+STUCK_TICKS = 5
 
 
 class CommitGuard:
@@ -56,6 +62,7 @@ class CommitGuard:
         self._keep: dict[int, Any] = {}  # the messages themselves, so their id() is not reused
         self._held_since: dict[Partition, float] = {}
         self._unknown: set[Partition] = set()
+        self._stuck: dict[Partition, tuple[int, float, int]] = {}  # (next offset taken, since, ticks)
 
     def guards(self, topic: str) -> bool:
         return topic in self.topics
@@ -66,6 +73,7 @@ class CommitGuard:
         self._first.clear()
         self._unknown = set(partitions)
         self._held_since.clear()
+        self._stuck.clear()
         self._taken.clear()
         self._keep.clear()
 
@@ -129,6 +137,36 @@ class CommitGuard:
             if base is not None and now - since >= HOLD_SECONDS:
                 rewind[tp] = base
                 self._held_since[tp] = now  # read again at most once per HOLD_SECONDS
+        return rewind
+
+    def stuck(
+        self, now: float, positions: Mapping[Partition, tuple[int, int, int | None]]
+    ) -> dict[Partition, int]:
+        """Partitions whose records beyond the base stopped arriving, with the base to read from again.
+
+        `positions` maps each assigned stream partition to (the next offset a
+        stage took, the broker's high-water mark, the committed offset if this
+        consumer committed or knew one). A record dropped in flight
+        that was its partition's last leaves no gap and holds no commit: the
+        commit stays before it (so a restart reads it), but this worker would
+        not read it until the next rebalance. Asked every few seconds.
+        """
+        rewind: dict[Partition, int] = {}
+        for tp, (taken, highwater, committed) in positions.items():
+            base = committed if committed is not None else self._base.get(tp)
+            if base is None or highwater <= max(taken, base):
+                self._stuck.pop(tp, None)
+                continue
+            seen = self._stuck.get(tp)
+            if seen is None or seen[0] != taken:
+                self._stuck[tp] = (taken, now, 1)
+                continue
+            _, since, ticks = seen
+            if now - since >= STUCK_SECONDS and ticks + 1 >= STUCK_TICKS:
+                rewind[tp] = base
+                self._stuck[tp] = (taken, now, 1)  # read again at most once per STUCK_SECONDS
+            else:
+                self._stuck[tp] = (taken, since, ticks + 1)
         return rewind
 
     def skipped(self, records: Iterable[tuple[Partition, int]]) -> dict[Partition, int]:

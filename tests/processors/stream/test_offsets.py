@@ -12,7 +12,13 @@ from ingest.kafka import ensure_topics, make_producer
 from ingest.topics import Topics
 from processors.config import Settings
 from processors.stream.app import StreamConfig, create_app
-from processors.stream.offsets import HOLD_SECONDS, CommitGuard, committed_offsets, start_offsets
+from processors.stream.offsets import (
+    HOLD_SECONDS,
+    STUCK_SECONDS,
+    CommitGuard,
+    committed_offsets,
+    start_offsets,
+)
 
 
 @dataclass(frozen=True, eq=False)
@@ -70,6 +76,28 @@ def test_a_commit_held_for_long_reads_the_partition_again_from_its_base() -> Non
     assert guard.held(now=101.0 + HOLD_SECONDS) == {}  # at most once per HOLD_SECONDS
     assert guard.may_commit(tp, None, 6, now=120.0)
     assert guard.held(now=200.0) == {}
+
+
+def test_records_on_the_broker_that_stop_arriving_are_read_again_from_the_commit() -> None:
+    """The partition's last record was dropped in flight: no gap, no held commit, only the broker shows it."""
+    guard = _guard({("raw.phone", 0): 0, ("raw.web", 0): 0})
+    phone, web = ("raw.phone", 0), ("raw.web", 0)
+    # phone: records 0..13 taken and committed, 14 on the broker never arrives; web: caught up.
+    ticks = [100.0 + 2 * n for n in range(20)]
+    found = {}
+    for now in ticks:
+        found |= guard.stuck(now, {phone: (14, 15, 14), web: (40, 40, 40)})
+        if found:
+            break
+    assert found == {phone: 14}
+    assert now >= 100.0 + STUCK_SECONDS
+    # A loop blocked for a minute by one long fold ticks once: not stuck.
+    guard = _guard({phone: 0})
+    assert guard.stuck(0.0, {phone: (14, 15, 14)}) == {}
+    assert guard.stuck(60.0, {phone: (14, 15, 14)}) == {}
+    # Records arriving, however slowly, are not stuck.
+    guard = _guard({phone: 0})
+    assert all(guard.stuck(2.0 * n, {phone: (n, 500, 0)}) == {} for n in range(40))
 
 
 def test_faust_s_consumer_commits_no_record_its_stages_did_not_take(dsn: str) -> None:
