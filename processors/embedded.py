@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -79,9 +79,14 @@ _REFUSAL_REASONS = {
 
 
 def refusal_letter(touchpoint: CompactTouchpoint, admission: Admission) -> DeadLetter:
-    """A dead letter for a valid touchpoint the aggregate refused (its canonical JSON as raw)."""
+    """A dead letter for a valid touchpoint the aggregate refused (its canonical JSON as raw).
+
+    The raw JSON leaves out when the record arrived (that is the letter's own
+    `received_at`): a redelivery of the same refused record is then the same dead
+    letter (same fingerprint), stored once however often it comes.
+    """
     return DeadLetter(
-        raw=touchpoint.json(),
+        raw=replace(touchpoint, received_at=None).json(),
         reason=_REFUSAL_REASONS[admission].format(event_id=touchpoint.event_id),
         format=touchpoint.source,
         origin=f"event {touchpoint.event_id}",

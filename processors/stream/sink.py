@@ -61,6 +61,11 @@ class SinkConfig:
     heartbeat_interval_ms: int = 3_000
     fetch_max_wait_ms: int = 100  # a broker that holds a fetch the full wait (Tansu) delays every batch
 
+    @property
+    def group(self) -> str:
+        """The consumer group: `group_id`, or "<topic prefix>-sink"."""
+        return self.group_id or f"{self.topics.prefix}-sink"
+
 
 @dataclass
 class SinkSummary:
@@ -269,7 +274,7 @@ def run_sink(
     server = serve_metrics(metrics, config.metrics_port) if config.metrics_port is not None else None
     consumer = KafkaConsumer(
         bootstrap_servers=config.bootstrap,
-        group_id=config.group_id or f"{config.topics.prefix}-sink",
+        group_id=config.group,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         max_poll_records=config.max_messages,

@@ -7,37 +7,47 @@ documents them.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
-import hmac
 import itertools
 import logging
 import socket
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
 import orjson
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from aiohttp.test_utils import TestClient
 from hostile import bodies
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from webhooks import (
+    FORM,
+    JSON,
+    META_SECRET,
+    META_VERIFY,
+    PUBLIC_KEY,
+    SOCIAL,
+    SOCIAL_TOKEN,
+    TWILIO_TOKEN,
+    WRITE_KEY,
+    basic,
+    meta_signed,
+    sendgrid_signed,
+    serve,
+    twilio_signed,
+)
 
 from ingest.collector import (
     CREDENTIAL_OF_FIELD,
     CREDENTIALS,
     SEGMENT_CALL_LIMIT,
-    SERVER_OPTIONS,
     TRUSTED_PROXIES_ENV,
     CollectorConfig,
     CollectorConfigError,
-    KafkaSender,
     RateLimiter,
     client_address,
     create_collector,
@@ -51,45 +61,8 @@ from ingest.topics import Topics
 from processors.stream.broker import tansu_process
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
-WRITE_KEY = "wk_test_0123456789"
-TWILIO_TOKEN = "twilio-auth-token-for-tests"
-META_SECRET = "meta-app-secret"
-META_VERIFY = "verify-me"
-SOCIAL_TOKEN = "social-token-for-tests"
-PRIVATE_KEY = ec.generate_private_key(ec.SECP256R1())
-PUBLIC_KEY = base64.b64encode(
-    PRIVATE_KEY.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-).decode()
-JSON = {"Content-Type": "application/json"}
-FORM = {"Content-Type": "application/x-www-form-urlencoded"}
-SOCIAL = {**JSON, "Authorization": f"Bearer {SOCIAL_TOKEN}"}
 _fuzz_runs = itertools.count()
 SEGMENT_CALLS = ("track", "page", "screen", "identify", "alias", "group")
-
-
-def basic(user: str) -> dict[str, str]:
-    """HTTP Basic with `user` and an empty password, as Segment's libraries send the write key."""
-    return {"Authorization": "Basic " + base64.b64encode(f"{user}:".encode()).decode()}
-
-
-def sendgrid_signed(body: bytes, timestamp: int | None = None) -> dict[str, str]:
-    """SendGrid's headers: ECDSA P-256/SHA-256 over the timestamp followed by the raw body, base64."""
-    stamp = str(int(time.time()) if timestamp is None else timestamp)
-    signature = PRIVATE_KEY.sign(stamp.encode() + body, ec.ECDSA(hashes.SHA256()))
-    return {
-        **JSON,
-        "X-Twilio-Email-Event-Webhook-Signature": base64.b64encode(signature).decode(),
-        "X-Twilio-Email-Event-Webhook-Timestamp": stamp,
-    }
-
-
-def meta_signed(body: bytes, app_secret: str = META_SECRET) -> dict[str, str]:
-    return {
-        **JSON,
-        "X-Hub-Signature-256": "sha256=" + hmac.new(app_secret.encode(), body, "sha256").hexdigest(),
-    }
 
 
 def fixture(path: str) -> bytes:
@@ -105,40 +78,6 @@ def closed_port() -> str:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return f"127.0.0.1:{sock.getsockname()[1]}"
-
-
-Call = Callable[[TestClient], Awaitable[None]]
-
-
-def serve(bootstrap: str, topics: Topics, pii_key: str, call: Call, **config: Any) -> None:
-    """Run `call` against a collector sending to `bootstrap`."""
-    settings = CollectorConfig(
-        bootstrap=bootstrap,
-        topics=topics,
-        segment_write_key=WRITE_KEY,
-        sendgrid_verification_key=PUBLIC_KEY,
-        twilio_auth_token=TWILIO_TOKEN,
-        social_token=SOCIAL_TOKEN,
-        meta_verify_token=META_VERIFY,
-        meta_app_secret=META_SECRET,
-        send_timeout=2.0,
-    )
-    settings = CollectorConfig(**{**settings.__dict__, **config})
-    sender = KafkaSender(settings.bootstrap, settings.send_timeout, topics.raw("web"))
-
-    async def main() -> None:
-        app = create_collector(settings, IngestContext(hasher=PiiHasher(pii_key)), sender)
-        # Served as `journeys collect` serves it (no aiohttp access log), on 127.0.0.1 so that
-        # clients can come from other loopback addresses.
-        server = TestServer(app, host="127.0.0.1")
-        await server.start_server(**SERVER_OPTIONS)  # TestServer() itself drops runner options
-        async with TestClient(server) as client:
-            await call(client)
-
-    try:
-        asyncio.run(main())
-    finally:
-        sender.close()
 
 
 @pytest.fixture
@@ -173,8 +112,7 @@ def test_each_endpoint_accepts_its_documented_payload(
         response = await client.post("/sendgrid/events", data=sendgrid, headers=sendgrid_signed(sendgrid))
         assert response.status == 200, await response.text()
         assert (await response.json())["accepted"] == len(orjson.loads(sendgrid))
-        url = str(client.make_url("/twilio/voice/status"))
-        signed = {**FORM, "X-Twilio-Signature": twilio_signature(TWILIO_TOKEN, url, twilio)}
+        signed = twilio_signed(client, "/twilio/voice/status", twilio)
         response = await client.post("/twilio/voice/status", data=twilio, headers=signed)
         assert response.status == 200, await response.text()
         for body in (social, social_array):
@@ -805,8 +743,7 @@ def test_no_personal_data_or_secret_reaches_a_log_record(
         assert (
             await client.post("/sendgrid/events", data=sendgrid, headers=sendgrid_signed(sendgrid))
         ).status == 200
-        url = str(client.make_url("/twilio/voice/status"))
-        signed = {**FORM, "X-Twilio-Signature": twilio_signature(TWILIO_TOKEN, url, twilio)}
+        signed = twilio_signed(client, "/twilio/voice/status", twilio)
         assert (await client.post("/twilio/voice/status", data=twilio, headers=signed)).status == 200
         assert (await client.post("/social", data=social, headers=SOCIAL)).status == 200
         assert (await client.post("/social", data=b"{" + social, headers=SOCIAL)).status == 400
@@ -1042,7 +979,6 @@ def test_hostile_bodies_at_every_endpoint_are_answered_and_accounted_for(
 
     async def call(client: TestClient) -> None:
         nonlocal raw_expected, letters_expected
-        twilio_url = str(client.make_url("/twilio/voice/status"))
         # The documented payloads among the hostile ones, so that both answers are accounted for.
         valid = [
             ("/v1/track", fixture("segment/track_order_completed.json"), {**JSON, **basic(WRITE_KEY)}),
@@ -1066,11 +1002,7 @@ def test_hostile_bodies_at_every_endpoint_are_answered_and_accounted_for(
                 )
             ]
             + [
-                (
-                    "/twilio/voice/status",
-                    body,
-                    {**FORM, "X-Twilio-Signature": twilio_signature(TWILIO_TOKEN, twilio_url, body)},
-                )
+                ("/twilio/voice/status", body, twilio_signed(client, "/twilio/voice/status", body))
                 for body in form_bodies
             ]
         )

@@ -132,6 +132,21 @@ def test_rerunning_the_same_input_changes_nothing(tmp_path: Path, settings: Sett
     assert rows(settings.dsn, "SELECT count() FROM events FINAL") == [(5,)]
 
 
+def test_a_refused_record_delivered_again_is_one_dead_letter(tmp_path: Path, settings: Settings) -> None:
+    """A record the aggregate refuses (a different record under a used event id), delivered three times."""
+    conflicting = [BROWSING[0], {**BROWSING[0], "event": "Order Completed"}]
+    web = write_jsonl(tmp_path / "web.jsonl", conflicting)
+
+    runs = [run([web], settings) for _ in range(3)]
+
+    assert [(r.touchpoints_new, r.dead_letters) for r in runs] == [(1, 1), (0, 1), (0, 1)]
+    (letter,) = rows(settings.dsn, "SELECT origin, reason FROM dead_letters")
+    assert letter == (
+        "event m-1",
+        "event_id 'm-1' was already used by a different record; the first one is kept",
+    )
+
+
 def test_a_late_event_is_counted_and_corrects_the_stored_journey(tmp_path: Path, settings: Settings) -> None:
     """A run stores a journey as dropped; the next run brings its order, placed weeks earlier."""
     first = write_jsonl(

@@ -18,10 +18,14 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
-from kafka import KafkaConsumer
+from clickhouse_connect.driver.client import Client
+from clickhouse_connect.driver.exceptions import OperationalError
+from kafka import KafkaConsumer, TopicPartition
+from kafka.admin import KafkaAdminClient
 
 from ingest.demo import generate
 from ingest.files import read_records
@@ -33,7 +37,7 @@ from ingest.topics import Topics
 from processors.config import Settings
 from processors.embedded import RunSummary, expand_inputs, run
 from processors.storage import connect, migrate
-from processors.stream.metrics import parse_metrics
+from processors.stream.metrics import Metrics, parse_metrics
 from processors.stream.sink import SinkConfig, run_sink
 
 pytestmark = pytest.mark.slow
@@ -99,26 +103,38 @@ def start_worker(stream_env: dict[str, str], tmp_path: Path) -> Iterator[Callabl
 
 
 class SinkThread:
-    """The ClickHouse sink consuming in this process until stopped."""
+    """The ClickHouse sink consuming in this process until stopped.
 
-    def __init__(self, dsn: str, bootstrap: str, topics: Topics, metrics_port: int | None = None) -> None:
+    `around` wraps the real client the sink writes through (a fault harness);
+    `config` overrides `SinkConfig` fields (the retry delays, say).
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        bootstrap: str,
+        topics: Topics,
+        metrics_port: int | None = None,
+        *,
+        around: Callable[[Client], Any] = lambda client: client,
+        **config: Any,
+    ) -> None:
         self.dsn = dsn
+        self.around = around
         self.stop = threading.Event()
+        self.metrics = Metrics()
         self.error: BaseException | None = None
-        config = SinkConfig(
-            bootstrap=bootstrap,
-            topics=topics,
-            metrics_port=metrics_port,
-            max_seconds=0.5,
-            session_timeout_ms=6000,
-            heartbeat_interval_ms=1000,
-        )
-        self.thread = threading.Thread(target=self._run, args=(config,), daemon=True)
+        settings = {"max_seconds": 0.5, "session_timeout_ms": 6000, "heartbeat_interval_ms": 1000, **config}
+        sink_config = SinkConfig(bootstrap=bootstrap, topics=topics, metrics_port=metrics_port, **settings)
+        self.group = sink_config.group
+        self.thread = threading.Thread(target=self._run, args=(sink_config,), daemon=True)
         self.thread.start()
 
     def _run(self, config: SinkConfig) -> None:
         try:
-            self.summary = run_sink(lambda: connect(self.dsn), config, stop=self.stop)
+            self.summary = run_sink(
+                lambda: self.around(connect(self.dsn)), config, stop=self.stop, metrics=self.metrics
+            )
         except BaseException as exc:  # surfaced by join()
             self.error = exc
 
@@ -127,6 +143,17 @@ class SinkThread:
         self.thread.join(timeout=60)
         if self.error is not None:
             raise self.error
+
+    def __enter__(self) -> SinkThread:
+        return self
+
+    def __exit__(self, failed: type[BaseException] | None, *_: object) -> None:
+        """Stops the sink; while a failure propagates, how the sink stopped is not raised over it."""
+        try:
+            self.join()
+        except Exception:
+            if failed is None:
+                raise
 
 
 def free_port() -> int:
@@ -312,6 +339,17 @@ def reference_run(
     return embedded, summary, records, f"chdb://{chdb_path}?database={database}_stream"
 
 
+# What the fault tests compare with the embedded run: every customer's touchpoints, journeys and identities.
+STATE = (("touchpoints", "event_id"), ("journeys", "journey_id"), ("identities", "1, 2"))
+
+
+def assert_same_state(streamed: str, embedded: str, summary: RunSummary, note: object = None) -> None:
+    """No loss, no double count: the stream stored the embedded run's rows, each touchpoint once."""
+    for table, order_by in STATE:
+        assert rows_of(streamed, table, order_by) == rows_of(embedded, table, order_by), (table, note)
+    assert count(streamed, "SELECT count() FROM touchpoints") == summary.touchpoints_new, note
+
+
 def test_two_workers_share_the_work_and_one_takes_over_when_the_other_is_killed(
     tmp_path: Path,
     chdb_path: Path,
@@ -366,9 +404,7 @@ def test_two_workers_share_the_work_and_one_takes_over_when_the_other_is_killed(
         sink.join()
 
     # No loss, no double count: the same rows as one embedded run over all the events.
-    for table, order_by in (("touchpoints", "event_id"), ("journeys", "journey_id"), ("identities", "1, 2")):
-        assert rows_of(streamed, table, order_by) == rows_of(embedded.dsn, table, order_by), table
-    assert count(streamed, "SELECT count() FROM touchpoints") == summary.touchpoints_new
+    assert_same_state(streamed, embedded.dsn, summary)
 
 
 CRASHES = 3
@@ -419,9 +455,7 @@ def test_a_worker_killed_at_random_moments_and_restarted_loses_and_doubles_nothi
     finally:
         sink.join()
 
-    for table, order_by in (("touchpoints", "event_id"), ("journeys", "journey_id"), ("identities", "1, 2")):
-        assert rows_of(streamed, table, order_by) == rows_of(embedded.dsn, table, order_by), (table, moments)
-    assert count(streamed, "SELECT count() FROM touchpoints") == summary.touchpoints_new
+    assert_same_state(streamed, embedded.dsn, summary, moments)
 
 
 def explain_missing(streamed: str, embedded: str, bootstrap: str, topics: Topics) -> str:
@@ -507,3 +541,157 @@ def test_a_poison_record_is_dead_lettered_and_its_partition_keeps_moving(
     assert reasons["segment"].startswith("malformed JSON")
     assert reasons["touchpoint"].startswith("not a canonical touchpoint")
     assert reasons["state"].startswith("unreadable state message")
+
+
+def committed(bootstrap: str, group: str) -> dict[TopicPartition, int]:
+    """The group's committed offsets, as the broker has them."""
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        offsets = admin.list_group_offsets({group: None}).get(group, {})
+    finally:
+        admin.close()
+    return {tp: meta.offset for tp, meta in offsets.items()}
+
+
+def backlog(bootstrap: str, group: str, *topics: str) -> list[Any]:
+    """The messages on `topics` past the group's committed offsets (all of a partition it never committed on).
+
+    Read up to each partition's high-water mark as the fetches report it: Tansu's
+    ListOffsets (`end_offsets`) under-reports partitions written in multi-record batches.
+    """
+    offsets = committed(bootstrap, group)
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    try:
+        partitions = [
+            TopicPartition(topic, partition)
+            for topic in topics
+            for partition in sorted(consumer.partitions_for_topic(topic) or ())
+        ]
+        consumer.assign(partitions)
+        for tp in partitions:
+            consumer.seek(tp, offsets.get(tp, 0))
+        messages: list[Any] = []
+        deadline = time.monotonic() + 60
+        while any(
+            consumer.highwater(tp) is None or consumer.position(tp) < consumer.highwater(tp)
+            for tp in partitions
+        ):
+            assert time.monotonic() < deadline, f"could not read {topics} up to their high-water marks"
+            messages.extend(m for batch in consumer.poll(timeout_ms=200).values() for m in batch)
+        return messages
+    finally:
+        consumer.close()
+
+
+def published_events(messages: list[Any]) -> set[str]:
+    """The event ids in the `events` messages among state-topic messages."""
+    ids: set[str] = set()
+    for message in messages:
+        if message.value and message.value.startswith(b'{"kind":"events"'):
+            ids.update(event["event_id"] for event in orjson.loads(message.value)["events"])
+    return ids
+
+
+def event_ids(dsn: str) -> set[str]:
+    return {row[0] for row in connect(dsn).query("SELECT event_id FROM events").result_rows}
+
+
+class StorageOutage:
+    """A fault harness around the sink's real ClickHouse client: while `down` is set every call
+    fails before it reaches ClickHouse, as it does against a stopped server."""
+
+    def __init__(self) -> None:
+        self.down = threading.Event()
+        self.refused = 0
+
+    def around(self, client: Client) -> Any:
+        return _RefusingClient(client, self)
+
+
+class _RefusingClient:
+    def __init__(self, client: Client, outage: StorageOutage) -> None:
+        self._client = client
+        self._outage = outage
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._client, name)
+        if not callable(attribute):
+            return attribute
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            if self._outage.down.is_set():
+                self._outage.refused += 1
+                raise OperationalError(
+                    f"Error executing HTTP request (test outage, {name}): Connection refused"
+                )
+            return attribute(*args, **kwargs)
+
+        return call
+
+
+def test_clickhouse_down_mid_stream_the_sink_holds_its_offsets_and_everything_arrives_once(
+    tmp_path: Path,
+    chdb_path: Path,
+    kafka_bootstrap: str,
+    topic_prefix: str,
+    pii_key: str,
+    start_worker: Callable,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """ClickHouse refuses every call while the second half of the events streams in, then comes back.
+
+    The worker writes to Kafka only: it reads every record and publishes every event
+    meanwhile. The sink backs off, commits nothing, and what ClickHouse lacks waits on
+    the state topic; after recovery the end state equals one embedded run.
+    """
+    embedded, summary, records, streamed = reference_run(tmp_path, chdb_path, topic_prefix, seed=17)
+    first, rest = records[: len(records) // 2], records[len(records) // 2 :]
+    topics = Topics(topic_prefix)
+    ensure_topics(kafka_bootstrap, topics, partitions=4)
+    migrate(connect(streamed))
+    wanted = event_ids(embedded.dsn)
+    outage = StorageOutage()
+    with SinkThread(
+        streamed, kafka_bootstrap, topics, around=outage.around, retry_initial=0.2, retry_max=1.6
+    ) as sink:
+        start_worker("w1", bootstrap=kafka_bootstrap)
+        send(kafka_bootstrap, topics, first, pii_key)
+        wait_until(
+            lambda: count(streamed, "SELECT count() FROM events") > 0, 120, "the first events", tmp_path
+        )
+        outage.down.set()
+        send(kafka_bootstrap, topics, rest, pii_key)
+        wait_until(lambda: outage.refused > 0, 60, "the sink to meet the outage", tmp_path)
+        held = committed(kafka_bootstrap, sink.group)  # it can commit nothing before it has written
+        wait_until(
+            lambda: not backlog(kafka_bootstrap, topic_prefix, *topics.all_raw, topics.touchpoints),
+            120,
+            "the worker to read and commit every record",
+            tmp_path,
+        )
+        wait_until(lambda: sink.metrics.get("journeys_sink_retries_total") >= 5, 60, "five retries", tmp_path)
+
+        waiting = published_events(backlog(kafka_bootstrap, sink.group, topics.state))
+        assert committed(kafka_bootstrap, sink.group) == held
+        stored = event_ids(streamed)
+        assert stored < wanted and stored | waiting == wanted, (
+            "what ClickHouse lacks waits on the state topic"
+        )
+
+        outage.down.clear()
+        wait_until(settled(streamed, summary.touchpoints_new), 180, "the sink to catch up", tmp_path)
+        wait_until(
+            lambda: not backlog(kafka_bootstrap, sink.group, topics.state, topics.dead_letters),
+            60,
+            "the sink to commit everything",
+            tmp_path,
+        )
+    assert_same_state(streamed, embedded.dsn, summary)
+    # Exponential backoff: the delay doubles up to retry_max.
+    delays = [r.args[1] for r in caplog.records if r.name == "journeys.sink" and "retrying" in r.msg]
+    assert delays[:4] == [0.2, 0.4, 0.8, 1.6] and set(delays[4:]) == {1.6}, delays
+    print(
+        f"figures: {len(records)} raw records, {summary.touchpoints_new} events streamed; "
+        f"ClickHouse refused {outage.refused} calls, "
+        f"{len(delays)} sink retries; {len(wanted - stored)} events waited in Kafka; 0 lost"
+    )
