@@ -26,16 +26,16 @@ letter), so read = touchpoints + dead letters holds for callers that count.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
-from journeys.touchpoint import Touchpoint
+from journeys.touchpoint import Touchpoint, TouchpointFields
 
 from .adapters import ADAPTERS, Adapter, Rejection
-from .adapters.base import json_type, show
+from .adapters.base import build_touchpoint, json_type, show
 from .adapters.twilio import parse_form
 from .context import IngestContext
 from .pii import PiiKeyError, redact_record
@@ -48,11 +48,13 @@ __all__ = [
     "Outcome",
     "detect_format",
     "parse_records",
+    "parse_records_with",
 ]
 
 FORMATS: tuple[str, ...] = ("segment", "sendgrid", "twilio", "callcsv", "social", "meta")
 UNKNOWN_FORMAT = "unknown"
 Outcome = Touchpoint | DeadLetter
+Built = TypeVar("Built")
 
 assert set(FORMATS) == set(ADAPTERS), "FORMATS and ADAPTERS must list the same formats"
 
@@ -90,14 +92,36 @@ def parse_records(
     raises `ValueError` here; a missing PII key raises `PiiKeyError` when the first
     email or phone number needs hashing. Nothing a record contains makes it raise.
     """
+    return parse_records_with(records, context, build_touchpoint, format)
+
+
+def parse_records_with(
+    records: Iterable[RawRecord],
+    context: IngestContext,
+    build: Callable[[TouchpointFields], Built],
+    format: str | None = None,
+) -> Iterator[Built | DeadLetter]:
+    """`parse_records` with each leaf's fields turned into an outcome by `build`.
+
+    `build` validates (raising `Rejection` for fields that cannot be a
+    touchpoint, like `ingest.adapters.base.build_touchpoint`, which
+    `parse_records` uses) and may give another form than the model: the
+    embedded run goes straight to the aggregate's compact, classified form.
+    Everything else (decoding, detection, splitting, dead letters) is the same.
+    """
     if format is not None and format not in ADAPTERS:
         raise ValueError(f"unknown format {format!r}; known formats: {', '.join(FORMATS)}")
-    return _parse(records, context, format)
+    return _parse(records, context, format, build)
 
 
-def _parse(records: Iterable[RawRecord], ctx: IngestContext, forced: str | None) -> Iterator[Outcome]:
+def _parse(
+    records: Iterable[RawRecord],
+    ctx: IngestContext,
+    forced: str | None,
+    build: Callable[[TouchpointFields], Built],
+) -> Iterator[Built | DeadLetter]:
     for record in records:
-        yield from _record_outcomes(record, ctx, forced)
+        yield from _record_outcomes(record, ctx, forced, build)
 
 
 def _detect(obj: Any) -> Adapter | None:
@@ -107,7 +131,9 @@ def _detect(obj: Any) -> Adapter | None:
     return None
 
 
-def _record_outcomes(record: RawRecord, ctx: IngestContext, forced: str | None) -> Iterator[Outcome]:
+def _record_outcomes(
+    record: RawRecord, ctx: IngestContext, forced: str | None, build: Callable[[TouchpointFields], Built]
+) -> Iterator[Built | DeadLetter]:
     received_at = ctx.now()
     name = forced or record.format
     if record.error is not None:
@@ -137,9 +163,9 @@ def _record_outcomes(record: RawRecord, ctx: IngestContext, forced: str | None) 
             yield _letter(ctx, record.raw, reason, name or UNKNOWN_FORMAT, record.origin, received_at)
             return
         for index, element in enumerate(obj):
-            yield from _object_outcomes(record, element, f"[{index}]", adapter, ctx, received_at)
+            yield from _object_outcomes(record, element, f"[{index}]", adapter, ctx, received_at, build)
     else:
-        yield from _object_outcomes(record, obj, "", adapter, ctx, received_at)
+        yield from _object_outcomes(record, obj, "", adapter, ctx, received_at, build)
 
 
 def _object_outcomes(
@@ -149,7 +175,8 @@ def _object_outcomes(
     adapter: Adapter | None,
     ctx: IngestContext,
     received_at: datetime,
-) -> Iterator[Outcome]:
+    build: Callable[[TouchpointFields], Built],
+) -> Iterator[Built | DeadLetter]:
     def dead(raw: bytes, reason: str, format_name: str, leaf_path: str = path) -> DeadLetter:
         origin = f"{record.origin}#{leaf_path}" if leaf_path else record.origin
         return _letter(ctx, raw, reason, format_name, origin, received_at)
@@ -186,7 +213,7 @@ def _object_outcomes(
             yield dead(_leaf_raw(record, leaf_path, leaf.obj), leaf.problem, adapter.name, leaf_path)
             continue
         try:
-            outcome: Outcome = adapter.to_touchpoint(leaf.obj, ctx, received_at)
+            outcome: Built | DeadLetter = build(adapter.fields(leaf.obj, ctx, received_at))
         except Rejection as rejection:
             outcome = dead(_leaf_raw(record, leaf_path, leaf.obj), rejection.reason, adapter.name, leaf_path)
         except PiiKeyError:

@@ -540,14 +540,24 @@ class PhaseRules:
 
     def classify(self, tp: Touchpoint) -> Classification:
         """Phase, failure, passive, conversion and sentiment of one touchpoint."""
-        key = (tp.channel, tp.source, tp.action)
+        return self.classify_fields(tp.channel, tp.source, tp.action, tp.sentiment, tp.properties)
+
+    def classify_fields(
+        self,
+        channel: Channel,
+        source: str,
+        action: str,
+        own_sentiment: float | None,
+        properties: Mapping[str, Any],
+    ) -> Classification:
+        """`classify` for a touchpoint given by the fields the rules read (a validated touchpoint's)."""
+        key = (channel, source, action)
         plan = self._plans.get(key)
         if plan is None:
             plan = self._plan(*key)
             if len(self._plans) >= _MAX_PLANS:
                 self._plans.clear()
             self._plans[key] = plan
-        own_sentiment = tp.sentiment
         fixed = plan.fixed
         if fixed is not None:
             if own_sentiment is None or own_sentiment == fixed.sentiment:
@@ -561,7 +571,6 @@ class PhaseRules:
                 own_sentiment,
                 fixed.conversion,
             )
-        properties = tp.properties
         phase_rule = _first(plan.phases, properties)
         failure_rule = _first(plan.failures, properties)
         if own_sentiment is None:

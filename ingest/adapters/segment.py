@@ -26,7 +26,7 @@ from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
-from journeys.touchpoint import Channel, Touchpoint
+from journeys.touchpoint import Channel, TouchpointFields
 
 from ..context import IngestContext
 from ..pii import redact_emails, scrub_properties
@@ -36,7 +36,6 @@ from .base import (
     Leaf,
     Rejection,
     as_number,
-    build_touchpoint,
     get_obj,
     get_str,
     json_type,
@@ -143,7 +142,7 @@ def snake_case(name: str) -> str:
     return _NON_WORD.sub("_", _CAMEL_BOUNDARY.sub("_", name.strip()).lower()).strip("_")
 
 
-def to_touchpoint(call: Any, ctx: IngestContext, received_at: datetime) -> Touchpoint:
+def to_fields(call: Any, ctx: IngestContext, received_at: datetime) -> TouchpointFields:
     """Map one Segment call to a web touchpoint."""
     if not isinstance(call, dict):
         raise Rejection(f"a Segment call must be an object, got {json_type(call)}")
@@ -205,7 +204,7 @@ def to_touchpoint(call: Any, ctx: IngestContext, received_at: datetime) -> Touch
         properties["group_id"] = group_id
 
     value, currency = _money(raw_properties)
-    return build_touchpoint(
+    return TouchpointFields(
         event_id=event_id,
         occurred_at=occurred_at,
         received_at=received_at,
@@ -244,4 +243,4 @@ def _persona(*sources: dict[str, Any]) -> str | None:
     return None
 
 
-ADAPTER = Adapter(name=NAME, detect=detect, split=split, to_touchpoint=to_touchpoint)
+ADAPTER = Adapter(name=NAME, detect=detect, split=split, fields=to_fields)
