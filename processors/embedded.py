@@ -25,7 +25,7 @@ from journeys.reconstruct import Admission, Reconstruction
 from journeys.touchpoint import CompactTouchpoint
 from processors.config import Settings
 from processors.parsing import ParseRecipe, classified_outcomes
-from processors.runtime import tune_gc_for_bulk
+from processors.runtime import collector_paused, tune_gc_for_bulk
 from processors.sinks import clickhouse as sink
 from processors.storage import Target, connect, migrate
 
@@ -173,6 +173,19 @@ def run_records(
     if format is not None and format not in FORMATS:
         raise ValueError(f"unknown format {format!r}; known formats: {', '.join(FORMATS)}")
     tune_gc_for_bulk()
+    with collector_paused():
+        return _run_records(records, settings, format, inputs, command, progress, parse_workers)
+
+
+def _run_records(
+    records: Iterable[RawRecord],
+    settings: Settings,
+    format: str | None,
+    inputs: list[str] | None,
+    command: str,
+    progress: Callable[[int], None] | None,
+    parse_workers: int | None,
+) -> RunSummary:
     summary = RunSummary(run_id=uuid.uuid4().hex, inputs=inputs or [], started_at=datetime.now(UTC))
     client = connect(settings.dsn)
     migrate(client)
