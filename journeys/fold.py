@@ -32,6 +32,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
+from typing import NamedTuple
 
 from journeys.phases import Classification, PhaseRules
 from journeys.touchpoint import PHASE_ORDER, Channel, CompactTouchpoint, Phase, Touchpoint
@@ -78,9 +79,8 @@ class JourneyPolicy:
         return latest_event_time - self.allowed_lateness
 
 
-@dataclass(frozen=True, slots=True)
-class ClassifiedTouchpoint:
-    """A touchpoint (compact) with its rule classification: the fold's input."""
+class ClassifiedTouchpoint(NamedTuple):
+    """A touchpoint (compact) with its rule classification: the fold's input (one per event)."""
 
     touchpoint: CompactTouchpoint
     classification: Classification
@@ -95,9 +95,8 @@ class ClassifiedTouchpoint:
         return (self.touchpoint.occurred_at, self.touchpoint.event_id)
 
 
-@dataclass(frozen=True, slots=True)
-class PlacedTouchpoint:
-    """A touchpoint as placed in its journey: position and effective phase."""
+class PlacedTouchpoint(NamedTuple):
+    """A touchpoint as placed in its journey: position and effective phase (a named tuple: one per event)."""
 
     event_id: str
     seq: int

@@ -32,7 +32,7 @@ import re
 import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from journeys.touchpoint import PHASE_LABELS_NL, Channel, Phase, Touchpoint
 
@@ -65,9 +65,8 @@ class RulesError(ValueError):
     """The rules mapping is invalid; the message names the section, rule and key."""
 
 
-@dataclass(frozen=True, slots=True)
-class Classification:
-    """What the rules say about one touchpoint.
+class Classification(NamedTuple):
+    """What the rules say about one touchpoint (a named tuple: one is made per touchpoint).
 
     `rule` names the phase rule that matched, `failure_rule` the first matching
     failure signal rule. `sentiment` is the touchpoint's own sentiment when it has

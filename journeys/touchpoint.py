@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, NamedTuple
@@ -42,7 +41,7 @@ class Phase(StrEnum):
     @property
     def rank(self) -> int:
         """0-based position in the journey; used to spot skips and regressions."""
-        return PHASE_ORDER.index(self)
+        return PHASE_RANKS[self]
 
     @property
     def label_nl(self) -> str:
@@ -51,6 +50,7 @@ class Phase(StrEnum):
 
 
 PHASE_ORDER: tuple[Phase, ...] = tuple(Phase)
+PHASE_RANKS: dict[Phase, int] = {phase: rank for rank, phase in enumerate(PHASE_ORDER)}
 PHASE_LABELS_NL: dict[Phase, str] = {
     Phase.ORIENTATION: "Oriëntatie",
     Phase.CONSIDERATION: "Afweging",
@@ -191,15 +191,16 @@ class TouchpointFields(NamedTuple):
     currency: Any = None
 
 
-@dataclass(frozen=True, slots=True)
-class CompactTouchpoint:
+class CompactTouchpoint(NamedTuple):
     """A validated touchpoint in the form the aggregate keeps for every event it has seen.
 
     The reconstruction holds every touchpoint ever admitted; as pydantic models
     with property dicts they took about 3.5 KB each. This keeps the fields the
     fold and the sinks read, the identifier keys, and the properties as their
     canonical JSON (sorted keys): what storage writes anyway, and a value that
-    compares equal exactly when the property dicts do.
+    compares equal exactly when the property dicts do. A named tuple, immutable
+    like the frozen dataclass it was, and made in a quarter of its time (one is
+    made per event).
     """
 
     event_id: str
@@ -254,7 +255,7 @@ class CompactTouchpoint:
 
     def same_event(self, other: CompactTouchpoint) -> bool:
         """Exact redelivery: equal in everything but when we happened to receive it."""
-        return replace(self, received_at=None) == replace(other, received_at=None)
+        return self._replace(received_at=None) == other._replace(received_at=None)
 
 
 def properties_json(properties: dict[str, Any]) -> str:
@@ -266,10 +267,6 @@ def properties_json(properties: dict[str, Any]) -> str:
 _GOOD_TYPES: set[str] = set(BUILTIN_IDENTIFIER_TYPES)
 _TYPE_TEXT = re.compile(r"[a-z][a-z0-9_]{0,63}")  # the pattern as pydantic applies it: the whole text
 _CURRENCY_TEXT = re.compile(r"[A-Z]{3}")
-
-
-def _plain_str(value: Any, longest: int) -> bool:
-    return type(value) is str and 0 < len(value) <= longest
 
 
 def compact_touchpoint(fields: TouchpointFields) -> CompactTouchpoint | None:
@@ -299,42 +296,52 @@ def compact_touchpoint(fields: TouchpointFields) -> CompactTouchpoint | None:
         value,
         currency,
     ) = fields
-    if not (
-        _plain_str(event_id, MAX_EVENT_ID_LENGTH)
-        and _plain_str(source, MAX_SOURCE_LENGTH)
-        and _plain_str(action, MAX_ACTION_LENGTH)
-        and type(channel) is Channel
-        and type(occurred_at) is datetime
-        and (received_at is None or type(received_at) is datetime)
-        and type(properties) is dict
-        and (persona is None or (type(persona) is str and len(persona) <= MAX_PERSONA_LENGTH))
-        and (sentiment is None or (type(sentiment) is float and -1.0 <= sentiment <= 1.0))
-        and (value is None or (type(value) is float and math.isfinite(value)))
-        and (
-            currency is None
-            or (value is not None and type(currency) is str and _CURRENCY_TEXT.fullmatch(currency))
+    if type(identifiers) is list:
+        identifiers = tuple(identifiers)
+    if (
+        type(event_id) is not str
+        or not 0 < len(event_id) <= MAX_EVENT_ID_LENGTH
+        or type(source) is not str
+        or not 0 < len(source) <= MAX_SOURCE_LENGTH
+        or type(action) is not str
+        or not 0 < len(action) <= MAX_ACTION_LENGTH
+        or type(channel) is not Channel
+        or type(occurred_at) is not datetime
+        or (received_at is not None and type(received_at) is not datetime)
+        or type(properties) is not dict
+        or (persona is not None and (type(persona) is not str or len(persona) > MAX_PERSONA_LENGTH))
+        or (sentiment is not None and (type(sentiment) is not float or not -1.0 <= sentiment <= 1.0))
+        or (value is not None and (type(value) is not float or not math.isfinite(value)))
+        or (
+            currency is not None
+            and (value is None or type(currency) is not str or _CURRENCY_TEXT.fullmatch(currency) is None)
         )
-        and identifiers
+        or type(identifiers) is not tuple
+        or not identifiers
     ):
         return None
     for key in properties:
         if type(key) is not str:
             return None
-    keys = []
     for identifier in identifiers:
         if type(identifier) is not tuple or len(identifier) != 2:
             return None
         kind, text = identifier
-        if type(kind) is not str or kind not in _GOOD_TYPES:
+        if kind not in _GOOD_TYPES:
             if type(kind) is not str or _TYPE_TEXT.fullmatch(kind) is None:
                 return None
             _GOOD_TYPES.add(kind)
-        if not _plain_str(text, MAX_IDENTIFIER_VALUE_LENGTH) or text[0].isspace() or text[-1].isspace():
+        if (
+            type(text) is not str
+            or not 0 < len(text) <= MAX_IDENTIFIER_VALUE_LENGTH
+            or text[0].isspace()
+            or text[-1].isspace()
+        ):
             return None
-        keys.append(identifier)
     try:
-        occurred_at = canonical_time(occurred_at)
-        if received_at is not None:
+        if occurred_at.tzinfo is not UTC or occurred_at.microsecond % 1000:
+            occurred_at = canonical_time(occurred_at)
+        if received_at is not None and (received_at.tzinfo is not UTC or received_at.microsecond % 1000):
             received_at = canonical_time(received_at)
     except (ValueError, OverflowError):
         return None
@@ -345,7 +352,7 @@ def compact_touchpoint(fields: TouchpointFields) -> CompactTouchpoint | None:
         channel,
         source,
         action,
-        tuple(keys),
+        identifiers,
         properties_json(properties),
         persona,
         sentiment,

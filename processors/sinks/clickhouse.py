@@ -75,7 +75,13 @@ TOUCHPOINT_COLUMNS = (
 class Store(Protocol):
     """What the writers need of ClickHouse: a clickhouse-connect `Client` or `BackgroundInserts`."""
 
-    def insert(self, table: str, data: Sequence[Sequence[Any]], column_names: Sequence[str]) -> Any: ...
+    def insert(
+        self,
+        table: str,
+        data: Sequence[Sequence[Any]],
+        column_names: Sequence[str],
+        column_oriented: bool = False,
+    ) -> Any: ...
 
     def query(self, query: str, parameters: dict[str, Any] | None = None) -> QueryResult: ...
 
@@ -92,7 +98,8 @@ class BackgroundInserts:
     A query first waits for every queued insert, so reads see all the writes
     made before them. An insert that fails is raised in the caller at its next
     insert or query, or at `close`; the inserts queued after it are dropped.
-    The rows handed to `insert` must not be changed afterwards.
+    The rows handed to `insert` must not be changed afterwards; column-oriented
+    data is emptied once inserted (its column lists are cleared).
 
     Each table's insert context is made once and reused: clickhouse-connect
     then asks for the table's column types once, not before every insert, and
@@ -104,8 +111,9 @@ class BackgroundInserts:
 
     def __init__(self, client: Client, depth: int = 1) -> None:
         self._client = client
-        self._jobs: queue.Queue[tuple[str, Sequence[Sequence[Any]], list[str]] | None] = queue.Queue(depth)
-        self._contexts: dict[tuple[str, tuple[str, ...]], InsertContext] = {}
+        self._jobs: queue.Queue[tuple[str, Sequence[Sequence[Any]], tuple[str, ...], bool] | None]
+        self._jobs = queue.Queue(depth)
+        self._contexts: dict[tuple[str, tuple[str, ...], bool], InsertContext] = {}
         self._failure: BaseException | None = None
         self._thread = threading.Thread(target=self._work, name="clickhouse-inserts", daemon=True)
         self._thread.start()
@@ -117,13 +125,19 @@ class BackgroundInserts:
                 if job is None:
                     return
                 if self._failure is None:
-                    table, data, columns = job
-                    key = (table, tuple(columns))
+                    table, data, columns, column_oriented = job
+                    key = (table, columns, column_oriented)
                     context = self._contexts.get(key)
                     if context is None:
-                        context = self._client.create_insert_context(table, column_names=columns)
+                        context = self._client.create_insert_context(
+                            table, column_names=list(columns), column_oriented=column_oriented
+                        )
                         self._contexts[key] = context
                     self._client.insert(data=data, context=context)
+                    if column_oriented:  # the context keeps its last data: leave it empty lists
+                        for column in data:
+                            if isinstance(column, list):
+                                column.clear()
             except BaseException as exc:
                 self._failure = exc
             finally:
@@ -133,11 +147,17 @@ class BackgroundInserts:
         if self._failure is not None:
             raise self._failure
 
-    def insert(self, table: str, data: Sequence[Sequence[Any]], column_names: Sequence[str]) -> None:
+    def insert(
+        self,
+        table: str,
+        data: Sequence[Sequence[Any]],
+        column_names: Sequence[str],
+        column_oriented: bool = False,
+    ) -> None:
         if not self._thread.is_alive():
             raise RuntimeError("BackgroundInserts is closed")
         self._raise()
-        self._jobs.put((table, data, list(column_names)))
+        self._jobs.put((table, data, tuple(column_names), column_oriented))
 
     def query(self, query: str, parameters: dict[str, Any] | None = None) -> QueryResult:
         self.drain()
@@ -208,9 +228,12 @@ def _stored_to_insert(value: Any) -> Any:
     return value
 
 
-def _insert(client: Store, table: str, columns: Sequence[str], rows: list[tuple]) -> None:
+def _insert(client: Store, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    """Insert rows, handed to clickhouse-connect as columns: its own rows-to-columns pass costs
+    about 2 µs a row (of 3 for the whole insert on its side), this one under 1."""
     if rows:
-        client.insert(table, rows, column_names=list(columns))
+        data = [list(map(itemgetter(index), rows)) for index in range(len(columns))]
+        client.insert(table, data, column_names=list(columns), column_oriented=True)
 
 
 def write_events(client: Store, touchpoints: Iterable[CompactTouchpoint]) -> int:
@@ -222,7 +245,7 @@ def write_events(client: Store, touchpoints: Iterable[CompactTouchpoint]) -> int
             tp.event_id,
             _ms(tp.occurred_at),
             _ms(tp.received_at or now),
-            tp.channel.value,
+            str(tp.channel),  # a StrEnum: its str is its value
             tp.source,
             tp.action,
             tp.identifiers,
@@ -446,38 +469,41 @@ JOURNEY_COLUMNS = (
 
 
 def touchpoint_rows(reconstruction: Reconstruction, journey: Journey, version: int, at: datetime) -> list:
-    at_ms = _ms(at)
-    return [(*values, version, at_ms) for values in touchpoint_values(reconstruction, journey, at)]
+    return touchpoint_values(reconstruction, journey, at, (version, _ms(at)))
 
 
-def touchpoint_values(reconstruction: Reconstruction, journey: Journey, at: datetime) -> list[tuple]:
-    """The placed touchpoints' columns without the write bookkeeping (version, written_at)."""
+def touchpoint_values(
+    reconstruction: Reconstruction, journey: Journey, at: datetime, bookkeeping: tuple = ()
+) -> list[tuple]:
+    """The placed touchpoints' columns, then `bookkeeping` (`touchpoint_rows`: version, written_at)."""
     rows = []
-    for placed in journey.touchpoints:
-        step = reconstruction.step(placed.event_id)
-        tp, cls = step.touchpoint, step.classification
+    step = reconstruction.step
+    customer_id, journey_id, persona = journey.customer_id, journey.journey_id, journey.persona or ""
+    for event_id, seq, phase, sentiment in journey.touchpoints:
+        tp, cls = step(event_id)
         rows.append(
             (
                 tp.event_id,
-                journey.customer_id,
-                journey.journey_id,
-                placed.seq,
+                customer_id,
+                journey_id,
+                seq,
                 _ms(tp.occurred_at),
                 _ms(tp.received_at or at),
-                tp.channel.value,
+                str(tp.channel),  # StrEnums: the str is the value
                 tp.source,
                 tp.action,
-                placed.phase.value,
+                str(phase),
                 cls.rule or "",
                 int(cls.passive),
                 int(cls.failure),
                 cls.failure_rule or "",
                 int(cls.conversion),
-                placed.sentiment,
+                sentiment,
                 tp.value,
                 tp.currency or "",
-                journey.persona or "",
+                persona,
                 tp.properties_json,
+                *bookkeeping,
             )
         )
     return rows

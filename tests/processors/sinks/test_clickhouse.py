@@ -26,6 +26,14 @@ def test_a_query_sees_every_insert_queued_before_it(client: Client) -> None:
     assert client.query("SELECT count() FROM log").result_rows == [(20_001,)]
 
 
+def test_columns_are_emptied_once_inserted(client: Client) -> None:
+    columns = [[1, 2, 3], [10, 20, 30]]
+    with BackgroundInserts(client) as store:
+        store.insert("log", columns, ["n", "at"], column_oriented=True)
+        assert store.query("SELECT sum(n), sum(at) FROM log").result_rows == [(6, 60)]
+    assert columns == [[], []]
+
+
 def test_a_failed_insert_is_raised_in_the_caller_and_what_follows_is_dropped(client: Client) -> None:
     store = BackgroundInserts(client)
     store.insert("no_such_table", [(1, 1)], ["n", "at"])
