@@ -267,6 +267,20 @@ def properties_json(properties: dict[str, Any]) -> str:
 _GOOD_TYPES: set[str] = set(BUILTIN_IDENTIFIER_TYPES)
 _TYPE_TEXT = re.compile(r"[a-z][a-z0-9_]{0,63}")  # the pattern as pydantic applies it: the whole text
 _CURRENCY_TEXT = re.compile(r"[A-Z]{3}")
+# Values that many touchpoints repeat (a device's or person's identifier set, action names), kept
+# once: the aggregate holds every touchpoint, and fresh copies of its identifiers were 40% of it
+# (463 of 1,157 bytes an event at 1M events, in 154k distinct sets). Bounded: when full, it starts again.
+_SHARED: dict[Any, Any] = {}
+_MAX_SHARED = 1 << 20
+
+
+def _shared(value: Any) -> Any:
+    kept = _SHARED.get(value)
+    if kept is None:
+        if len(_SHARED) >= _MAX_SHARED:
+            _SHARED.clear()
+        _SHARED[value] = kept = value
+    return kept
 
 
 def compact_touchpoint(fields: TouchpointFields) -> CompactTouchpoint | None:
@@ -351,8 +365,8 @@ def compact_touchpoint(fields: TouchpointFields) -> CompactTouchpoint | None:
         received_at,
         channel,
         source,
-        action,
-        identifiers,
+        _shared(action),
+        _shared(identifiers),
         properties_json(properties),
         persona,
         sentiment,
