@@ -32,6 +32,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
+from operator import attrgetter
 from typing import NamedTuple
 
 from journeys.phases import Classification, PhaseRules
@@ -377,6 +378,7 @@ def fold_journey(
     )
 
 
+_ORDER_KEY = attrgetter("touchpoint.occurred_at", "touchpoint.event_id")  # `order_key`, without a call
 _STEPS: dict[tuple[Phase, Channel, str], str] = {}
 _MAX_STEPS = 100_000  # step kinds shared; past this (unusually many actions) names are made anew
 
@@ -399,7 +401,7 @@ def fold_customer(
     policy: JourneyPolicy,
 ) -> list[Journey]:
     """All journeys of one customer. `steps` may come in any order."""
-    ordered = sorted(steps, key=lambda s: s.order_key)
+    ordered = sorted(steps, key=_ORDER_KEY)
     persona = None
     for step in ordered:
         persona = step.touchpoint.persona or persona
