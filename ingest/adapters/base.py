@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import math
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -65,7 +65,7 @@ class Adapter:
 
     name: str
     detect: Callable[[Any], bool]
-    split: Callable[[Any], Iterator[Leaf]]
+    split: Callable[[Any], Iterable[Leaf]]
     fields: Callable[[Any, IngestContext, datetime], TouchpointFields]
 
     def to_touchpoint(self, obj: Any, ctx: IngestContext, received_at: datetime) -> Touchpoint:
@@ -73,9 +73,9 @@ class Adapter:
         return build_touchpoint(self.fields(obj, ctx, received_at))
 
 
-def whole(obj: Any) -> Iterator[Leaf]:
+def whole(obj: Any) -> tuple[Leaf]:
     """`split` for formats without envelopes: the record is its own single leaf."""
-    yield Leaf("", obj)
+    return (Leaf("", obj),)
 
 
 def json_type(value: Any) -> str:

@@ -21,7 +21,6 @@ identity graph refuse the very link the alias asks for.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from datetime import datetime
 from functools import lru_cache
 from typing import Any
@@ -70,26 +69,25 @@ def detect(obj: Any) -> bool:
     return (isinstance(kind, str) and kind in CALL_TYPES) or isinstance(obj.get("batch"), list)
 
 
-def split(obj: Any) -> Iterator[Leaf]:
+def split(obj: Any) -> list[Leaf]:
     """Calls of a batch envelope, each with the envelope's `sentAt` and `context`; else the call."""
     if "batch" not in obj:
-        yield Leaf("", obj)
-        return
+        return [Leaf("", obj)]
     batch = obj["batch"]
     if not isinstance(batch, list):
-        yield Leaf("", obj, f"batch: must be an array of calls, got {json_type(batch)}")
-        return
+        return [Leaf("", obj, f"batch: must be an array of calls, got {json_type(batch)}")]
     if not batch:
-        yield Leaf("", obj, "batch: holds no calls")
-        return
+        return [Leaf("", obj, "batch: holds no calls")]
     shared_context = obj.get("context") if isinstance(obj.get("context"), dict) else None
     sent_at = obj.get("sentAt")
+    leaves = []
     for index, call in enumerate(batch):
         path = f"batch[{index}]"
         if not isinstance(call, dict):
-            yield Leaf(path, call, f"{path}: must be an object, got {json_type(call)}")
+            leaves.append(Leaf(path, call, f"{path}: must be an object, got {json_type(call)}"))
         else:
-            yield Leaf(path, _inherit(call, shared_context, sent_at))
+            leaves.append(Leaf(path, _inherit(call, shared_context, sent_at)))
+    return leaves
 
 
 def _inherit(call: dict[str, Any], context: dict[str, Any] | None, sent_at: Any) -> dict[str, Any]:
@@ -222,8 +220,8 @@ def to_fields(call: Any, ctx: IngestContext, received_at: datetime) -> Touchpoin
 def _money(properties: dict[str, Any]) -> tuple[float | None, str | None]:
     value = None
     for key in _VALUE_KEYS:
-        value = as_number(properties.get(key))
-        if value is not None:
+        raw = properties.get(key)
+        if raw is not None and (value := as_number(raw)) is not None:
             break
     if value is None:
         return None, None
