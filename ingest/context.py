@@ -15,8 +15,12 @@ from .pii import DEFAULT_PHONE_REGION, PiiHasher
 
 
 def utc_now() -> datetime:
-    """Wall-clock time in UTC; the default ingest clock."""
-    return datetime.now(UTC)
+    """Wall-clock time in UTC at millisecond precision (the storage's); the default ingest clock.
+
+    At milliseconds already, it is what the touchpoint keeps, with nothing left to convert per event.
+    """
+    now = datetime.now(UTC)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
 
 
 @dataclass(frozen=True, slots=True)

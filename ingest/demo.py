@@ -390,6 +390,16 @@ PRODUCT_BY_ID = {p.product_id: p for p in PRODUCTS}
 # Kinds of people. Anonymous visitors never identify (one device each); social-only
 # people only ever talk about the shop on social media (one handle each).
 KIND_SHARES = (("anonymous", 0.18), ("social_only", 0.06), ("identified", 0.76))
+# Population mixes (`generate(mix=…)`), as shares of those kinds. `demo` (the default) is the
+# story above: about 30.7 events per generated person. `short` keeps every story and only
+# changes who turns up: mostly visitors who never identify, as in a real clickstream, so a
+# person averages about 10 events; the benchmark's scale target (10M events from 1M
+# customers) is measured on it.
+MIXES: dict[str, tuple[tuple[str, float], ...]] = {
+    "demo": KIND_SHARES,
+    "short": (("anonymous", 0.79), ("social_only", 0.06), ("identified", 0.15)),
+}
+DEFAULT_MIX = "demo"
 
 # Natural drop-off points of identified people who give up: many different places,
 # none common. `needs_phone` points call the contact centre.
@@ -646,7 +656,7 @@ class _Builder:
         self.end = ds.end_ms
         self.records: list[DemoRecord] = []
         self.persona = _pick(rng, tuple((p, p.share) for p in PERSONAS))
-        self.kind = _pick(rng, KIND_SHARES)
+        self.kind = _pick(rng, MIXES[ds.mix])
         first = FIRST_NAMES[rng.randrange(len(FIRST_NAMES))]
         last = LAST_NAMES[rng.randrange(len(LAST_NAMES))]
         self.first_name, self.last_name = first, last
@@ -1999,6 +2009,7 @@ class DemoDataset:
     seed: int
     start: datetime
     days: int
+    mix: str = DEFAULT_MIX
 
     @property
     def start_ms(self) -> int:
@@ -2155,13 +2166,20 @@ class DemoDataset:
 
 
 def generate(
-    customers: int = DEFAULT_CUSTOMERS, seed: int = 7, start: datetime = DEFAULT_START, days: int = 60
+    customers: int = DEFAULT_CUSTOMERS,
+    seed: int = 7,
+    start: datetime = DEFAULT_START,
+    days: int = 60,
+    mix: str = DEFAULT_MIX,
 ) -> DemoDataset:
     """The demo dataset for `customers` people over `days` days from `start` (UTC).
 
+    `mix` is the population mix (`MIXES`): `demo` (about 30.7 events per person)
+    or `short` (mostly anonymous visitors, about 10 events per person).
+
     Raises `TypeError` for a non-integer `customers`, `seed` or `days`, and
-    `ValueError` for a negative `customers`, fewer than `MIN_DAYS` days or a
-    naive `start`.
+    `ValueError` for a negative `customers`, fewer than `MIN_DAYS` days, a
+    naive `start` or an unknown `mix`.
     """
     for name, value in (("customers", customers), ("seed", seed), ("days", days)):
         if not isinstance(value, int) or isinstance(value, bool):
@@ -2172,8 +2190,10 @@ def generate(
         raise ValueError(f"days must be at least {MIN_DAYS}: the planted drop-offs need 14 days of silence")
     if start.tzinfo is None or start.utcoffset() is None:
         raise ValueError("start must carry a time zone")
+    if mix not in MIXES:
+        raise ValueError(f"unknown mix {mix!r}; choose one of {', '.join(MIXES)}")
     start = start.astimezone(UTC).replace(microsecond=0)
-    return DemoDataset(customers=customers, seed=seed, start=start, days=days)
+    return DemoDataset(customers=customers, seed=seed, start=start, days=days, mix=mix)
 
 
 # --------------------------------------------------------------------------- writing
@@ -2471,6 +2491,7 @@ class _Writer:
                 "start": iso_s(ds.start_ms),
                 "days": ds.days,
                 "end": iso_s(ds.end_ms),
+                "mix": ds.mix,
             },
             "conventions": {
                 "person": TRUTH_PERSON,

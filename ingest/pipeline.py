@@ -26,16 +26,16 @@ letter), so read = touchpoints + dead letters holds for callers that count.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
-from journeys.touchpoint import Touchpoint
+from journeys.touchpoint import Touchpoint, TouchpointFields
 
 from .adapters import ADAPTERS, Adapter, Rejection
-from .adapters.base import json_type, show
+from .adapters.base import build_touchpoint, json_type, show
 from .adapters.twilio import parse_form
 from .context import IngestContext
 from .pii import PiiKeyError, redact_record
@@ -48,11 +48,13 @@ __all__ = [
     "Outcome",
     "detect_format",
     "parse_records",
+    "parse_records_with",
 ]
 
 FORMATS: tuple[str, ...] = ("segment", "sendgrid", "twilio", "callcsv", "social", "meta")
 UNKNOWN_FORMAT = "unknown"
 Outcome = Touchpoint | DeadLetter
+Built = TypeVar("Built")
 
 assert set(FORMATS) == set(ADAPTERS), "FORMATS and ADAPTERS must list the same formats"
 
@@ -90,14 +92,37 @@ def parse_records(
     raises `ValueError` here; a missing PII key raises `PiiKeyError` when the first
     email or phone number needs hashing. Nothing a record contains makes it raise.
     """
+    return parse_records_with(records, context, build_touchpoint, format)
+
+
+def parse_records_with(
+    records: Iterable[RawRecord],
+    context: IngestContext,
+    build: Callable[[TouchpointFields], Built],
+    format: str | None = None,
+) -> Iterator[Built | DeadLetter]:
+    """`parse_records` with each leaf's fields turned into an outcome by `build`.
+
+    `build` validates (raising `Rejection` for fields that cannot be a
+    touchpoint, like `ingest.adapters.base.build_touchpoint`, which
+    `parse_records` uses) and may give another form than the model: the
+    embedded run goes straight to the aggregate's compact, classified form.
+    Everything else (decoding, detection, splitting, dead letters) is the same.
+    """
     if format is not None and format not in ADAPTERS:
         raise ValueError(f"unknown format {format!r}; known formats: {', '.join(FORMATS)}")
-    return _parse(records, context, format)
+    return _parse(records, context, format, build)
 
 
-def _parse(records: Iterable[RawRecord], ctx: IngestContext, forced: str | None) -> Iterator[Outcome]:
+def _parse(
+    records: Iterable[RawRecord],
+    ctx: IngestContext,
+    forced: str | None,
+    build: Callable[[TouchpointFields], Built],
+) -> Iterator[Built | DeadLetter]:
+    # Lazy per record; a record's own outcomes (a batch's calls, a POST's events) come as one list.
     for record in records:
-        yield from _record_outcomes(record, ctx, forced)
+        yield from _record_outcomes(record, ctx, forced, build)
 
 
 def _detect(obj: Any) -> Adapter | None:
@@ -107,19 +132,19 @@ def _detect(obj: Any) -> Adapter | None:
     return None
 
 
-def _record_outcomes(record: RawRecord, ctx: IngestContext, forced: str | None) -> Iterator[Outcome]:
+def _record_outcomes(
+    record: RawRecord, ctx: IngestContext, forced: str | None, build: Callable[[TouchpointFields], Built]
+) -> list[Built | DeadLetter]:
     received_at = ctx.now()
     name = forced or record.format
     if record.error is not None:
-        yield _letter(ctx, record.raw, record.error, name or UNKNOWN_FORMAT, record.origin, received_at)
-        return
+        return [_letter(ctx, record.raw, record.error, name or UNKNOWN_FORMAT, record.origin, received_at)]
     adapter = None
     if name is not None:
         adapter = ADAPTERS.get(name)
         if adapter is None:
             reason = f"unknown format {show(name)}; known formats: {', '.join(FORMATS)}"
-            yield _letter(ctx, record.raw, reason, UNKNOWN_FORMAT, record.origin, received_at)
-            return
+            return [_letter(ctx, record.raw, reason, UNKNOWN_FORMAT, record.origin, received_at)]
     try:
         obj = orjson.loads(record.raw)
     except orjson.JSONDecodeError as exc:
@@ -128,74 +153,90 @@ def _record_outcomes(record: RawRecord, ctx: IngestContext, forced: str | None) 
             reason = f"malformed JSON: {exc}"
             if b"=" in record.raw and (adapter is None or adapter.name == "twilio"):
                 reason += " (nor a Twilio form-encoded callback: no CallSid field)"
-            yield _letter(ctx, record.raw, reason, name or UNKNOWN_FORMAT, record.origin, received_at)
-            return
+            return [_letter(ctx, record.raw, reason, name or UNKNOWN_FORMAT, record.origin, received_at)]
         obj = form
+    out: list[Built | DeadLetter] = []
     if isinstance(obj, list):
         if not obj:
             reason = "empty JSON array: no records"
-            yield _letter(ctx, record.raw, reason, name or UNKNOWN_FORMAT, record.origin, received_at)
-            return
+            return [_letter(ctx, record.raw, reason, name or UNKNOWN_FORMAT, record.origin, received_at)]
         for index, element in enumerate(obj):
-            yield from _object_outcomes(record, element, f"[{index}]", adapter, ctx, received_at)
+            _object_outcomes(out, record, element, f"[{index}]", adapter, ctx, received_at, build)
     else:
-        yield from _object_outcomes(record, obj, "", adapter, ctx, received_at)
+        _object_outcomes(out, record, obj, "", adapter, ctx, received_at, build)
+    return out
 
 
 def _object_outcomes(
+    out: list[Built | DeadLetter],
     record: RawRecord,
     obj: Any,
     path: str,
     adapter: Adapter | None,
     ctx: IngestContext,
     received_at: datetime,
-) -> Iterator[Outcome]:
-    def dead(raw: bytes, reason: str, format_name: str, leaf_path: str = path) -> DeadLetter:
-        origin = f"{record.origin}#{leaf_path}" if leaf_path else record.origin
-        return _letter(ctx, raw, reason, format_name, origin, received_at)
-
+    build: Callable[[TouchpointFields], Built],
+) -> None:
+    """Append the outcomes of one object (a record, or an element of a top-level array) to `out`."""
     if not isinstance(obj, dict):
         what = "a JSON array nested in an array" if isinstance(obj, list) else f"a JSON {json_type(obj)}"
         if adapter is None:
-            yield dead(_leaf_raw(record, path, obj), f"unrecognised format: {what}", UNKNOWN_FORMAT)
+            reason, format_name = f"unrecognised format: {what}", UNKNOWN_FORMAT
         else:
-            reason = f"not a {adapter.name} record: {what}"
-            yield dead(_leaf_raw(record, path, obj), reason, adapter.name)
+            reason, format_name = f"not a {adapter.name} record: {what}", adapter.name
+        out.append(_dead(ctx, record, path, obj, reason, format_name, received_at))
         return
     if adapter is None:
         adapter = _detect(obj)
         if adapter is None:
-            yield dead(_leaf_raw(record, path, obj), f"unrecognised format: {_describe(obj)}", UNKNOWN_FORMAT)
+            reason = f"unrecognised format: {_describe(obj)}"
+            out.append(_dead(ctx, record, path, obj, reason, UNKNOWN_FORMAT, received_at))
             return
     elif not adapter.detect(obj):
         other = _detect(obj)
         if other is not None:
             reason = f"not a {adapter.name} record (it looks like {other.name})"
-            yield dead(_leaf_raw(record, path, obj), reason, adapter.name)
+            out.append(_dead(ctx, record, path, obj, reason, adapter.name, received_at))
             return
         # Nobody else claims it either: let the chosen adapter name what is missing.
     try:
-        leaves = list(adapter.split(obj))
+        leaves = adapter.split(obj)
+        if not isinstance(leaves, list | tuple):
+            leaves = list(leaves)
     except Exception as exc:
         reason = f"internal error splitting a {adapter.name} record: {type(exc).__name__}"
-        yield dead(_leaf_raw(record, path, obj), reason, adapter.name)
+        out.append(_dead(ctx, record, path, obj, reason, adapter.name, received_at))
         return
+    fields = adapter.fields
     for leaf in leaves:
         leaf_path = f"{path}.{leaf.path}" if path and leaf.path else path or leaf.path
         if leaf.problem is not None:
-            yield dead(_leaf_raw(record, leaf_path, leaf.obj), leaf.problem, adapter.name, leaf_path)
+            out.append(_dead(ctx, record, leaf_path, leaf.obj, leaf.problem, adapter.name, received_at))
             continue
         try:
-            outcome: Outcome = adapter.to_touchpoint(leaf.obj, ctx, received_at)
+            out.append(build(fields(leaf.obj, ctx, received_at)))
         except Rejection as rejection:
-            outcome = dead(_leaf_raw(record, leaf_path, leaf.obj), rejection.reason, adapter.name, leaf_path)
+            out.append(_dead(ctx, record, leaf_path, leaf.obj, rejection.reason, adapter.name, received_at))
         except PiiKeyError:
             raise
         except Exception as exc:
             # A bug, not bad data; the type name only, as messages may quote the record.
             reason = f"internal error in the {adapter.name} adapter: {type(exc).__name__}"
-            outcome = dead(_leaf_raw(record, leaf_path, leaf.obj), reason, adapter.name, leaf_path)
-        yield outcome
+            out.append(_dead(ctx, record, leaf_path, leaf.obj, reason, adapter.name, received_at))
+
+
+def _dead(
+    ctx: IngestContext,
+    record: RawRecord,
+    path: str,
+    obj: Any,
+    reason: str,
+    format_name: str,
+    received_at: datetime,
+) -> DeadLetter:
+    """A dead letter for (part of) a record: `path` locates the part (empty: the whole record)."""
+    origin = f"{record.origin}#{path}" if path else record.origin
+    return _letter(ctx, _leaf_raw(record, path, obj), reason, format_name, origin, received_at)
 
 
 def _letter(

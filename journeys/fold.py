@@ -32,6 +32,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
+from operator import attrgetter
+from typing import NamedTuple
 
 from journeys.phases import Classification, PhaseRules
 from journeys.touchpoint import PHASE_ORDER, Channel, CompactTouchpoint, Phase, Touchpoint
@@ -78,9 +80,8 @@ class JourneyPolicy:
         return latest_event_time - self.allowed_lateness
 
 
-@dataclass(frozen=True, slots=True)
-class ClassifiedTouchpoint:
-    """A touchpoint (compact) with its rule classification: the fold's input."""
+class ClassifiedTouchpoint(NamedTuple):
+    """A touchpoint (compact) with its rule classification: the fold's input (one per event)."""
 
     touchpoint: CompactTouchpoint
     classification: Classification
@@ -95,9 +96,8 @@ class ClassifiedTouchpoint:
         return (self.touchpoint.occurred_at, self.touchpoint.event_id)
 
 
-@dataclass(frozen=True, slots=True)
-class PlacedTouchpoint:
-    """A touchpoint as placed in its journey: position and effective phase."""
+class PlacedTouchpoint(NamedTuple):
+    """A touchpoint as placed in its journey: position and effective phase (a named tuple: one per event)."""
 
     event_id: str
     seq: int
@@ -378,6 +378,7 @@ def fold_journey(
     )
 
 
+_ORDER_KEY = attrgetter("touchpoint.occurred_at", "touchpoint.event_id")  # `order_key`, without a call
 _STEPS: dict[tuple[Phase, Channel, str], str] = {}
 _MAX_STEPS = 100_000  # step kinds shared; past this (unusually many actions) names are made anew
 
@@ -400,7 +401,7 @@ def fold_customer(
     policy: JourneyPolicy,
 ) -> list[Journey]:
     """All journeys of one customer. `steps` may come in any order."""
-    ordered = sorted(steps, key=lambda s: s.order_key)
+    ordered = sorted(steps, key=_ORDER_KEY)
     persona = None
     for step in ordered:
         persona = step.touchpoint.persona or persona

@@ -49,6 +49,7 @@ DEFAULT_JUNK_PATTERNS: tuple[str, ...] = (
 
 
 _VERDICT_CACHE_SIZE = 100_000  # bounded: a long run sees millions of anonymous ids
+_USABLE_CACHE_SIZE = 1_000_000  # identifier tuples (per device or person) whose usable keys are memoised
 
 
 @dataclass(frozen=True)
@@ -236,6 +237,7 @@ class IdentityGraph:
         "_track",
         "_uniq",
         "_unlinked",
+        "_usable",
         "_version",
         "policy",
     )
@@ -249,6 +251,9 @@ class IdentityGraph:
     ) -> None:
         self.policy = policy if policy is not None else IdentityPolicy()
         self._ranks: dict[str, int] = {}  # identifier type -> policy.rank, memoised
+        # A touchpoint's identifier tuple -> its usable identifiers, strongest first (memoised: a
+        # device or person sends the same set again and again, and the answer never changes).
+        self._usable: dict[tuple[Key, ...], tuple[Key, ...]] = {}
         # Nodes: identifier <-> dense int id; per-node data in flat lists.
         self._keys: list[Key] = []
         self._index: dict[Key, int] = {}
@@ -305,13 +310,10 @@ class IdentityGraph:
         """
         if event_id in self._obs:
             return True
-        index, is_junk = self._index, self.policy.is_junk
-        # A known identifier passed the junk test when it was first seen (the policy
-        # is immutable), so only new values pay for the regexes.
-        distinct = {(t, v) for t, v in identifiers if (t, v) in index or not is_junk(v)}
-        if not distinct:
+        usable = self._usable_keys(identifiers)
+        if not usable:
             return False
-        usable = sorted(distinct, key=self._strength) if len(distinct) > 1 else distinct
+        index = self._index
         self._version += 1
         event_key = (occurred_at, event_id)
         first = self._first
@@ -476,6 +478,27 @@ class IdentityGraph:
 
     # -- internals --------------------------------------------------------------
 
+    def _usable_keys(self, identifiers: Sequence[Key]) -> tuple[Key, ...]:
+        """The distinct identifiers that are not junk, strongest first.
+
+        A pure function of the identifiers (the policy is immutable), memoised
+        per identifier tuple, with a bound.
+        """
+        cacheable = isinstance(identifiers, tuple)
+        if cacheable:
+            found = self._usable.get(identifiers)
+            if found is not None:
+                return found
+        index, is_junk = self._index, self.policy.is_junk
+        # A known identifier passed the junk test when it was first seen, so only new values pay for it.
+        distinct = {(t, v) for t, v in identifiers if (t, v) in index or not is_junk(v)}
+        usable = tuple(sorted(distinct, key=self._strength)) if len(distinct) > 1 else tuple(distinct)
+        if cacheable:
+            if len(self._usable) >= _USABLE_CACHE_SIZE:
+                self._usable.clear()
+            self._usable[identifiers] = usable
+        return usable
+
     def _strength(self, key: Key) -> tuple[int, str, str]:
         """Sort key of identifier strength: policy rank, then type, then value."""
         rank = self._ranks.get(key[0])
@@ -532,6 +555,17 @@ class IdentityGraph:
     def _hjoin(self, reps: set[int], event_id: str, event_key: _EventKey) -> int:
         """Union replay components (small event lists into large) and add the event."""
         hevents, hmax = self._hevents, self._hmax
+        if len(reps) == 1:  # the common case: every identifier is in one component already
+            (rep,) = reps
+            events = hevents.get(rep)
+            if events is None:
+                hevents[rep] = [event_id]
+            else:
+                events.append(event_id)
+            current = hmax.get(rep)
+            if current is None or current < event_key:
+                hmax[rep] = event_key
+            return rep
         rep = max(reps, key=lambda r: len(hevents.get(r, ())))
         events = hevents.setdefault(rep, [])
         latest = event_key

@@ -32,7 +32,7 @@ import re
 import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from journeys.touchpoint import PHASE_LABELS_NL, Channel, Phase, Touchpoint
 
@@ -65,9 +65,8 @@ class RulesError(ValueError):
     """The rules mapping is invalid; the message names the section, rule and key."""
 
 
-@dataclass(frozen=True, slots=True)
-class Classification:
-    """What the rules say about one touchpoint.
+class Classification(NamedTuple):
+    """What the rules say about one touchpoint (a named tuple: one is made per touchpoint).
 
     `rule` names the phase rule that matched, `failure_rule` the first matching
     failure signal rule. `sentiment` is the touchpoint's own sentiment when it has
@@ -540,14 +539,24 @@ class PhaseRules:
 
     def classify(self, tp: Touchpoint) -> Classification:
         """Phase, failure, passive, conversion and sentiment of one touchpoint."""
-        key = (tp.channel, tp.source, tp.action)
+        return self.classify_fields(tp.channel, tp.source, tp.action, tp.sentiment, tp.properties)
+
+    def classify_fields(
+        self,
+        channel: Channel,
+        source: str,
+        action: str,
+        own_sentiment: float | None,
+        properties: Mapping[str, Any],
+    ) -> Classification:
+        """`classify` for a touchpoint given by the fields the rules read (a validated touchpoint's)."""
+        key = (channel, source, action)
         plan = self._plans.get(key)
         if plan is None:
             plan = self._plan(*key)
             if len(self._plans) >= _MAX_PLANS:
                 self._plans.clear()
             self._plans[key] = plan
-        own_sentiment = tp.sentiment
         fixed = plan.fixed
         if fixed is not None:
             if own_sentiment is None or own_sentiment == fixed.sentiment:
@@ -561,7 +570,6 @@ class PhaseRules:
                 own_sentiment,
                 fixed.conversion,
             )
-        properties = tp.properties
         phase_rule = _first(plan.phases, properties)
         failure_rule = _first(plan.failures, properties)
         if own_sentiment is None:

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, replace
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, NamedTuple
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
@@ -41,7 +41,7 @@ class Phase(StrEnum):
     @property
     def rank(self) -> int:
         """0-based position in the journey; used to spot skips and regressions."""
-        return PHASE_ORDER.index(self)
+        return PHASE_RANKS[self]
 
     @property
     def label_nl(self) -> str:
@@ -50,6 +50,7 @@ class Phase(StrEnum):
 
 
 PHASE_ORDER: tuple[Phase, ...] = tuple(Phase)
+PHASE_RANKS: dict[Phase, int] = {phase: rank for rank, phase in enumerate(PHASE_ORDER)}
 PHASE_LABELS_NL: dict[Phase, str] = {
     Phase.ORIENTATION: "Oriëntatie",
     Phase.CONSIDERATION: "Afweging",
@@ -65,6 +66,21 @@ BUILTIN_IDENTIFIER_TYPES: frozenset[str] = frozenset(
 IDENTIFIER_TYPE_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 MAX_IDENTIFIER_VALUE_LENGTH = 512
 MAX_EVENT_ID_LENGTH = 256
+MAX_SOURCE_LENGTH = 64
+MAX_ACTION_LENGTH = 256
+MAX_PERSONA_LENGTH = 128
+
+
+def canonical_time(value: datetime) -> datetime:
+    """An aware timestamp in UTC at millisecond precision (the storage's); naive ones are refused.
+
+    Millisecond precision so that a touchpoint replayed from the log is equal to the original.
+    """
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError("timestamp must carry a time zone (event time is compared across sources)")
+    if value.tzinfo is UTC and value.microsecond % 1000 == 0:
+        return value  # the common case, already canonical: no copies on the per-event path
+    return value.astimezone(UTC).replace(microsecond=value.microsecond // 1000 * 1000)
 
 
 class Identifier(BaseModel):
@@ -105,11 +121,11 @@ class Touchpoint(BaseModel):
     occurred_at: datetime
     received_at: datetime | None = None
     channel: Channel
-    source: str = Field(min_length=1, max_length=64)
-    action: str = Field(min_length=1, max_length=256)
+    source: str = Field(min_length=1, max_length=MAX_SOURCE_LENGTH)
+    action: str = Field(min_length=1, max_length=MAX_ACTION_LENGTH)
     identifiers: tuple[Identifier, ...] = Field(min_length=1)
     properties: dict[str, Any] = Field(default_factory=dict)
-    persona: str | None = Field(default=None, max_length=128)
+    persona: str | None = Field(default=None, max_length=MAX_PERSONA_LENGTH)
     sentiment: float | None = Field(default=None, ge=-1.0, le=1.0)
     value: float | None = None
     currency: str | None = Field(default=None, pattern=r"^[A-Z]{3}$")
@@ -117,14 +133,7 @@ class Touchpoint(BaseModel):
     @field_validator("occurred_at", "received_at")
     @classmethod
     def _aware_utc(cls, value: datetime | None) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None or value.utcoffset() is None:
-            raise ValueError("timestamp must carry a time zone (event time is compared across sources)")
-        # Millisecond precision, the storage's: a touchpoint replayed from the log is equal to the original.
-        if value.tzinfo is UTC and value.microsecond % 1000 == 0:
-            return value  # the common case, already canonical: no copies on the per-event path
-        return value.astimezone(UTC).replace(microsecond=value.microsecond // 1000 * 1000)
+        return None if value is None else canonical_time(value)
 
     @field_validator("value")
     @classmethod
@@ -142,16 +151,56 @@ class Touchpoint(BaseModel):
     def identifier_keys(self) -> tuple[tuple[str, str], ...]:
         return tuple(identifier.key for identifier in self.identifiers)
 
+    @classmethod
+    def from_fields(cls, fields: TouchpointFields) -> Touchpoint:
+        """Validate an adapter's fields into a touchpoint (`ValidationError` names what is wrong)."""
+        return cls(
+            event_id=fields.event_id,
+            occurred_at=fields.occurred_at,
+            received_at=fields.received_at,
+            channel=fields.channel,
+            source=fields.source,
+            action=fields.action,
+            identifiers=[{"type": kind, "value": value} for kind, value in fields.identifiers],
+            properties=fields.properties,
+            persona=fields.persona,
+            sentiment=fields.sentiment,
+            value=fields.value,
+            currency=fields.currency,
+        )
 
-@dataclass(frozen=True, slots=True)
-class CompactTouchpoint:
+
+class TouchpointFields(NamedTuple):
+    """A touchpoint's fields as an adapter found them, not yet validated; identifiers as (type, value).
+
+    `Touchpoint.from_fields` validates them into the model; `compact_touchpoint`
+    takes the short way to the compact form when they are already canonical.
+    """
+
+    event_id: Any
+    occurred_at: Any
+    received_at: Any
+    channel: Any
+    source: Any
+    action: Any
+    identifiers: Sequence[tuple[Any, Any]]
+    properties: Any
+    persona: Any = None
+    sentiment: Any = None
+    value: Any = None
+    currency: Any = None
+
+
+class CompactTouchpoint(NamedTuple):
     """A validated touchpoint in the form the aggregate keeps for every event it has seen.
 
     The reconstruction holds every touchpoint ever admitted; as pydantic models
     with property dicts they took about 3.5 KB each. This keeps the fields the
     fold and the sinks read, the identifier keys, and the properties as their
     canonical JSON (sorted keys): what storage writes anyway, and a value that
-    compares equal exactly when the property dicts do.
+    compares equal exactly when the property dicts do. A named tuple, immutable
+    like the frozen dataclass it was, and made in a quarter of its time (one is
+    made per event).
     """
 
     event_id: str
@@ -206,9 +255,121 @@ class CompactTouchpoint:
 
     def same_event(self, other: CompactTouchpoint) -> bool:
         """Exact redelivery: equal in everything but when we happened to receive it."""
-        return replace(self, received_at=None) == replace(other, received_at=None)
+        return self._replace(received_at=None) == other._replace(received_at=None)
 
 
 def properties_json(properties: dict[str, Any]) -> str:
     """The canonical JSON of a touchpoint's properties (sorted keys), as storage keeps it."""
     return orjson.dumps(properties, option=orjson.OPT_SORT_KEYS).decode()
+
+
+# Identifier types known to pass `Identifier.type`'s pattern; others are checked once and remembered.
+_GOOD_TYPES: set[str] = set(BUILTIN_IDENTIFIER_TYPES)
+_TYPE_TEXT = re.compile(r"[a-z][a-z0-9_]{0,63}")  # the pattern as pydantic applies it: the whole text
+_CURRENCY_TEXT = re.compile(r"[A-Z]{3}")
+# Values that many touchpoints repeat (a device's or person's identifier set, action names), kept
+# once: the aggregate holds every touchpoint, and fresh copies of its identifiers were 40% of it
+# (463 of 1,157 bytes an event at 1M events, in 154k distinct sets). Bounded: when full, it starts again.
+_SHARED: dict[Any, Any] = {}
+_MAX_SHARED = 1 << 20
+
+
+def _shared(value: Any) -> Any:
+    kept = _SHARED.get(value)
+    if kept is None:
+        if len(_SHARED) >= _MAX_SHARED:
+            _SHARED.clear()
+        _SHARED[value] = kept = value
+    return kept
+
+
+def compact_touchpoint(fields: TouchpointFields) -> CompactTouchpoint | None:
+    """`CompactTouchpoint.of(Touchpoint.from_fields(fields))` without the model, or None.
+
+    The short way for fields that are already what validation would make of
+    them: exact types (no coercion to do), UTC timestamps at millisecond
+    precision or ones `canonical_time` makes so, identifier values without
+    surrounding white space, every constraint of `Touchpoint` and `Identifier`
+    met. Anything else — a value the model would coerce, strip or refuse — gives
+    None, and the caller validates through the model, which says what is wrong
+    in its own words. Ingest then costs one pass of plain checks per event
+    instead of a validated model and its conversion to the compact form; the
+    tests hold the two ways equal on real payloads and on generated fields.
+    """
+    (
+        event_id,
+        occurred_at,
+        received_at,
+        channel,
+        source,
+        action,
+        identifiers,
+        properties,
+        persona,
+        sentiment,
+        value,
+        currency,
+    ) = fields
+    if type(identifiers) is list:
+        identifiers = tuple(identifiers)
+    if (
+        type(event_id) is not str
+        or not 0 < len(event_id) <= MAX_EVENT_ID_LENGTH
+        or type(source) is not str
+        or not 0 < len(source) <= MAX_SOURCE_LENGTH
+        or type(action) is not str
+        or not 0 < len(action) <= MAX_ACTION_LENGTH
+        or type(channel) is not Channel
+        or type(occurred_at) is not datetime
+        or (received_at is not None and type(received_at) is not datetime)
+        or type(properties) is not dict
+        or (persona is not None and (type(persona) is not str or len(persona) > MAX_PERSONA_LENGTH))
+        or (sentiment is not None and (type(sentiment) is not float or not -1.0 <= sentiment <= 1.0))
+        or (value is not None and (type(value) is not float or not math.isfinite(value)))
+        or (
+            currency is not None
+            and (value is None or type(currency) is not str or _CURRENCY_TEXT.fullmatch(currency) is None)
+        )
+        or type(identifiers) is not tuple
+        or not identifiers
+    ):
+        return None
+    for key in properties:
+        if type(key) is not str:
+            return None
+    for identifier in identifiers:
+        if type(identifier) is not tuple or len(identifier) != 2:
+            return None
+        kind, text = identifier
+        if kind not in _GOOD_TYPES:
+            if type(kind) is not str or _TYPE_TEXT.fullmatch(kind) is None:
+                return None
+            _GOOD_TYPES.add(kind)
+        if (
+            type(text) is not str
+            or not 0 < len(text) <= MAX_IDENTIFIER_VALUE_LENGTH
+            or text[0].isspace()
+            or text[-1].isspace()
+        ):
+            return None
+    try:
+        if occurred_at.tzinfo is not UTC or occurred_at.microsecond % 1000:
+            occurred_at = canonical_time(occurred_at)
+        if received_at is not None and (received_at.tzinfo is not UTC or received_at.microsecond % 1000):
+            received_at = canonical_time(received_at)
+    except (ValueError, OverflowError):
+        return None
+    return CompactTouchpoint(
+        event_id,
+        occurred_at,
+        received_at,
+        channel,
+        source,
+        _shared(action),
+        _shared(identifiers),
+        properties_json(properties),
+        persona,
+        sentiment,
+        value,
+        currency,
+    )

@@ -568,6 +568,13 @@ def bench(
         "bench/data"
     ),
     seed: Annotated[int, typer.Option(help="Demo generator seed.")] = 7,
+    mix: Annotated[
+        str | None,
+        typer.Option(
+            help="Population mix: demo (about 30.7 events per customer) or short (about 10); "
+            "default short from 10M events on (the scale target's 1M customers), demo below."
+        ),
+    ] = None,
     query_touchpoints: Annotated[
         str | None,
         typer.Option(help="Touchpoints the query measurement replicates to (default 10M)."),
@@ -591,6 +598,7 @@ def bench(
             cache=cache,
             keep=keep,
             seed=seed,
+            mix=mix,
             quick=quick,
             query_touchpoints=touchpoints,
             console=out,

@@ -25,7 +25,7 @@ from journeys.reconstruct import Admission, Reconstruction
 from journeys.touchpoint import CompactTouchpoint
 from processors.config import Settings
 from processors.parsing import ParseRecipe, classified_outcomes
-from processors.runtime import tune_gc_for_bulk
+from processors.runtime import collector_paused, tune_gc_for_bulk
 from processors.sinks import clickhouse as sink
 from processors.storage import Target, connect, migrate
 
@@ -178,6 +178,19 @@ def run_records(
     if format is not None and format not in FORMATS:
         raise ValueError(f"unknown format {format!r}; known formats: {', '.join(FORMATS)}")
     tune_gc_for_bulk()
+    with collector_paused():
+        return _run_records(records, settings, format, inputs, command, progress, parse_workers)
+
+
+def _run_records(
+    records: Iterable[RawRecord],
+    settings: Settings,
+    format: str | None,
+    inputs: list[str] | None,
+    command: str,
+    progress: Callable[[int], None] | None,
+    parse_workers: int | None,
+) -> RunSummary:
     summary = RunSummary(run_id=uuid.uuid4().hex, inputs=inputs or [], started_at=datetime.now(UTC))
     client = connect(settings.dsn)
     migrate(client)
@@ -187,36 +200,38 @@ def run_records(
 
     new: list[CompactTouchpoint] = []
     letters: list[DeadLetter] = []
-    for outcome in classified_outcomes(records, recipe, format, workers=parse_workers):
-        summary.records_read += 1
-        if isinstance(outcome, DeadLetter):
-            letters.append(outcome)
-        else:
-            admission = reconstruction.admit_classified(outcome)
-            if admission is Admission.NEW:
-                new.append(outcome.touchpoint)
-                summary.late_events += is_late(outcome.touchpoint.occurred_at, published)
-                if len(new) >= EVENT_FLUSH:
-                    summary.touchpoints_new += sink.write_events(client, new)
-                    new.clear()
-            elif admission is Admission.DUPLICATE:
-                summary.duplicates += 1
+    # Inserts overlap the rest: ClickHouse writes a chunk while this thread parses, folds, builds the next.
+    with sink.BackgroundInserts(client) as store:
+        for outcome in classified_outcomes(records, recipe, format, workers=parse_workers):
+            summary.records_read += 1
+            if isinstance(outcome, DeadLetter):
+                letters.append(outcome)
             else:
-                letters.append(refusal_letter(outcome.touchpoint, admission))
-        if len(letters) >= DEAD_LETTER_FLUSH:
-            _flush_letters(client, letters, summary)
-        if progress is not None and summary.records_read % 5000 == 0:
-            progress(5000)
-    _flush_letters(client, letters, summary)
-    summary.touchpoints_new += sink.write_events(client, new)
-    summary.journeys_written, summary.journeys_deleted = sink.write_state(client, reconstruction)
-    summary.watermark = reconstruction.watermark
-    summary.finished_at = datetime.now(UTC)
-    sink.write_run(client, summary, command)
+                admission = reconstruction.admit_classified(outcome)
+                if admission is Admission.NEW:
+                    new.append(outcome.touchpoint)
+                    summary.late_events += is_late(outcome.touchpoint.occurred_at, published)
+                    if len(new) >= EVENT_FLUSH:
+                        summary.touchpoints_new += sink.write_events(store, new)
+                        new.clear()
+                elif admission is Admission.DUPLICATE:
+                    summary.duplicates += 1
+                else:
+                    letters.append(refusal_letter(outcome.touchpoint, admission))
+            if len(letters) >= DEAD_LETTER_FLUSH:
+                _flush_letters(store, letters, summary)
+            if progress is not None and summary.records_read % 5000 == 0:
+                progress(5000)
+        _flush_letters(store, letters, summary)
+        summary.touchpoints_new += sink.write_events(store, new)
+        summary.journeys_written, summary.journeys_deleted = sink.write_state(store, reconstruction)
+        summary.watermark = reconstruction.watermark
+        summary.finished_at = datetime.now(UTC)
+        sink.write_run(store, summary, command)
     return summary
 
 
-def _flush_letters(client: Client, letters: list[DeadLetter], summary: RunSummary) -> None:
+def _flush_letters(client: sink.Store, letters: list[DeadLetter], summary: RunSummary) -> None:
     for letter in letters:
         kind = _reason_kind(letter.reason)
         summary.dead_letter_reasons[kind] = summary.dead_letter_reasons.get(kind, 0) + 1

@@ -23,18 +23,20 @@ from __future__ import annotations
 import multiprocessing
 import os
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from itertools import islice
 
+from ingest.adapters.base import build_touchpoint
 from ingest.context import IngestContext
 from ingest.pii import PiiHasher
-from ingest.pipeline import parse_records
+from ingest.pipeline import parse_records_with
 from ingest.records import DeadLetter, RawRecord
 from journeys.fold import ClassifiedTouchpoint
 from journeys.identity import IdentityPolicy
 from journeys.phases import PhaseRules
+from journeys.touchpoint import TouchpointFields, compact_touchpoint
 from processors.runtime import tune_gc_for_bulk
 
 Outcome = ClassifiedTouchpoint | DeadLetter
@@ -107,11 +109,33 @@ def classified_outcomes(
             yield from in_flight.popleft().result()
 
 
+def classifier(rules: PhaseRules) -> Callable[[TouchpointFields], ClassifiedTouchpoint]:
+    """An adapter's fields to the aggregate's classified compact form, validated as the model would.
+
+    Fields that are already canonical (nearly all) go straight to the compact
+    form (`journeys.touchpoint.compact_touchpoint`) and are classified on the
+    adapter's own properties; the rest are validated through the model, which
+    rejects what it must with its usual reason. Either way the result equals
+    `ClassifiedTouchpoint.of(Touchpoint.from_fields(fields), rules)`.
+    """
+    classify = rules.classify_fields
+
+    def build(fields: TouchpointFields) -> ClassifiedTouchpoint:
+        compact = compact_touchpoint(fields)
+        if compact is None:
+            return ClassifiedTouchpoint.of(build_touchpoint(fields), rules)
+        classification = classify(
+            compact.channel, compact.source, compact.action, compact.sentiment, fields.properties
+        )
+        return ClassifiedTouchpoint(compact, classification)
+
+    return build
+
+
 def _classify(
     records: Iterable[RawRecord], context: IngestContext, rules: PhaseRules, format: str | None
 ) -> Iterator[Outcome]:
-    for outcome in parse_records(records, context, format):
-        yield outcome if isinstance(outcome, DeadLetter) else ClassifiedTouchpoint.of(outcome, rules)
+    return parse_records_with(records, context, classifier(rules), format)
 
 
 def _chunks(head: list[RawRecord], rest: Iterator[RawRecord]) -> Iterator[list[RawRecord]]:

@@ -12,6 +12,8 @@ stream bench went from 8.9 s to 5.8 s.
 from __future__ import annotations
 
 import gc
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 BULK_YOUNG_THRESHOLD = 50_000  # embedded runs and parsing processes
 WORKER_YOUNG_THRESHOLD = 500_000  # stream workers: bigger batches, a longer life
@@ -22,3 +24,23 @@ def tune_gc_for_bulk(young: int = BULK_YOUNG_THRESHOLD, *, freeze: bool = False)
     if freeze:
         gc.freeze()
     gc.set_threshold(young, 50, 1_000)
+
+
+@contextmanager
+def collector_paused() -> Iterator[None]:
+    """No cyclic garbage collection inside (the collector's previous state is restored after).
+
+    For an embedded run: what it allocates is either kept by the aggregate to
+    the end or freed by reference counting (events, rows and journeys hold no
+    reference cycles), so the collector only rescans live objects. Even with
+    `tune_gc_for_bulk`'s thresholds its young and middle collections took 9% of
+    a 1M-event run (8.3 s of 91 s), growing with the state. Any cycle made
+    inside is collected after, once the collector runs again.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()

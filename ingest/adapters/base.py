@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import math
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 
 from pydantic import ValidationError
 
-from journeys.touchpoint import MAX_IDENTIFIER_VALUE_LENGTH, Touchpoint
+from journeys.touchpoint import MAX_IDENTIFIER_VALUE_LENGTH, Touchpoint, TouchpointFields
 
 from ..context import IngestContext
 from ..pii import PiiError, normalise_phone
@@ -56,17 +56,26 @@ class Leaf(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class Adapter:
-    """One provider format: how to recognise it, split it, and map a leaf."""
+    """One provider format: how to recognise it, split it, and map a leaf.
+
+    `fields` maps a leaf to a touchpoint's fields (raising `Rejection` for a
+    leaf that cannot be one); validating them is the caller's choice
+    (`to_touchpoint` for the model).
+    """
 
     name: str
     detect: Callable[[Any], bool]
-    split: Callable[[Any], Iterator[Leaf]]
-    to_touchpoint: Callable[[Any, IngestContext, datetime], Touchpoint]
+    split: Callable[[Any], Iterable[Leaf]]
+    fields: Callable[[Any, IngestContext, datetime], TouchpointFields]
+
+    def to_touchpoint(self, obj: Any, ctx: IngestContext, received_at: datetime) -> Touchpoint:
+        """Map one leaf to a validated touchpoint."""
+        return build_touchpoint(self.fields(obj, ctx, received_at))
 
 
-def whole(obj: Any) -> Iterator[Leaf]:
+def whole(obj: Any) -> tuple[Leaf]:
     """`split` for formats without envelopes: the record is its own single leaf."""
-    yield Leaf("", obj)
+    return (Leaf("", obj),)
 
 
 def json_type(value: Any) -> str:
@@ -318,15 +327,15 @@ class Identifiers:
         """Record why a candidate identifier was not used (shown if none is usable)."""
         self._problems.append(problem)
 
-    def build(self) -> list[dict[str, str]]:
-        """The identifiers as Touchpoint input; rejects when none is usable."""
+    def build(self) -> tuple[tuple[str, str], ...]:
+        """The identifiers as (type, value) pairs in the order found; rejects when none is usable."""
         if not self._items:
             details = list(self._problems)
             if self._absent:
                 details.append(f"{', '.join(self._absent)}: missing")
             detail = f": {'; '.join(details)}" if details else ""
             raise Rejection(f"no usable identifier{detail}")
-        return [{"type": type_, "value": value} for type_, value in self._items]
+        return tuple(self._items)
 
 
 def readable(exc: ValidationError) -> str:
@@ -342,9 +351,9 @@ def readable(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def build_touchpoint(**fields: Any) -> Touchpoint:
+def build_touchpoint(fields: TouchpointFields) -> Touchpoint:
     """Validate once into a Touchpoint; validation errors become a readable rejection."""
     try:
-        return Touchpoint(**fields)
+        return Touchpoint.from_fields(fields)
     except ValidationError as exc:
         raise Rejection(readable(exc)) from None

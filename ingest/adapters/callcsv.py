@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from journeys.touchpoint import Channel, Touchpoint
+from journeys.touchpoint import Channel, TouchpointFields
 
 from ..context import IngestContext
 from .base import (
@@ -19,7 +19,6 @@ from .base import (
     Identifiers,
     Rejection,
     as_number,
-    build_touchpoint,
     get_str,
     json_type,
     parse_iso,
@@ -84,7 +83,7 @@ def _sentiment(row: dict[str, Any]) -> tuple[float | None, int | None]:
     return ((csat - 3) / 2 if csat is not None else None), csat
 
 
-def to_touchpoint(row: Any, ctx: IngestContext, received_at: datetime) -> Touchpoint:
+def to_fields(row: Any, ctx: IngestContext, received_at: datetime) -> TouchpointFields:
     """Map one call row to a phone touchpoint."""
     if not isinstance(row, dict):
         raise Rejection(f"a call row must be an object, got {json_type(row)}")
@@ -127,7 +126,7 @@ def to_touchpoint(row: Any, ctx: IngestContext, received_at: datetime) -> Touchp
     ids.phone(_present(row, "caller_number"), "caller_number")
     identifiers = ids.build()
 
-    return build_touchpoint(
+    return TouchpointFields(
         event_id=call_id,
         occurred_at=started_at,
         received_at=received_at,
@@ -140,4 +139,4 @@ def to_touchpoint(row: Any, ctx: IngestContext, received_at: datetime) -> Touchp
     )
 
 
-ADAPTER = Adapter(name=NAME, detect=detect, split=split, to_touchpoint=to_touchpoint)
+ADAPTER = Adapter(name=NAME, detect=detect, split=split, fields=to_fields)

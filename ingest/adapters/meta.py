@@ -31,7 +31,7 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
-from journeys.touchpoint import Channel, Touchpoint
+from journeys.touchpoint import Channel, TouchpointFields
 
 from ..context import IngestContext
 from .base import (
@@ -39,7 +39,6 @@ from .base import (
     Identifiers,
     Leaf,
     Rejection,
-    build_touchpoint,
     get_obj,
     get_str,
     json_type,
@@ -96,7 +95,7 @@ def split(obj: Any) -> Iterator[Leaf]:
     if len(entries) == 1 and _single_item(entries[0]) is not None:
         yield Leaf("", obj)
         return
-    kind = obj.get("object")  # checked per leaf by to_touchpoint, which names what is wrong
+    kind = obj.get("object")  # checked per leaf by to_fields, which names what is wrong
     for index, entry in enumerate(entries):
         path = f"entry[{index}]"
         if not isinstance(entry, dict):
@@ -124,7 +123,7 @@ def split(obj: Any) -> Iterator[Leaf]:
             yield Leaf(path, entry, f"{path}: holds no changes or messaging")
 
 
-def to_touchpoint(notification: Any, ctx: IngestContext, received_at: datetime) -> Touchpoint:
+def to_fields(notification: Any, ctx: IngestContext, received_at: datetime) -> TouchpointFields:
     """Map a one-item Meta notification to a social touchpoint."""
     if not isinstance(notification, dict):
         raise Rejection(f"a Meta notification must be an object, got {json_type(notification)}")
@@ -208,8 +207,8 @@ def _touchpoint(
     action: str,
     ids: Identifiers,
     properties: dict[str, Any],
-) -> Touchpoint:
-    return build_touchpoint(
+) -> TouchpointFields:
+    return TouchpointFields(
         event_id=event_id,
         occurred_at=occurred_at,
         received_at=received_at,
@@ -223,7 +222,7 @@ def _touchpoint(
 
 def _feed(
     value: dict[str, Any], entry: dict[str, Any], platform: str, ctx: IngestContext, received_at: datetime
-) -> Touchpoint:
+) -> TouchpointFields:
     item = get_str(value, "item", "value.item", required=True)
     _verb_is_add(value, required=True)
     post_id = get_str(value, "post_id", "value.post_id")
@@ -265,7 +264,7 @@ def _feed(
 
 def _instagram_comment(
     value: dict[str, Any], entry: dict[str, Any], platform: str, ctx: IngestContext, received_at: datetime
-) -> Touchpoint:
+) -> TouchpointFields:
     comment_id = get_str(value, "id", "value.id", required=True)
     parent_id = get_str(value, "parent_id", "value.parent_id")
     occurred_at = _when(value, "timestamp", "value.timestamp", entry)
@@ -287,7 +286,7 @@ def _instagram_comment(
 
 def _instagram_mention(
     value: dict[str, Any], entry: dict[str, Any], platform: str, ctx: IngestContext, received_at: datetime
-) -> Touchpoint:
+) -> TouchpointFields:
     comment_id = get_str(value, "comment_id", "value.comment_id")
     media_id = get_str(value, "media_id", "value.media_id")
     if comment_id is None and media_id is None:
@@ -308,7 +307,7 @@ def _instagram_mention(
 
 def _page_mention(
     value: dict[str, Any], entry: dict[str, Any], platform: str, ctx: IngestContext, received_at: datetime
-) -> Touchpoint:
+) -> TouchpointFields:
     _verb_is_add(value, required=False)
     post_id = get_str(value, "post_id", "value.post_id")
     comment_id = get_str(value, "comment_id", "value.comment_id")
@@ -333,7 +332,7 @@ def _message(
     platform: str,
     ctx: IngestContext,
     received_at: datetime,
-) -> Touchpoint:
+) -> TouchpointFields:
     message = item.get("message")
     if not isinstance(message, dict):
         other = next((key for key in _NON_MESSAGE_EVENTS if key in item), None)
@@ -358,4 +357,4 @@ def _message(
     )
 
 
-ADAPTER = Adapter(name=NAME, detect=detect, split=split, to_touchpoint=to_touchpoint)
+ADAPTER = Adapter(name=NAME, detect=detect, split=split, fields=to_fields)

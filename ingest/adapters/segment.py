@@ -21,12 +21,11 @@ identity graph refuse the very link the alias asks for.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
-from journeys.touchpoint import Channel, Touchpoint
+from journeys.touchpoint import Channel, TouchpointFields
 
 from ..context import IngestContext
 from ..pii import redact_emails, scrub_properties
@@ -36,7 +35,6 @@ from .base import (
     Leaf,
     Rejection,
     as_number,
-    build_touchpoint,
     get_obj,
     get_str,
     json_type,
@@ -71,26 +69,25 @@ def detect(obj: Any) -> bool:
     return (isinstance(kind, str) and kind in CALL_TYPES) or isinstance(obj.get("batch"), list)
 
 
-def split(obj: Any) -> Iterator[Leaf]:
+def split(obj: Any) -> list[Leaf]:
     """Calls of a batch envelope, each with the envelope's `sentAt` and `context`; else the call."""
     if "batch" not in obj:
-        yield Leaf("", obj)
-        return
+        return [Leaf("", obj)]
     batch = obj["batch"]
     if not isinstance(batch, list):
-        yield Leaf("", obj, f"batch: must be an array of calls, got {json_type(batch)}")
-        return
+        return [Leaf("", obj, f"batch: must be an array of calls, got {json_type(batch)}")]
     if not batch:
-        yield Leaf("", obj, "batch: holds no calls")
-        return
+        return [Leaf("", obj, "batch: holds no calls")]
     shared_context = obj.get("context") if isinstance(obj.get("context"), dict) else None
     sent_at = obj.get("sentAt")
+    leaves = []
     for index, call in enumerate(batch):
         path = f"batch[{index}]"
         if not isinstance(call, dict):
-            yield Leaf(path, call, f"{path}: must be an object, got {json_type(call)}")
+            leaves.append(Leaf(path, call, f"{path}: must be an object, got {json_type(call)}"))
         else:
-            yield Leaf(path, _inherit(call, shared_context, sent_at))
+            leaves.append(Leaf(path, _inherit(call, shared_context, sent_at)))
+    return leaves
 
 
 def _inherit(call: dict[str, Any], context: dict[str, Any] | None, sent_at: Any) -> dict[str, Any]:
@@ -143,7 +140,7 @@ def snake_case(name: str) -> str:
     return _NON_WORD.sub("_", _CAMEL_BOUNDARY.sub("_", name.strip()).lower()).strip("_")
 
 
-def to_touchpoint(call: Any, ctx: IngestContext, received_at: datetime) -> Touchpoint:
+def to_fields(call: Any, ctx: IngestContext, received_at: datetime) -> TouchpointFields:
     """Map one Segment call to a web touchpoint."""
     if not isinstance(call, dict):
         raise Rejection(f"a Segment call must be an object, got {json_type(call)}")
@@ -205,7 +202,7 @@ def to_touchpoint(call: Any, ctx: IngestContext, received_at: datetime) -> Touch
         properties["group_id"] = group_id
 
     value, currency = _money(raw_properties)
-    return build_touchpoint(
+    return TouchpointFields(
         event_id=event_id,
         occurred_at=occurred_at,
         received_at=received_at,
@@ -223,8 +220,8 @@ def to_touchpoint(call: Any, ctx: IngestContext, received_at: datetime) -> Touch
 def _money(properties: dict[str, Any]) -> tuple[float | None, str | None]:
     value = None
     for key in _VALUE_KEYS:
-        value = as_number(properties.get(key))
-        if value is not None:
+        raw = properties.get(key)
+        if raw is not None and (value := as_number(raw)) is not None:
             break
     if value is None:
         return None, None
@@ -244,4 +241,4 @@ def _persona(*sources: dict[str, Any]) -> str | None:
     return None
 
 
-ADAPTER = Adapter(name=NAME, detect=detect, split=split, to_touchpoint=to_touchpoint)
+ADAPTER = Adapter(name=NAME, detect=detect, split=split, fields=to_fields)

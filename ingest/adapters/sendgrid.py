@@ -12,7 +12,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from journeys.touchpoint import Channel, Touchpoint
+from journeys.touchpoint import Channel, TouchpointFields
 
 from ..context import IngestContext
 from ..pii import is_pii_key, redact_emails, scrub_value
@@ -21,7 +21,6 @@ from .base import (
     Identifiers,
     Rejection,
     as_int,
-    build_touchpoint,
     get_str,
     json_type,
     opt_str,
@@ -114,7 +113,7 @@ def detect(obj: Any) -> bool:
 split = whole
 
 
-def to_touchpoint(event: Any, ctx: IngestContext, received_at: datetime) -> Touchpoint:
+def to_fields(event: Any, ctx: IngestContext, received_at: datetime) -> TouchpointFields:
     """Map one SendGrid event to an email touchpoint."""
     if not isinstance(event, dict):
         raise Rejection(f"a SendGrid event must be an object, got {json_type(event)}")
@@ -159,7 +158,7 @@ def to_touchpoint(event: Any, ctx: IngestContext, received_at: datetime) -> Touc
             properties[key] = redact_emails(value) if isinstance(value, str) else scrub_value(value)
 
     persona = opt_str(event, "persona")
-    return build_touchpoint(
+    return TouchpointFields(
         event_id=event_id,
         occurred_at=occurred_at,
         received_at=received_at,
@@ -172,4 +171,4 @@ def to_touchpoint(event: Any, ctx: IngestContext, received_at: datetime) -> Touc
     )
 
 
-ADAPTER = Adapter(name=NAME, detect=detect, split=split, to_touchpoint=to_touchpoint)
+ADAPTER = Adapter(name=NAME, detect=detect, split=split, fields=to_fields)

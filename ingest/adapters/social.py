@@ -11,7 +11,7 @@ import re
 from datetime import datetime
 from typing import Any
 
-from journeys.touchpoint import Channel, Touchpoint
+from journeys.touchpoint import Channel, TouchpointFields
 
 from ..context import IngestContext
 from .base import (
@@ -19,7 +19,6 @@ from .base import (
     Identifiers,
     Rejection,
     as_number,
-    build_touchpoint,
     get_str,
     json_type,
     opt_str,
@@ -46,7 +45,7 @@ def detect(obj: Any) -> bool:
 split = whole
 
 
-def to_touchpoint(record: Any, ctx: IngestContext, received_at: datetime) -> Touchpoint:
+def to_fields(record: Any, ctx: IngestContext, received_at: datetime) -> TouchpointFields:
     """Map one social record to a social touchpoint."""
     if not isinstance(record, dict):
         raise Rejection(f"a social record must be an object, got {json_type(record)}")
@@ -95,7 +94,7 @@ def to_touchpoint(record: Any, ctx: IngestContext, received_at: datetime) -> Tou
             raise Rejection(f"sentiment: must be a number from -1 to 1, got {show(raw_sentiment)}")
     persona = opt_str(record, "persona")
 
-    return build_touchpoint(
+    return TouchpointFields(
         event_id=event_id,
         occurred_at=occurred_at,
         received_at=received_at,
@@ -109,4 +108,4 @@ def to_touchpoint(record: Any, ctx: IngestContext, received_at: datetime) -> Tou
     )
 
 
-ADAPTER = Adapter(name=NAME, detect=detect, split=split, to_touchpoint=to_touchpoint)
+ADAPTER = Adapter(name=NAME, detect=detect, split=split, fields=to_fields)

@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qsl
 
-from journeys.touchpoint import Channel, Touchpoint
+from journeys.touchpoint import Channel, TouchpointFields
 
 from ..context import IngestContext
 from .base import (
@@ -21,7 +21,6 @@ from .base import (
     Identifiers,
     Rejection,
     as_int,
-    build_touchpoint,
     get_str,
     json_type,
     opt_str,
@@ -76,7 +75,7 @@ def _customer_number(value: Any) -> Any:
     return value
 
 
-def to_touchpoint(fields: Any, ctx: IngestContext, received_at: datetime) -> Touchpoint:
+def to_fields(fields: Any, ctx: IngestContext, received_at: datetime) -> TouchpointFields:
     """Map one status callback to a phone touchpoint."""
     if not isinstance(fields, dict):
         raise Rejection(f"a Twilio callback must be an object of form fields, got {json_type(fields)}")
@@ -114,7 +113,7 @@ def to_touchpoint(fields: Any, ctx: IngestContext, received_at: datetime) -> Tou
     if country is not None:
         properties["country"] = country
 
-    return build_touchpoint(
+    return TouchpointFields(
         event_id=event_id,
         occurred_at=occurred_at,
         received_at=received_at,
@@ -126,4 +125,4 @@ def to_touchpoint(fields: Any, ctx: IngestContext, received_at: datetime) -> Tou
     )
 
 
-ADAPTER = Adapter(name=NAME, detect=detect, split=split, to_touchpoint=to_touchpoint)
+ADAPTER = Adapter(name=NAME, detect=detect, split=split, fields=to_fields)

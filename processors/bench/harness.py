@@ -32,7 +32,7 @@ import orjson
 from rich.console import Console
 from rich.table import Table
 
-from processors.bench.dataset import Dataset, prepare
+from processors.bench.dataset import Dataset, mix_for, prepare
 
 SCHEMA = "journeys.bench/v1"
 FULL_QUERY_TOUCHPOINTS = 10_000_000
@@ -65,6 +65,7 @@ class BenchContext:
     customers: int
     pii_key: str
     quick: bool  # tiny run for the test suite
+    mix: str = "demo"  # the demo generator's population mix (`ingest.demo.MIXES`)
 
 
 Measure = Callable[[BenchContext], dict[str, Any]]
@@ -127,12 +128,17 @@ class BenchTarget:
 
 
 SCALE_EVENTS = 10_000_000
+SCALE_CUSTOMERS = 1_000_000
 
 
 def _at_scale(target: BenchTarget, results: dict[str, dict[str, Any]], ctx: BenchContext) -> Verdict:
     value = results.get(target.measurement, {}).get(target.figure)
     if ctx.leaf_events < SCALE_EVENTS * 0.95:
         return Verdict("n/a", value, f"run had {ctx.leaf_events:,} events; the target is at 10M")
+    if ctx.customers < SCALE_CUSTOMERS * 0.9:
+        return Verdict(
+            "n/a", value, f"run had {ctx.customers:,} customers; the target is 1M (use --mix short)"
+        )
     return target.compare(value, f"{ctx.leaf_events:,} events from {ctx.customers:,} customers")
 
 
@@ -295,18 +301,24 @@ def run_bench(
     cache: Path = Path("bench/data"),
     keep: bool = False,
     seed: int = 7,
+    mix: str | None = None,
     quick: bool = False,
     query_touchpoints: int | None = None,
     console: Console | None = None,
     repo: Path | None = None,
 ) -> BenchRun:
-    """Generate (or reuse) the dataset, run the selected measurements, judge the targets, write `out`."""
+    """Generate (or reuse) the dataset, run the selected measurements, judge the targets, write `out`.
+
+    `mix` is the demo generator's population mix; None: `short` (about 10 events
+    per customer) from 10M events on, as the scale target says, else `demo`.
+    """
     console = console or Console()
     available = measurements(query_touchpoints)
     selected = list(available) if not only else list(only)
     unknown = [name for name in selected if name not in available]
     if unknown:
         raise ValueError(f"unknown measurement(s) {unknown}; choose from {', '.join(available)}")
+    mix = mix_for(events, mix)
     started_at = datetime.now(UTC)
     machine_info = machine()
     own_workdir = workdir is None
@@ -315,8 +327,8 @@ def run_bench(
         workdir = Path(tempfile.mkdtemp(prefix="work-", dir=out.parent))
     workdir = workdir.absolute()
     workdir.mkdir(parents=True, exist_ok=True)
-    console.print(f"bench: preparing about {events:,} demo events (cache {cache}) …")
-    dataset = prepare(events, cache.absolute(), seed=seed)
+    console.print(f"bench: preparing about {events:,} demo events, {mix} mix (cache {cache}) …")
+    dataset = prepare(events, cache.absolute(), seed=seed, mix=mix)
     console.print(
         f"bench: {dataset.leaf_events:,} events in {dataset.records:,} records from {dataset.customers:,} "
         f"customers ({'cached' if dataset.cached else f'generated in {dataset.generation_s:.1f}s'})"
@@ -330,6 +342,7 @@ def run_bench(
         customers=dataset.customers,
         pii_key=secrets.token_hex(32),
         quick=quick,
+        mix=mix,
     )
     run = BenchRun(ctx=ctx, dataset=dataset)
     try:
@@ -352,13 +365,14 @@ def run_bench(
         "schema": SCHEMA,
         "started_at": started_at.isoformat(),
         "finished_at": datetime.now(UTC).isoformat(),
-        "command": _command(events, selected, quick),
+        "command": _command(events, selected, quick, mix),
         "git": git_commit(repo or Path(__file__).resolve().parents[2]),
         "machine": machine_info,
         "versions": versions(),
         "config": {
             "events": events,
             "seed": seed,
+            "mix": mix,
             "quick": quick,
             "measurements": selected,
             "workdir": str(workdir) if keep or not own_workdir else None,
@@ -388,8 +402,10 @@ def run_bench(
     return run
 
 
-def _command(events: int, selected: Sequence[str], quick: bool) -> str:
+def _command(events: int, selected: Sequence[str], quick: bool, mix: str) -> str:
     parts = ["journeys", "bench", "--events", str(events)]
+    if mix != mix_for(events):
+        parts += ["--mix", mix]
     if selected != list(measurements()):
         parts += ["--only", ",".join(selected)]
     if quick:
@@ -424,7 +440,8 @@ def print_tables(run: BenchRun, console: Console) -> None:
         "figure",
         "value",
         title=(
-            f"journeys bench: {run.ctx.leaf_events:,} events, {run.ctx.customers:,} customers on "
+            f"journeys bench: {run.ctx.leaf_events:,} events, {run.ctx.customers:,} customers "
+            f"({run.ctx.mix} mix) on "
             f"{machine_info.get('cores')} cores ({machine_info.get('cpu_model')})"
         ),
     )

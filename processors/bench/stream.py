@@ -166,22 +166,28 @@ class ObservedClient:
         self.latencies: list[tuple[int, int]] = []  # (received_at ms, ms until visible), first sight only
 
     def insert(self, table: str, data: Any, column_names: Any = None, **kwargs: Any) -> Any:
+        columns = list(column_names or ())
+        # What to count, read before the insert (the sink hands over columns, which a store may empty).
+        if kwargs.get("column_oriented"):
+            named = dict(zip(columns, data, strict=True))
+            rows = len(data[0]) if data else 0
+        else:
+            named = {name: [row[i] for row in data] for i, name in enumerate(columns)}
+            rows = len(data)
+        event_ids = list(named.get("event_id", ()))
+        received_at = list(named.get("received_at", ()))
         result = self._client.insert(table, data, column_names=column_names, **kwargs)
         now_ms = time.time() * 1000
-        columns = list(column_names or ())
         if table == "events":
-            index = columns.index("event_id")
-            self.events.update(row[index] for row in data)
+            self.events.update(event_ids)
         elif table == "touchpoint_versions":
-            index, received = columns.index("event_id"), columns.index("received_at")
             seen = self.touchpoints
-            for row in data:
-                event_id = row[index]
+            for event_id, received in zip(event_ids, received_at, strict=True):
                 if event_id not in seen:
                     seen.add(event_id)
-                    self.latencies.append((row[received], round(now_ms - row[received])))
+                    self.latencies.append((received, round(now_ms - received)))
         elif table == "dead_letter_log":
-            self.dead_letters += len(data)
+            self.dead_letters += rows
         else:
             return result
         line = {

@@ -420,7 +420,37 @@ def test_start_and_days_shape_the_data(tmp_path: Path) -> None:
     assert max(times) < datetime(2025, 4, 5, 12, 30, 15, tzinfo=UTC)
 
 
+# ── population mixes ────────────────────────────────────────────────────────
+
+
+def test_the_short_mix_makes_about_ten_events_per_person_and_still_adds_up(tmp_path: Path) -> None:
+    people = 600
+    written = generate(customers=people, seed=SEED, mix="short").write(tmp_path)
+    truth = json.loads(written.truth.read_text(encoding="utf-8"))
+    counts = truth["counts"]
+    assert truth["generator"]["mix"] == "short"
+    assert 8 <= counts["records_read"] / people <= 12
+    assert counts["persons_by_kind"]["anonymous"] > counts["persons_by_kind"]["identified"] > 0
+    assert counts["records_read"] == counts["stored"] + counts["dead_letters"] + counts["duplicates"]
+    ctx = IngestContext.with_key(KEY)
+    outcomes = [o for path in written.inputs() for o in parse_records(read_records(path), ctx)]
+    assert len(outcomes) == counts["records_read"]
+    assert sum(isinstance(o, DeadLetter) for o in outcomes) == counts["dead_letters"]
+
+
+def test_the_default_mix_is_the_demo_mix(tmp_path: Path) -> None:
+    default = generate(customers=40, seed=3).write(tmp_path / "a")
+    demo = generate(customers=40, seed=3, mix="demo").write(tmp_path / "b")
+    assert _contents(default) == _contents(demo)
+    assert json.loads(default.truth.read_text(encoding="utf-8"))["generator"]["mix"] == "demo"
+
+
 # ── argument validation ─────────────────────────────────────────────────────
+
+
+def test_generate_rejects_an_unknown_mix() -> None:
+    with pytest.raises(ValueError, match="unknown mix 'long'"):
+        generate(mix="long")
 
 
 def test_generate_rejects_a_negative_customer_count() -> None:

@@ -17,7 +17,8 @@ import orjson
 import pytest
 from rich.console import Console
 
-from processors.bench.harness import TARGETS, measurements, parse_count, run_bench
+from processors.bench.dataset import customers_for, mix_for
+from processors.bench.harness import TARGETS, BenchContext, Verdict, measurements, parse_count, run_bench
 from processors.bench.queries import QUERIES
 
 pytestmark = pytest.mark.slow
@@ -109,6 +110,27 @@ def test_counts_accept_suffixes() -> None:
         parse_count("lots")
     with pytest.raises(ValueError):
         parse_count("0")
+
+
+def test_the_scale_run_uses_the_short_mix_and_smaller_runs_the_demo_mix() -> None:
+    assert mix_for(10_000_000) == "short" and mix_for(1_000_000) == "demo"
+    assert mix_for(1_000_000, "short") == "short" and mix_for(10_000_000, "demo") == "demo"
+    assert 950_000 <= customers_for(10_000_000, "short") <= 1_050_000
+    assert customers_for(1_000_000) == 32_523  # the customers of runs 1-5
+    with pytest.raises(ValueError, match="unknown mix"):
+        mix_for(1_000, "long")
+
+
+def test_the_scale_target_needs_a_million_customers(tmp_path: Path) -> None:
+    scale = next(t for t in TARGETS if t.name.startswith("10M events from 1M customers"))
+    results = {"embedded": {"wall_s": 100.0}}
+
+    def verdict(customers: int) -> Verdict:
+        ctx = BenchContext(10_000_000, tmp_path, tmp_path, 1, 10_000_000, customers, "k", False)
+        return scale.verdict(results, ctx)
+
+    assert verdict(987_000).status == "pass"
+    assert verdict(325_000).status == "n/a" and "--mix short" in verdict(325_000).note
 
 
 def test_an_unknown_measurement_is_refused(tmp_path: Path) -> None:
