@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -86,7 +86,7 @@ def refusal_letter(touchpoint: CompactTouchpoint, admission: Admission) -> DeadL
     letter (same fingerprint), stored once however often it comes.
     """
     return DeadLetter(
-        raw=replace(touchpoint, received_at=None).json(),
+        raw=touchpoint._replace(received_at=None).json(),
         reason=_REFUSAL_REASONS[admission].format(event_id=touchpoint.event_id),
         format=touchpoint.source,
         origin=f"event {touchpoint.event_id}",
