@@ -50,7 +50,7 @@ from processors.stream.messages import (
     state_messages,
 )
 from processors.stream.metrics import Metrics
-from processors.stream.offsets import FirstOffsets, committed_offsets, start_offsets
+from processors.stream.offsets import NextOffsets, committed_offsets, start_offsets
 
 log = logging.getLogger("journeys.worker")
 
@@ -232,12 +232,12 @@ def create_app(settings: Settings, config: StreamConfig) -> faust.App:
     )
     stage = ReconstructStage(settings)
     handoff = Handoff()
-    first_offsets = FirstOffsets()
+    next_offsets = NextOffsets()
     read_up_to: dict[Any, int] = {}  # (topic, partition) -> next offset to read, for the lag gauge
     first_read: list[float] = []
 
     async def note_read(events: Sequence[Any]) -> None:
-        """Track what was read (lag gauge); rewind a partition Faust skipped records on after a rebalance."""
+        """Track what was read (lag gauge); rewind a partition Faust skipped records on (`NextOffsets`)."""
         if not first_read and events:
             # Once per process: where processing (not start-up or the group join) began; the bench reads it.
             first_read.append(time.time())
@@ -247,8 +247,8 @@ def create_app(settings: Settings, config: StreamConfig) -> faust.App:
             message = event.message
             read_up_to[message.tp] = max(read_up_to.get(message.tp, 0), message.offset + 1)
             partitions[(message.tp.topic, message.tp.partition)] = message.tp
-        awaited = first_offsets.unseen()
-        rewind = first_offsets.skipped(
+        awaited = next_offsets.unseen()
+        rewind = next_offsets.skipped(
             ((event.message.tp.topic, event.message.tp.partition), event.message.offset) for event in events
         )
         firsts = {}
@@ -265,7 +265,7 @@ def create_app(settings: Settings, config: StreamConfig) -> faust.App:
 
     async def rewind_partitions(rewind: dict[tuple[str, int], int], partitions: dict[Any, Any]) -> None:
         for key, offset in rewind.items():
-            log.warning("records skipped on %s[%d] after a rebalance: reading again from %d", *key, offset)
+            log.warning("records skipped on %s[%d]: reading again from %d", *key, offset)
             metrics.inc("journeys_rebalance_rewinds_total", topic=key[0])
             await app.consumer.seek(partitions[key], offset)
 
@@ -429,7 +429,7 @@ def create_app(settings: Settings, config: StreamConfig) -> faust.App:
     @app.timer(2.0)
     async def watch_commits() -> None:
         """The rebalance guard's second check: commits past records the stage never saw (see offsets.py)."""
-        awaiting = first_offsets.awaiting(time.monotonic())
+        awaiting = next_offsets.awaiting(time.monotonic())
         if not awaiting:
             return
         try:
@@ -439,7 +439,7 @@ def create_app(settings: Settings, config: StreamConfig) -> faust.App:
         except Exception as exc:  # a safety net: the next tick asks again
             log.debug("could not read committed offsets: %s", exc)
             return
-        rewind = first_offsets.overtaken(committed)
+        rewind = next_offsets.overtaken(committed)
         if rewind:
             assigned = {(tp.topic, tp.partition): tp for tp in app.consumer.assignment()}
             await rewind_partitions({k: v for k, v in rewind.items() if k in assigned}, assigned)
@@ -460,7 +460,7 @@ def create_app(settings: Settings, config: StreamConfig) -> faust.App:
                 "could not read committed offsets (%s); rebalance guard off until next assignment", exc
             )
             committed = {}
-        first_offsets.expect(committed, time.monotonic())
+        next_offsets.expect(committed, time.monotonic())
         # One line per assignment: where each stream partition must start (diagnosing a loss starts here).
         log.info(
             "rebalance guard expects: %s",
