@@ -431,8 +431,8 @@ CRASH_SEED = int(os.environ.get("JOURNEYS_CRASH_SEED", "20261129"))
 @pytest.mark.slow
 @pytest.mark.skipif(
     not os.environ.get("JOURNEYS_CRASH_TESTS"),
-    reason="known loss under investigation (issue 3: JOURNEYS_CRASH_SEED=12 lost one raw record once); "
-    "run with JOURNEYS_CRASH_TESTS=1",
+    reason="opt-in until switched on in CI (seed 12 once lost one raw record: the mid-partition drop "
+    "the rebalance guard now reads again, docs/reliability.md); run with JOURNEYS_CRASH_TESTS=1",
 )
 def test_a_worker_killed_at_random_moments_and_restarted_loses_and_doubles_nothing(
     tmp_path: Path,
