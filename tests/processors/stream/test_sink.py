@@ -169,14 +169,12 @@ def test_a_touchpoint_moved_by_a_merge_is_written_where_it_went_when_both_snapsh
     assert client.query("SELECT customer_id, touchpoint_count FROM journeys").result_rows == [(visitor, 3)]
 
 
-def test_a_rebuilt_stage_s_snapshot_retires_customers_its_predecessor_published(
-    kafka_bootstrap: str, topic_prefix: str, dsn: str
-) -> None:
-    """The owner of the reconstruct stage publishes a visitor and a phone-only caller, admits the login
-    that links them, and is killed before publishing that. Its successor rebuilds from the event log,
-    where the caller was never a customer of its own: only the snapshot's end can retire it."""
-    topics = Topics(topic_prefix)
-    ensure_topics(kafka_bootstrap, topics, partitions=1)
+def failover_story() -> tuple[list[tuple[bytes, bytes]], list[tuple[bytes, bytes]], LiveReconstruction]:
+    """The reconstruct stage's owner publishes a visitor and a phone-only caller, admits the login that
+    links them and dies before publishing it; its successor rebuilds from the event log.
+
+    Returns the predecessor's state messages, the successor's snapshot and the successor.
+    """
     visit, call, login = visit_call_login()
     raw = {tp.event_id: encode_touchpoint(tp) for tp in (visit, call, login)}
     now = datetime.now(UTC)
@@ -185,7 +183,20 @@ def test_a_rebuilt_stage_s_snapshot_retires_customers_its_predecessor_published(
     messages = list(state_messages(published, predecessor.reconstruction, raw, now))
     successor = LiveReconstruction(Reconstruction(RULES, IdentityPolicy(), JourneyPolicy()))
     successor.reconstruction.admit_all([visit, call, login])
-    messages += snapshot_messages(successor.rebuild_result(), successor.reconstruction, raw, now)
+    snapshot = list(snapshot_messages(successor.rebuild_result(), successor.reconstruction, raw, now))
+    return messages, snapshot, successor
+
+
+def test_a_rebuilt_stage_s_snapshot_retires_customers_its_predecessor_published(
+    kafka_bootstrap: str, topic_prefix: str, dsn: str
+) -> None:
+    """The owner of the reconstruct stage publishes a visitor and a phone-only caller, admits the login
+    that links them, and is killed before publishing that. Its successor rebuilds from the event log,
+    where the caller was never a customer of its own: only the snapshot's end can retire it."""
+    topics = Topics(topic_prefix)
+    ensure_topics(kafka_bootstrap, topics, partitions=1)
+    published, snapshot, successor = failover_story()
+    messages = published + snapshot
 
     client = connect(dsn)
     migrate(client)
@@ -212,16 +223,7 @@ def test_a_sink_restarted_inside_a_snapshot_reads_it_again_from_its_beginning(
     the begin, or its successor sees an end without a beginning and retires nothing."""
     topics = Topics(topic_prefix)
     ensure_topics(kafka_bootstrap, topics, partitions=1)
-    visit, call, login = visit_call_login()
-    raw = {tp.event_id: encode_touchpoint(tp) for tp in (visit, call, login)}
-    now = datetime.now(UTC)
-    predecessor = LiveReconstruction(Reconstruction(RULES, IdentityPolicy(), JourneyPolicy()))
-    published = list(
-        state_messages(predecessor.admit_batch([visit, call]), predecessor.reconstruction, raw, now)
-    )
-    successor = LiveReconstruction(Reconstruction(RULES, IdentityPolicy(), JourneyPolicy()))
-    successor.reconstruction.admit_all([visit, call, login])
-    snapshot = list(snapshot_messages(successor.rebuild_result(), successor.reconstruction, raw, now))
+    published, snapshot, successor = failover_story()
     assert len(snapshot) > 3  # begin, state messages, end
 
     client = connect(dsn)
