@@ -120,7 +120,7 @@ class CommitGuard:
         offset, else the offset the assignment started from. A missing head (or
         an unknown base) holds the commit; `held` tells when to read again.
         """
-        if committed is not None:
+        if committed is not None and committed >= 0:  # some brokers answer -1 for "never committed"
             self._base[tp] = committed
         base = self._base.get(tp)
         if base is not None and lowest_acked <= base:
@@ -153,7 +153,7 @@ class CommitGuard:
         """
         rewind: dict[Partition, int] = {}
         for tp, (taken, highwater, committed) in positions.items():
-            base = committed if committed is not None else self._base.get(tp)
+            base = committed if committed is not None and committed >= 0 else self._base.get(tp)
             if base is None or highwater <= max(taken, base):
                 self._stuck.pop(tp, None)
                 continue

@@ -63,6 +63,7 @@ def test_a_commit_starts_exactly_at_the_base_and_a_missing_head_holds_it() -> No
     assert not guard.may_commit(tp, 9, 10, now=1.0)  # committed at 9: record 9 missing
     assert guard.may_commit(tp, 9, 9, now=2.0)
     assert guard.may_commit(("raw.email", 0), None, 0, now=0.0)
+    assert guard.may_commit(("raw.email", 0), -1, 0, now=0.0)  # -1: a broker's "never committed"
     # A partition whose start is not known yet commits nothing.
     assert not guard.may_commit(("raw.phone", 0), None, 0, now=0.0)
 
