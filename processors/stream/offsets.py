@@ -1,6 +1,6 @@
 """The commit guard: Kafka offsets are never committed past a record the stages have not processed.
 
-Faust (faust-streaming 0.11) can commit past unprocessed records around a
+Faust (faust-streaming 0.15) can commit past unprocessed records around a
 rebalance, which loses them when the worker dies before reading them again
 (faust-streaming issues #216, #221, #312 are the same family). Reading its
 consumer, four paths lead there, and the failover and crash tests hit them:
