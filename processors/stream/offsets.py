@@ -58,8 +58,8 @@ class CommitGuard:
         self.topics = frozenset(topics)
         self._base: dict[Partition, int] = {}  # where the partition's offsets must start at this assignment
         self._first: dict[Partition, int] = {}  # partitions whose first record has not been seen yet
-        self._taken: set[int] = set()  # id() of messages a stage took and has not acknowledged yet
-        self._keep: dict[int, Any] = {}  # the messages themselves, so their id() is not reused
+        # Messages a stage took and has not acknowledged yet, by id(); held, so no id() is reused.
+        self._taken: dict[int, Any] = {}
         self._held_since: dict[Partition, float] = {}
         self._unknown: set[Partition] = set()
         self._stuck: dict[Partition, tuple[int, float, int]] = {}  # (next offset taken, since, ticks)
@@ -75,7 +75,6 @@ class CommitGuard:
         self._held_since.clear()
         self._stuck.clear()
         self._taken.clear()
-        self._keep.clear()
 
     def learn(self, starts: Mapping[Partition, int]) -> None:
         """Where assigned partitions start (`start_offsets`, read from the broker)."""
@@ -96,8 +95,7 @@ class CommitGuard:
     def took(self, messages: Iterable[Any]) -> None:
         """A stage took these messages: their acknowledgements, once it is done with them, count."""
         for message in messages:
-            self._taken.add(id(message))
-            self._keep[id(message)] = message
+            self._taken[id(message)] = message
 
     def may_ack(self, message: Any) -> bool:
         """Whether an acknowledgement of this message may count toward a commit.
@@ -106,12 +104,7 @@ class CommitGuard:
         """
         if message.topic not in self.topics:
             return True
-        key = id(message)
-        if key in self._taken:
-            self._taken.discard(key)
-            del self._keep[key]
-            return True
-        return False
+        return self._taken.pop(id(message), None) is not None
 
     def may_commit(self, tp: Partition, committed: int | None, lowest_acked: int, now: float) -> bool:
         """Whether the acknowledged offsets, the lowest being `lowest_acked`, may be committed.
