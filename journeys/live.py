@@ -27,10 +27,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from journeys.fold import Journey, JourneyStatus, fold_customer, is_late
+from journeys.fold import ClassifiedTouchpoint, Journey, JourneyStatus, fold_customer, is_late
 from journeys.identity import IdentityConflict, IdentityMerge, Key
 from journeys.reconstruct import Admission, Reconstruction
-from journeys.touchpoint import Touchpoint
+from journeys.touchpoint import CompactTouchpoint, Touchpoint
 
 
 @dataclass
@@ -48,8 +48,8 @@ class BatchResult:
       whose corrected state is in `journeys` like any other change.
     """
 
-    admissions: list[tuple[Touchpoint, Admission]] = field(default_factory=list)
-    new_touchpoints: list[Touchpoint] = field(default_factory=list)
+    admissions: list[tuple[CompactTouchpoint, Admission]] = field(default_factory=list)
+    new_touchpoints: list[CompactTouchpoint] = field(default_factory=list)
     journeys: dict[str, list[Journey]] = field(default_factory=dict)
     identities: dict[Key, str] = field(default_factory=dict)
     merges_added: list[IdentityMerge] = field(default_factory=list)
@@ -57,7 +57,7 @@ class BatchResult:
     conflicts_added: list[IdentityConflict] = field(default_factory=list)
     conflicts_removed: list[IdentityConflict] = field(default_factory=list)
     watermark: datetime | None = None
-    late: list[Touchpoint] = field(default_factory=list)
+    late: list[CompactTouchpoint] = field(default_factory=list)
 
 
 class LiveReconstruction:
@@ -73,13 +73,19 @@ class LiveReconstruction:
 
     def admit_batch(self, touchpoints: Iterable[Touchpoint]) -> BatchResult:
         """Admit a batch (any order, redeliveries allowed) and report what changed."""
+        rules = self.reconstruction.rules
+        return self.admit_classified_batch(ClassifiedTouchpoint.of(tp, rules) for tp in touchpoints)
+
+    def admit_classified_batch(self, steps: Iterable[ClassifiedTouchpoint]) -> BatchResult:
+        """`admit_batch` for touchpoints classified already with this aggregate's rules (by normalise)."""
         recon = self.reconstruction
         graph = recon.graph
         result = BatchResult()
         affected: set[str] = set()
         published = recon.watermark  # what the state published so far was decided against
-        for touchpoint in touchpoints:
-            admission = recon.admit(touchpoint)
+        for step in steps:
+            touchpoint = step.touchpoint
+            admission = recon.admit_classified(step)
             result.admissions.append((touchpoint, admission))
             if admission is Admission.NEW:
                 result.new_touchpoints.append(touchpoint)

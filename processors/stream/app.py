@@ -3,8 +3,10 @@
 Both stages take Kafka batches (`take_events`) and hand them to the core whole:
 a one-record-at-a-time agent is about 40 times slower than the broker.
 
-- **normalise** runs `ingest.pipeline.parse_records` on raw-topic messages and
-  sends canonical touchpoints (keyed by event_id) and dead letters on.
+- **normalise** parses raw-topic messages and classifies them by the phase
+  rules (`ingest.pipeline.parse_records_with` with the embedded run's
+  `processors.parsing.classifier`), and sends canonical touchpoints (keyed by
+  event_id) and dead letters on.
 - **reconstruct** keeps every accepted touchpoint in the `event-log` table
   (backed by its changelog topic, so a restarted or moved worker recovers it),
   folds them with `Reconstruction` — rebuilt from the table after every
@@ -31,23 +33,24 @@ import faust
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from pydantic import ValidationError
 
-from ingest.pipeline import parse_records
+from ingest.pipeline import parse_records_with
 from ingest.records import DeadLetter
 from ingest.topics import Topics, dead_letter_headers, record_from_message
-from journeys.fold import JourneyStatus
+from journeys.fold import ClassifiedTouchpoint, JourneyStatus
 from journeys.live import BatchResult, LiveReconstruction
+from journeys.phases import PhaseRules
 from journeys.reconstruct import Admission, Reconstruction
-from journeys.touchpoint import CompactTouchpoint, Touchpoint
 from processors.config import Settings
 from processors.embedded import ingest_context, refusal_letter
+from processors.parsing import classifier
 from processors.stream.messages import (
     CHUNK,
     Handoff,
-    decode_touchpoint,
+    classified_from_object,
     join_touchpoints,
     snapshot_messages,
-    split_touchpoints,
     state_messages,
+    touchpoint_elements,
 )
 from processors.stream.metrics import Metrics
 from processors.stream.offsets import CommitGuard, start_offsets
@@ -115,8 +118,9 @@ class EventLogTable(faust.Table):
 class ReconstructStage:
     """The reconstruct stage's in-memory aggregate, rebuilt from the event-log table when needed."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, rules: PhaseRules) -> None:
         self.settings = settings
+        self.rules = rules  # the normalise stage classifies with the same rules
         self.live: LiveReconstruction | None = None
         self._open: dict[str, int] = {}  # customer id -> open journeys, for the gauge
 
@@ -133,11 +137,12 @@ class ReconstructStage:
         self.live = None
         self._open.clear()
 
-    def rebuild(self, stored: Sequence[Touchpoint]) -> tuple[LiveReconstruction, BatchResult]:
+    def rebuild(self, stored: Sequence[ClassifiedTouchpoint]) -> tuple[LiveReconstruction, BatchResult]:
         """The aggregate as a fold over the stored event log; the result re-reports everything."""
         settings = self.settings
-        reconstruction = Reconstruction(settings.rules(), settings.identity, settings.journey)
-        reconstruction.admit_all(stored)
+        reconstruction = Reconstruction(self.rules, settings.identity, settings.journey)
+        for step in stored:
+            reconstruction.admit_classified(step)
         self.live = LiveReconstruction(reconstruction)
         result = self.live.rebuild_result()
         self.count_open(result)
@@ -246,6 +251,8 @@ def create_app(settings: Settings, config: StreamConfig) -> faust.App:
     app.fetch_max_wait = config.fetch_max_wait
     topics, metrics = config.topics, Metrics()
     context = ingest_context(settings, create_key=False)
+    rules = settings.rules()
+    classify = classifier(rules)  # normalise classifies: its touchpoints reach reconstruct ready to admit
     raw_topic = app.topic(*topics.all_raw, key_type=bytes, value_type=bytes)
     touchpoints_topic = app.topic(topics.touchpoints, partitions=1, key_type=bytes, value_type=bytes)
     state_topic = app.topic(topics.state, partitions=1, key_type=bytes, value_type=bytes)
@@ -261,7 +268,7 @@ def create_app(settings: Settings, config: StreamConfig) -> faust.App:
             help="Accepted touchpoints in chunks keyed by their first event id: the log the fold replays.",
         )
     )
-    stage = ReconstructStage(settings)
+    stage = ReconstructStage(settings, rules)
     handoff = Handoff()
     streamed = {*topics.all_raw, topics.touchpoints}
     guard = CommitGuard(streamed)
@@ -328,8 +335,8 @@ def create_app(settings: Settings, config: StreamConfig) -> faust.App:
                 for event in events
             ]
             metrics.inc("journeys_records_in_total", len(records), stage="normalise")
-            touchpoints: list[Touchpoint] = []
-            for outcome in parse_records(records, context):
+            touchpoints: list[ClassifiedTouchpoint] = []
+            for outcome in parse_records_with(records, context, classify):
                 if isinstance(outcome, DeadLetter):
                     await send_dead_letter(outcome, "normalise")
                 else:
@@ -338,26 +345,28 @@ def create_app(settings: Settings, config: StreamConfig) -> faust.App:
                 await touchpoints_topic.send(key=key, value=value)
             metrics.inc("journeys_records_out_total", len(touchpoints), stage="normalise")
 
-    def fold_batch(batch: list[Touchpoint], raw_events: dict[str, bytes], now: datetime) -> list[Message]:
+    def fold_batch(
+        batch: list[ClassifiedTouchpoint], raw_events: dict[str, bytes], now: datetime
+    ) -> list[Message]:
         """Admit one batch into the aggregate (rebuilt from the event log first if needed)."""
         messages: list[Message] = []
         live = stage.live
         if live is None:
             stored: dict[str, bytes] = {}
-            touchpoints: list[Touchpoint] = []
+            steps: list[ClassifiedTouchpoint] = []
             for entry in event_log.values():
-                for raw in split_touchpoints(entry):
-                    touchpoint = decode_touchpoint(raw)  # each stored event is decoded once
-                    stored[touchpoint.event_id] = raw
-                    touchpoints.append(touchpoint)
-            live, rebuilt = stage.rebuild(touchpoints)
+                for obj, raw in touchpoint_elements(entry):
+                    step = classified_from_object(obj, rules)  # each stored event is decoded once
+                    stored[step.touchpoint.event_id] = raw
+                    steps.append(step)
+            live, rebuilt = stage.rebuild(steps)
             log.info("reconstruct: rebuilt from %d stored events", len(stored))
             messages += snapshot_messages(rebuilt, live.reconstruction, stored, now)
-        result = live.admit_batch(batch)
+        result = live.admit_classified_batch(batch)
         duplicates = 0
         for touchpoint, admission in result.admissions:
             if admission in (Admission.CONFLICT, Admission.UNIDENTIFIED):
-                messages.append(("letter", refusal_letter(CompactTouchpoint.of(touchpoint), admission)))
+                messages.append(("letter", refusal_letter(touchpoint, admission)))
             elif admission is Admission.DUPLICATE:
                 duplicates += 1
         metrics.inc("journeys_duplicates_total", duplicates, stage="reconstruct")
@@ -389,32 +398,32 @@ def create_app(settings: Settings, config: StreamConfig) -> faust.App:
         async for events in stream.take_events(fold_messages, within=config.batch_seconds):
             await note_read(events)
             now = datetime.now(UTC)
-            batch: list[Touchpoint] = []
+            batch: list[ClassifiedTouchpoint] = []
             raw_events: dict[str, bytes] = {}
             for event in events:
                 handed = handoff.take(event.value)
-                if handed is not None:  # sent by this process's normalise stage: validated there
-                    for touchpoint, raw in zip(*handed, strict=True):
-                        batch.append(touchpoint)
-                        raw_events[touchpoint.event_id] = raw
+                if handed is not None:  # from this process's normalise stage: validated, classified
+                    for step, raw in zip(*handed, strict=True):
+                        batch.append(step)
+                        raw_events[step.touchpoint.event_id] = raw
                     continue
                 try:
-                    elements = split_touchpoints(event.value)
+                    elements = touchpoint_elements(event.value)
                 except ValueError as exc:
                     reason = f"not a canonical touchpoint: {exc}"
                     letter = DeadLetter(event.value or b"", reason, "touchpoint", _origin(event), now)
                     await send_dead_letter(letter, "reconstruct")
                     continue
-                for index, raw in enumerate(elements):
+                for index, (obj, raw) in enumerate(elements):
                     try:
-                        touchpoint = decode_touchpoint(raw)
+                        step = classified_from_object(obj, rules)
                     except ValidationError as exc:
                         reason = f"not a canonical touchpoint: {_first_error(exc)}"
                         letter = DeadLetter(raw, reason, "touchpoint", f"{_origin(event)}#[{index}]", now)
                         await send_dead_letter(letter, "reconstruct")
                         continue
-                    batch.append(touchpoint)
-                    raw_events[touchpoint.event_id] = raw
+                    batch.append(step)
+                    raw_events[step.touchpoint.event_id] = raw
             metrics.inc("journeys_records_in_total", len(batch), stage="reconstruct")
             began = time.perf_counter()
             try:
@@ -426,15 +435,15 @@ def create_app(settings: Settings, config: StreamConfig) -> faust.App:
                 log.exception("reconstruct: batch of %d failed; retrying one at a time", len(batch))
                 stage.reset()
                 messages = []
-                for touchpoint in batch:
+                for step in batch:
                     try:
-                        messages += fold_batch([touchpoint], raw_events, now)
+                        messages += fold_batch([step], raw_events, now)
                     except Exception as exc:
                         stage.reset()
                         reason = f"reconstruction failed: {type(exc).__name__}: {exc}"
-                        raw = raw_events[touchpoint.event_id]
+                        event_id = step.touchpoint.event_id
                         messages.append(
-                            ("letter", DeadLetter(raw, reason, "touchpoint", touchpoint.event_id, now))
+                            ("letter", DeadLetter(raw_events[event_id], reason, "touchpoint", event_id, now))
                         )
             folded = time.perf_counter()
             await publish(messages)

@@ -22,6 +22,7 @@
 
 from __future__ import annotations
 
+import re
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
@@ -29,9 +30,11 @@ from typing import Any
 
 import orjson
 
+from journeys.fold import ClassifiedTouchpoint
 from journeys.live import BatchResult
+from journeys.phases import PhaseRules
 from journeys.reconstruct import Reconstruction
-from journeys.touchpoint import Touchpoint
+from journeys.touchpoint import Channel, CompactTouchpoint, Touchpoint, TouchpointFields, compact_touchpoint
 from processors.sinks.clickhouse import conflict_values, journey_values, merge_values, touchpoint_values
 
 CHUNK = 500  # rows (or touchpoints) per message: well under Kafka's 1 MB default message size
@@ -47,6 +50,91 @@ def decode_touchpoint(raw: bytes) -> Touchpoint:
     return Touchpoint.model_validate_json(raw)
 
 
+# -- the short way in: canonical touchpoint JSON straight to the aggregate's compact form ----------
+#
+# Every touchpoint on the internal topics was written by a worker from a validated
+# touchpoint, so nearly all are canonical already. Validating each through the
+# model again (and converting it to the compact form) was most of what the
+# reconstruct stage paid for a touchpoint from another worker, and of what the
+# sink paid for every event. These read the decoded JSON object into adapter
+# fields and take `compact_touchpoint`'s checks; anything of another shape goes
+# through the model, which gives its usual `ValidationError`. The tests hold the
+# two ways equal.
+
+_TOUCHPOINT_KEYS = frozenset(Touchpoint.model_fields)
+_CHANNELS = {channel.value: channel for channel in Channel}
+# The timestamp texts the model's and the compact form's JSON give: read the same by both ways.
+_UTC_TEXT = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{3}|\.\d{6})?(?:Z|\+00:00)")
+
+
+def _utc_time(text: Any) -> Any:
+    """A canonical timestamp text as a datetime; anything else as it is (the checks then refuse it)."""
+    if type(text) is str and _UTC_TEXT.fullmatch(text) is not None:
+        try:
+            return datetime.fromisoformat(text)
+        except ValueError:  # e.g. a 25th hour: the model says what is wrong
+            return text
+    return text
+
+
+def touchpoint_fields(obj: Any) -> TouchpointFields | None:
+    """A touchpoint's decoded JSON object as adapter fields, or None if it has another shape."""
+    if type(obj) is not dict or not obj.keys() <= _TOUCHPOINT_KEYS:
+        return None
+    try:
+        identifiers = obj["identifiers"]
+        if type(identifiers) is not list:
+            return None
+        keys = []
+        for identifier in identifiers:
+            if type(identifier) is not dict or len(identifier) != 2:
+                return None
+            keys.append((identifier["type"], identifier["value"]))
+        channel = obj["channel"]
+        return TouchpointFields(
+            obj["event_id"],
+            _utc_time(obj["occurred_at"]),
+            _utc_time(obj.get("received_at")),
+            _CHANNELS.get(channel) if type(channel) is str else None,
+            obj["source"],
+            obj["action"],
+            keys,
+            obj.get("properties", {}),
+            obj.get("persona"),
+            obj.get("sentiment"),
+            obj.get("value"),
+            obj.get("currency"),
+        )
+    except KeyError:  # a required field is missing: the model names it
+        return None
+
+
+def compact_from_object(obj: Any) -> CompactTouchpoint:
+    """`CompactTouchpoint.of(decode_touchpoint(orjson.dumps(obj)))`, the short way when `obj` is canonical.
+
+    Raises pydantic's ValidationError for anything that is not a touchpoint.
+    """
+    fields = touchpoint_fields(obj)
+    compact = compact_touchpoint(fields) if fields is not None else None
+    return compact if compact is not None else CompactTouchpoint.of(decode_touchpoint(orjson.dumps(obj)))
+
+
+def classified_from_object(obj: Any, rules: PhaseRules) -> ClassifiedTouchpoint:
+    """`ClassifiedTouchpoint.of(decode_touchpoint(orjson.dumps(obj)), rules)`, the short way when canonical.
+
+    Raises pydantic's ValidationError for anything that is not a touchpoint.
+    """
+    fields = touchpoint_fields(obj)
+    if fields is not None:
+        compact = compact_touchpoint(fields)
+        if compact is not None:
+            classification = rules.classify_fields(
+                compact.channel, compact.source, compact.action, compact.sentiment, fields.properties
+            )
+            return ClassifiedTouchpoint(compact, classification)
+    return ClassifiedTouchpoint.of(decode_touchpoint(orjson.dumps(obj)), rules)
+
+
 def encode_touchpoints(touchpoints: Sequence[Touchpoint]) -> Iterator[tuple[bytes, bytes]]:
     """(key, value) messages carrying the touchpoints, CHUNK at a time."""
     for start in range(0, len(touchpoints), CHUNK):
@@ -58,31 +146,32 @@ class Handoff:
     """Touchpoint messages the normalise stage sent, kept for the reconstruct stage of the same process.
 
     When one worker runs both stages (the usual case), the reconstruct stage
-    would otherwise parse and validate every touchpoint a second time: the
-    most expensive part of its input. It looks the message value (the exact
-    bytes it read) up here and takes the already validated touchpoints; a
-    message it does not find (sent by another worker, or before a restart) is
-    decoded and validated as before. Bounded: the oldest entries go first when
-    this worker does not own the touchpoints partition.
+    would otherwise decode and classify every touchpoint a second time. It
+    looks the message value (the exact bytes it read) up here and takes the
+    touchpoints as normalise classified them; a message it does not find (sent
+    by another worker, or before a restart) is decoded (`classified_from_object`).
+    Bounded: the oldest entries go first when this worker does not own the
+    touchpoints partition, or when normalise works through a backlog faster
+    than reconstruct folds it (the default holds four folds' worth).
     """
 
-    def __init__(self, limit: int = 64) -> None:
+    def __init__(self, limit: int = 400) -> None:
         self.limit = limit
-        self._messages: OrderedDict[bytes, tuple[list[Touchpoint], list[bytes]]] = OrderedDict()
+        self._messages: OrderedDict[bytes, tuple[list[ClassifiedTouchpoint], list[bytes]]] = OrderedDict()
 
-    def encode(self, touchpoints: Sequence[Touchpoint]) -> Iterator[tuple[bytes, bytes]]:
-        """`encode_touchpoints`, remembering each message's touchpoints and their encodings."""
-        for start in range(0, len(touchpoints), CHUNK):
-            chunk = list(touchpoints[start : start + CHUNK])
-            raws = [encode_touchpoint(tp) for tp in chunk]
+    def encode(self, steps: Sequence[ClassifiedTouchpoint]) -> Iterator[tuple[bytes, bytes]]:
+        """Touchpoint messages, CHUNK at a time, remembering each message's touchpoints and encodings."""
+        for start in range(0, len(steps), CHUNK):
+            chunk = list(steps[start : start + CHUNK])
+            raws = [step.touchpoint.json() for step in chunk]
             value = join_touchpoints(raws)
             self._messages[value] = (chunk, raws)
             while len(self._messages) > self.limit:
                 self._messages.popitem(last=False)
-            yield chunk[0].event_id.encode(), value
+            yield chunk[0].touchpoint.event_id.encode(), value
 
-    def take(self, value: bytes | None) -> tuple[list[Touchpoint], list[bytes]] | None:
-        """The touchpoints and encodings of a message this process sent, or None."""
+    def take(self, value: bytes | None) -> tuple[list[ClassifiedTouchpoint], list[bytes]] | None:
+        """The classified touchpoints and encodings of a message this process sent, or None."""
         return self._messages.pop(value, None) if value else None
 
     def __len__(self) -> int:
@@ -101,14 +190,19 @@ def split_touchpoints(value: bytes | None) -> list[bytes]:
     element is still validated on its own (`decode_touchpoint`), so one bad
     element does not take its neighbours with it.
     """
+    return [raw for _, raw in touchpoint_elements(value)]
+
+
+def touchpoint_elements(value: bytes | None) -> list[tuple[Any, bytes]]:
+    """`split_touchpoints` with each element's decoded JSON beside its encoding (decoded once)."""
     try:
         parsed = orjson.loads(value or b"")
     except orjson.JSONDecodeError as exc:
         raise ValueError(f"not JSON: {exc}") from None
     if isinstance(parsed, dict):
-        return [value or b""]
+        return [(parsed, value or b"")]
     if isinstance(parsed, list):
-        return [orjson.dumps(element) for element in parsed]
+        return [(element, orjson.dumps(element)) for element in parsed]
     raise ValueError(f"a JSON {type(parsed).__name__}, not a touchpoint or an array of them")
 
 

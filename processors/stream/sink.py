@@ -40,7 +40,7 @@ from ingest.records import DeadLetter
 from ingest.topics import Topics, received_at_of
 from journeys.touchpoint import CompactTouchpoint
 from processors.sinks import clickhouse as tables
-from processors.stream.messages import decode_touchpoint
+from processors.stream.messages import compact_from_object
 from processors.stream.metrics import Metrics
 
 log = logging.getLogger("journeys.sink")
@@ -158,9 +158,7 @@ def write_batch(
             message = orjson.loads(record.value)
             kind = message.get("kind")
             if kind == "events":
-                segment.events.extend(
-                    CompactTouchpoint.of(decode_touchpoint(orjson.dumps(raw))) for raw in message["events"]
-                )
+                segment.events.extend(compact_from_object(raw) for raw in message["events"])
             elif kind == "identity":
                 segment.identity_messages.append(message)
                 if snapshot is not None:

@@ -6,10 +6,23 @@ from datetime import UTC, datetime, timedelta
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from journeys.touchpoint import Touchpoint
-from processors.stream.messages import CHUNK, decode_touchpoint, encode_touchpoints, split_touchpoints
+from journeys.fold import ClassifiedTouchpoint
+from journeys.phases import PhaseRules
+from journeys.touchpoint import Channel, CompactTouchpoint, Touchpoint, compact_touchpoint
+from processors.stream.messages import (
+    CHUNK,
+    classified_from_object,
+    compact_from_object,
+    decode_touchpoint,
+    encode_touchpoints,
+    split_touchpoints,
+    touchpoint_elements,
+    touchpoint_fields,
+)
 
 T0 = datetime(2026, 9, 1, tzinfo=UTC)
 
@@ -48,3 +61,135 @@ def test_a_bad_element_fails_alone() -> None:
     assert decode_touchpoint(first) == visit(1)
     with pytest.raises(ValidationError):
         decode_touchpoint(second)
+
+
+# -- the short way in: decoded JSON objects straight to the compact form ---------------------
+
+CANONICAL_TIMES = st.integers(0, 4 * 10**12).map(lambda ms: datetime.fromtimestamp(ms / 1000, UTC))
+PROPERTY_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**53), 2**53)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=8),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=6), children, max_size=3)
+    ),
+    max_leaves=8,
+)
+TOUCHPOINTS = st.builds(
+    Touchpoint,
+    event_id=st.text(min_size=1, max_size=40),
+    occurred_at=CANONICAL_TIMES,
+    received_at=st.none() | CANONICAL_TIMES,
+    channel=st.sampled_from(Channel),
+    source=st.sampled_from(["segment", "sendgrid", "twilio", "callcsv"]),
+    action=st.sampled_from(["Page Viewed", "Order Completed", "bounce", "call.no-answer", "x" * 256]),
+    identifiers=st.lists(
+        st.fixed_dictionaries(
+            {
+                "type": st.sampled_from(["user_id", "email", "anonymous_id", "crm_id"]),
+                "value": st.from_regex(r"[a-z0-9@.]{1,20}", fullmatch=True),
+            }
+        ),
+        min_size=1,
+        max_size=3,
+    ),
+    properties=st.dictionaries(st.text(max_size=8), PROPERTY_VALUES, max_size=4),
+    persona=st.none() | st.text(max_size=20),
+    sentiment=st.none() | st.floats(-1, 1),
+    value=st.none() | st.floats(-1e9, 1e9, allow_nan=False),
+)
+# What another producer could put on the topic: each one a value the model coerces, refuses or reads.
+ODD_VALUES: dict[str, st.SearchStrategy] = {
+    "event_id": st.sampled_from(["", "e" * 257, 7, None]),
+    "occurred_at": st.sampled_from(
+        [
+            "2026-09-01T10:00:00Z",
+            "2026-09-01T10:00:00.123456Z",
+            "2026-09-01T10:00:00.1234Z",
+            "2026-09-01T10:00:00+02:00",
+            "2026-09-01T10:00:00",
+            "2026-09-01T24:00:00Z",
+            "2026-09-01",
+            "2026-09-01 10:00:00Z",
+            1_788_000_000,
+            None,
+        ]
+    ),
+    "received_at": st.sampled_from(["2026-09-01T10:00:00.500Z", "yesterday", 0]),
+    "channel": st.sampled_from(["WEB", "fax", 1, None]),
+    "source": st.sampled_from(["", "s" * 65, None]),
+    "identifiers": st.sampled_from(
+        [
+            [],
+            [{"type": "user_id", "value": " u "}],
+            [{"type": "User", "value": "u"}],
+            [{"type": "user_id", "value": "u", "extra": 1}],
+            [{"type": "user_id"}],
+            [["user_id", "u"]],
+            {"type": "user_id", "value": "u"},
+            "u",
+        ]
+    ),
+    "properties": st.sampled_from([None, [], "x", {"nested": {"a": [1, 2.5]}}]),
+    "persona": st.sampled_from([1, "p" * 129]),
+    "sentiment": st.sampled_from([1, 1.5, "0.5", True]),
+    "value": st.sampled_from([3, "12.5", True]),
+    "currency": st.sampled_from(["EUR", "eur"]),
+    "unknown_field": st.just(1),
+}
+
+
+def _through_the_model(obj: object, rules: PhaseRules) -> tuple[str, object]:
+    try:
+        return "ok", ClassifiedTouchpoint.of(decode_touchpoint(orjson.dumps(obj)), rules)
+    except ValidationError as exc:
+        return "invalid", _reasons(exc)
+
+
+def _reasons(exc: ValidationError) -> list[tuple[object, ...]]:
+    return [(error["type"], error["loc"], error["msg"]) for error in exc.errors()]
+
+
+@settings(max_examples=400)
+@given(touchpoint=TOUCHPOINTS, data=st.data())
+def test_the_short_way_in_gives_what_the_model_gives_or_its_error(
+    touchpoint: Touchpoint, data: st.DataObject
+) -> None:
+    rules = PhaseRules()
+    obj = orjson.loads(touchpoint.model_dump_json())
+    odd = data.draw(st.sets(st.sampled_from(sorted(ODD_VALUES)), max_size=3), label="odd fields")
+    for name in sorted(odd):
+        obj[name] = data.draw(ODD_VALUES[name], label=name)
+    for name in data.draw(st.sets(st.sampled_from(sorted(obj)), max_size=2), label="dropped"):
+        del obj[name]
+    expected = _through_the_model(obj, rules)
+    try:
+        got: tuple[str, object] = ("ok", classified_from_object(obj, rules))
+        compact = compact_from_object(obj)
+    except ValidationError as exc:
+        got = ("invalid", _reasons(exc))
+    else:
+        assert compact == got[1].touchpoint  # type: ignore[union-attr]
+    assert got == expected
+
+
+@given(touchpoint=TOUCHPOINTS)
+def test_what_a_worker_writes_takes_the_short_way_and_reads_back_equal(touchpoint: Touchpoint) -> None:
+    compact = CompactTouchpoint.of(touchpoint)
+    for raw in (touchpoint.model_dump_json().encode(), compact.json()):
+        obj = orjson.loads(raw)
+        fields = touchpoint_fields(obj)
+        assert fields is not None and compact_touchpoint(fields) == compact
+        assert compact_from_object(obj) == compact
+
+
+def test_touchpoint_elements_decode_each_element_once_beside_its_encoding() -> None:
+    value = orjson.dumps([orjson.loads(visit(1).model_dump_json()), {"event_id": "x"}])
+    (first, first_raw), (second, second_raw) = touchpoint_elements(value)
+    assert compact_from_object(first) == CompactTouchpoint.of(visit(1))
+    assert decode_touchpoint(first_raw) == visit(1)
+    assert second == {"event_id": "x"} and orjson.loads(second_raw) == second
+    one = visit(2).model_dump_json().encode()
+    assert touchpoint_elements(one) == [(orjson.loads(one), one)]
