@@ -685,13 +685,16 @@ def retire_missing(client: Store, journeys: set[str], merges: set[tuple], confli
 
 
 def write_customer_journeys(
-    client: Client, customers: dict[str, tuple[list[Sequence[Any]], list[Sequence[Any]]]]
+    client: Client, customers: dict[str, tuple[list[Sequence[Any]], list[Sequence[Any]], list[str]]]
 ) -> tuple[int, int]:
-    """Replace the journeys and touchpoints of these customers; delete their journeys that vanished.
+    """Write the changed journeys of these customers with their touchpoints; delete the ones that vanished.
 
-    `customers` maps a customer id to (journey values, touchpoint values) as
-    `journey_values` / `touchpoint_values` give them; an empty pair means the
-    customer no longer exists (absorbed by a merge). Returns (written, deleted).
+    `customers` maps a customer id to (journey values, touchpoint values, kept
+    journey ids): the values as `journey_values` / `touchpoint_values` give them
+    for the journeys that changed, and the ids of the customer's journeys that
+    did not change and stay as stored. Any other stored journey of the customer
+    is gone, so an empty triple means the customer no longer exists (absorbed by
+    a merge). Returns (written, deleted).
 
     `customers` is in the order the snapshots were made. A touchpoint that moved
     between two of them (a merge) appears in both; all rows share one version, and
@@ -703,16 +706,17 @@ def write_customer_journeys(
     version, now = _clock.next(), datetime.now(UTC)
     now_ms = _ms(now)
     journey_rows = [
-        (*values, version, 0, now_ms) for journeys, _ in customers.values() for values in journeys
+        (*values, version, 0, now_ms) for journeys, _, _ in customers.values() for values in journeys
     ]
-    last_placement = {values[0]: values for _, touchpoints in customers.values() for values in touchpoints}
+    last_placement = {values[0]: values for _, touchpoints, _ in customers.values() for values in touchpoints}
     # By journey (column 2), so that each journey's touchpoints go out in one insert (`_insert_touchpoints`).
     tp_rows = sorted(((*values, version, now_ms) for values in last_placement.values()), key=itemgetter(2))
     current = client.query(
         "SELECT journey_id FROM journeys WHERE customer_id IN {ids:Array(String)}",
         parameters={"ids": sorted(customers)},
     ).result_rows
-    stale = {row[0] for row in current} - {row[0] for row in journey_rows}
+    kept = {journey_id for _, _, ids in customers.values() for journey_id in ids}
+    stale = {row[0] for row in current} - {row[0] for row in journey_rows} - kept
     tombstones = _tombstones(client, stale, version, now)
     _insert(client, "journey_versions", JOURNEY_COLUMNS, journey_rows + tombstones)
     _insert_touchpoints(client, tp_rows)

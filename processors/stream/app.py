@@ -46,6 +46,7 @@ from processors.parsing import classifier
 from processors.stream.messages import (
     CHUNK,
     Handoff,
+    PublishedJourneys,
     classified_from_object,
     join_touchpoints,
     snapshot_messages,
@@ -122,6 +123,7 @@ class ReconstructStage:
         self.settings = settings
         self.rules = rules  # the normalise stage classifies with the same rules
         self.live: LiveReconstruction | None = None
+        self.published = PublishedJourneys()  # so that only changed journeys go out again
         self._open: dict[str, int] = {}  # customer id -> open journeys, for the gauge
 
     @property
@@ -135,6 +137,7 @@ class ReconstructStage:
     def reset(self) -> None:
         """Partitions moved: the table is restored again, so the aggregate must be rebuilt from it."""
         self.live = None
+        self.published.clear()
         self._open.clear()
 
     def rebuild(self, stored: Sequence[ClassifiedTouchpoint]) -> tuple[LiveReconstruction, BatchResult]:
@@ -361,7 +364,7 @@ def create_app(settings: Settings, config: StreamConfig) -> faust.App:
                     steps.append(step)
             live, rebuilt = stage.rebuild(steps)
             log.info("reconstruct: rebuilt from %d stored events", len(stored))
-            messages += snapshot_messages(rebuilt, live.reconstruction, stored, now)
+            messages += snapshot_messages(rebuilt, live.reconstruction, stored, now, stage.published)
         result = live.admit_classified_batch(batch)
         duplicates = 0
         for touchpoint, admission in result.admissions:
@@ -374,7 +377,7 @@ def create_app(settings: Settings, config: StreamConfig) -> faust.App:
             # Behind the watermark of what was published: the corrected journeys go out below.
             metrics.inc("journeys_late_events_total", len(result.late), stage="reconstruct")
             log.info("reconstruct: %d late touchpoints corrected published journeys", len(result.late))
-        messages += state_messages(result, live.reconstruction, raw_events, now)
+        messages += state_messages(result, live.reconstruction, raw_events, now, stage.published)
         # One table entry per CHUNK new events, keyed by the first (an event is admitted once).
         new = result.new_touchpoints
         for start in range(0, len(new), CHUNK):

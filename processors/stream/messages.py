@@ -7,11 +7,14 @@
   per message dominates otherwise (profiled: about a third of the worker's time).
 - `state`: what the reconstruct stage changed, as row values the ClickHouse sink
   writes unchanged (`processors.sinks.clickhouse.*_values`):
-  - `{"kind": "customers", "customers": [[customer_id, journeys, touchpoints], ...]}`:
-    changed customers' complete journeys and touchpoints, packed up to about
-    256 KB a message and keyed by the first customer id (empty lists: the
-    customer was absorbed by a merge). The sink also reads the older
-    one-customer form `{"kind": "customer", "customer_id", "journeys", "touchpoints"}`;
+  - `{"kind": "customers", "customers": [[customer_id, journeys, touchpoints, kept], ...]}`:
+    changed customers' changed journeys with all their touchpoints, and the ids
+    of the customer's journeys that did not change since they were last
+    published (`PublishedJourneys`); every other journey of the customer is gone
+    (all lists empty: the customer was absorbed by a merge). Packed up to about
+    256 KB a message, keyed by the first customer id. The sink also reads
+    entries without `kept` (every journey sent) and the older one-customer form
+    `{"kind": "customer", "customer_id", "journeys", "touchpoints"}`;
   - `{"kind": "events", "events": [canonical touchpoint JSON, ...]}`: new events;
   - `{"kind": "identity", "identities", "merges_added", "merges_removed",
     "conflicts_added", "conflicts_removed"}`;
@@ -22,6 +25,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
@@ -30,12 +34,18 @@ from typing import Any
 
 import orjson
 
-from journeys.fold import ClassifiedTouchpoint
+from journeys.fold import ClassifiedTouchpoint, Journey
 from journeys.live import BatchResult
 from journeys.phases import PhaseRules
 from journeys.reconstruct import Reconstruction
 from journeys.touchpoint import Channel, CompactTouchpoint, Touchpoint, TouchpointFields, compact_touchpoint
-from processors.sinks.clickhouse import conflict_values, journey_values, merge_values, touchpoint_values
+from processors.sinks.clickhouse import (
+    JOURNEY_COLUMNS,
+    conflict_values,
+    journey_values,
+    merge_values,
+    touchpoint_values,
+)
 
 CHUNK = 500  # rows (or touchpoints) per message: well under Kafka's 1 MB default message size
 STATE_BYTES = 256 * 1024  # customers are packed into a state message up to about this size
@@ -206,10 +216,84 @@ def touchpoint_elements(value: bytes | None) -> list[tuple[Any, bytes]]:
     raise ValueError(f"a JSON {type(parsed).__name__}, not a touchpoint or an array of them")
 
 
+_WATERMARK = JOURNEY_COLUMNS.index("watermark")
+
+
+class PublishedJourneys:
+    """What the state topic last said about each journey, so that only journeys that changed go out again.
+
+    A batch refolds each affected customer's whole history; sending all of it
+    made the state topic and the sink's writes grow with the customer's history
+    instead of with what happened (a returning customer with many past journeys
+    changes only the current one). Per journey this keeps a digest of its row
+    and of its touchpoints' placement (`fingerprint`), without the watermark
+    (when processing had got there, not what happened: every fold moves it). A
+    journey whose digest is unchanged is named in the message as kept; the sink
+    leaves its stored rows as they are. Cleared when the stage is rebuilt: a
+    snapshot sends everything.
+    """
+
+    def __init__(self) -> None:
+        self._customers: dict[str, dict[str, bytes]] = {}
+
+    def clear(self) -> None:
+        self._customers.clear()
+
+    def changes(
+        self, customer_id: str, journeys: list[Journey], values: list[tuple]
+    ) -> tuple[list[int], list[str]] | None:
+        """(positions of the journeys that changed since last published, ids of those that did not),
+        remembered; None when the customer stands exactly as published (none changed or went away).
+
+        `values` are the journeys' `journey_values`, made once for this and the message.
+        """
+        before = self._customers.get(customer_id, {})
+        now: dict[str, bytes] = {}
+        changed: list[int] = []
+        kept: list[str] = []
+        for position, (journey, row) in enumerate(zip(journeys, values, strict=True)):
+            digest = now[journey.journey_id] = fingerprint(journey, row)
+            if before.get(journey.journey_id) == digest:
+                kept.append(journey.journey_id)
+            else:
+                changed.append(position)
+        if now:
+            self._customers[customer_id] = now
+        else:
+            self._customers.pop(customer_id, None)
+        if not changed and before.keys() == now.keys() and now:
+            return None
+        return changed, kept
+
+    def __len__(self) -> int:
+        return sum(len(journeys) for journeys in self._customers.values())
+
+
+def fingerprint(journey: Journey, row: tuple) -> bytes:
+    """A digest of what the sink writes for a journey (its `journey_values` row), but for its watermark.
+
+    The touchpoint rows are the journey's placement (event id, position, phase,
+    sentiment) of touchpoints that never change once admitted, with the
+    customer, journey and persona that the journey row carries.
+    """
+    values = list(row)
+    del values[_WATERMARK]
+    placed = [tuple(placement) for placement in journey.touchpoints]
+    return hashlib.blake2b(orjson.dumps([values, placed]), digest_size=16).digest()
+
+
 def state_messages(
-    result: BatchResult, reconstruction: Reconstruction, raw_events: dict[str, bytes], now: datetime
+    result: BatchResult,
+    reconstruction: Reconstruction,
+    raw_events: dict[str, bytes],
+    now: datetime,
+    published: PublishedJourneys | None = None,
 ) -> Iterator[tuple[bytes, bytes]]:
-    """(key, value) messages for the state topic describing one batch's changes."""
+    """(key, value) messages for the state topic describing one batch's changes.
+
+    With `published`, a changed customer's journeys that did not change go out
+    as kept ids only, and a customer none of whose journeys changed not at all.
+    """
     for start in range(0, len(result.new_touchpoints), CHUNK):
         chunk = result.new_touchpoints[start : start + CHUNK]
         events = [orjson.Fragment(raw_events[tp.event_id]) for tp in chunk]
@@ -234,8 +318,16 @@ def state_messages(
     packed: list[orjson.Fragment] = []
     size, key = 0, b""
     for customer_id, journeys in result.journeys.items():
+        values = [journey_values(j) for j in journeys]
+        kept: list[str] = []
+        if published is not None:
+            changes = published.changes(customer_id, journeys, values)
+            if changes is None:
+                continue  # every journey as published: nothing to write
+            changed, kept = changes
+            journeys, values = [journeys[i] for i in changed], [values[i] for i in changed]
         touchpoints = [row for j in journeys for row in touchpoint_values(reconstruction, j, now)]
-        entry = orjson.dumps([customer_id, [journey_values(j) for j in journeys], touchpoints])
+        entry = orjson.dumps([customer_id, values, touchpoints, kept])
         if packed and size + len(entry) > STATE_BYTES:
             yield key, orjson.dumps({"kind": "customers", "customers": packed})
             packed, size = [], 0
@@ -252,14 +344,21 @@ SNAPSHOT_END = orjson.dumps({"kind": "snapshot", "phase": "end"})
 
 
 def snapshot_messages(
-    result: BatchResult, reconstruction: Reconstruction, raw_events: dict[str, bytes], now: datetime
+    result: BatchResult,
+    reconstruction: Reconstruction,
+    raw_events: dict[str, bytes],
+    now: datetime,
+    published: PublishedJourneys | None = None,
 ) -> Iterator[tuple[bytes, bytes]]:
     """`state_messages` of a complete state (a rebuild), framed so the sink can drop what it lacks.
 
     A stage rebuilt after a failover cannot know which customers its
     predecessor published that no longer exist (a link it admitted but did not
-    live to publish merged them away): only a complete snapshot tells.
+    live to publish merged them away): only a complete snapshot tells. It sends
+    every journey: `published` starts again from it.
     """
+    if published is not None:
+        published.clear()
     yield b"snapshot", SNAPSHOT_BEGIN
-    yield from state_messages(result, reconstruction, raw_events, now)
+    yield from state_messages(result, reconstruction, raw_events, now, published)
     yield b"snapshot", SNAPSHOT_END

@@ -86,15 +86,31 @@ def _header_text(headers: Iterable[tuple[str, bytes]] | None, name: str, default
 
 
 def _latest_snapshot(
-    customers: dict[str, tuple[list, list]], customer_id: str, journeys: list, touchpoints: list
+    customers: dict[str, tuple[list, list, list]],
+    customer_id: str,
+    journeys: list,
+    touchpoints: list,
+    kept: list | None = None,
 ) -> None:
-    """A later snapshot of a customer replaces its earlier one, and `customers` stays in message order.
+    """A later message about a customer supersedes its earlier one, and `customers` stays in message order.
 
-    A touchpoint a merge moved to another customer is then written where it went
-    last (see `write_customer_journeys`).
+    `kept` lists the customer's journeys the message leaves out because they did
+    not change since the reconstruct stage last published them (None: the
+    message carries every journey). A kept journey that an earlier message of
+    this segment changed is still written, from that message; a journey the
+    later message neither carries nor keeps is gone, and its earlier rows are
+    not written. A touchpoint a merge moved to another customer is written
+    where it went last (see `write_customer_journeys`).
     """
-    customers.pop(customer_id, None)
-    customers[customer_id] = (journeys, touchpoints)
+    earlier = customers.pop(customer_id, None)
+    kept = list(kept or ())
+    if kept and earlier is not None:
+        carried = {values[0] for values in earlier[0]} & set(kept)
+        if carried:
+            journeys = [values for values in earlier[0] if values[0] in carried] + journeys
+            touchpoints = [values for values in earlier[1] if values[2] in carried] + touchpoints
+            kept = [journey_id for journey_id in kept if journey_id not in carried]
+    customers[customer_id] = (journeys, touchpoints, kept)
 
 
 @dataclass
@@ -126,7 +142,7 @@ class _Segment:
     events: list[CompactTouchpoint] = field(default_factory=list)
     letters: list[DeadLetter] = field(default_factory=list)
     identity_messages: list[dict[str, Any]] = field(default_factory=list)
-    customers: dict[str, tuple[list, list]] = field(default_factory=dict)
+    customers: dict[str, tuple[list, list, list]] = field(default_factory=dict)
 
 
 def write_batch(
@@ -173,10 +189,11 @@ def write_batch(
                     if kind == "customers"
                     else [(message["customer_id"], message["journeys"], message["touchpoints"])]
                 )
-                for customer_id, journeys, touchpoints in packed:
-                    _latest_snapshot(segment.customers, customer_id, journeys, touchpoints)
+                for customer_id, journeys, touchpoints, *kept in packed:
+                    _latest_snapshot(segment.customers, customer_id, journeys, touchpoints, *kept)
                     if snapshot is not None:
                         snapshot.journeys.update(values[0] for values in journeys)
+                        snapshot.journeys.update(*kept)
             elif kind == "snapshot":
                 phase = message["phase"]
                 if phase == "begin":

@@ -8,6 +8,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
 from kafka import KafkaConsumer, TopicPartition
 
 from ingest.kafka import ensure_topics, make_producer
@@ -19,7 +20,7 @@ from journeys.reconstruct import Reconstruction
 from journeys.touchpoint import Touchpoint
 from processors.config import load_rules
 from processors.storage import connect, migrate
-from processors.stream.messages import encode_touchpoint, snapshot_messages, state_messages
+from processors.stream.messages import PublishedJourneys, encode_touchpoint, snapshot_messages, state_messages
 from processors.stream.metrics import Metrics
 from processors.stream.sink import SinkConfig, run_sink
 
@@ -240,3 +241,104 @@ def test_a_sink_restarted_inside_a_snapshot_reads_it_again_from_its_beginning(
     assert summary.journeys_deleted == 1, "the phone-only caller's journey, retired by the second sink"
     (customer,) = successor.reconstruction.graph.customers()
     assert client.query("SELECT customer_id, touchpoint_count FROM journeys").result_rows == [(customer, 3)]
+
+
+def customer_entries(messages: list[tuple[bytes, bytes]]) -> list[list[Any]]:
+    """Every [customer id, journeys, touchpoints, kept] entry of these state messages, in order."""
+    entries = []
+    for _, value in messages:
+        message = orjson.loads(value)
+        if message["kind"] == "customers":
+            entries += message["customers"]
+    return entries
+
+
+def test_only_changed_journeys_are_published_and_the_sink_ends_where_full_messages_end(
+    kafka_bootstrap: str, topic_prefix: str, dsn: str
+) -> None:
+    """A customer with an old journey and a current one: later batches change the current one, the
+    watermark closes it, and an unlink takes it away; the old journey is sent once and then only kept.
+    A late event then changes the old one. The same batches sent in full into another database must
+    leave the same journeys and touchpoints."""
+
+    def touchpoint(event_id: str, at: timedelta, action: str, **ids: str) -> Touchpoint:
+        return Touchpoint(
+            event_id=event_id,
+            occurred_at=T0 + at,
+            channel="web",
+            source="segment",
+            action=action,
+            identifiers=[{"type": kind, "value": value} for kind, value in ids.items()],
+        )
+
+    month = timedelta(days=30)
+    first_journey = [
+        touchpoint("a-1", timedelta(0), "Product Viewed", user_id="u-a"),
+        touchpoint("a-2", timedelta(hours=1), "Product Viewed", user_id="u-a"),
+        touchpoint("a-3", timedelta(hours=2), "Signed In", user_id="u-a", anonymous_id="anon-2"),
+    ]
+    batches: list[list[Touchpoint]] = [
+        [*first_journey, touchpoint("a-4", month, "Product Viewed", anonymous_id="anon-2")],
+        [touchpoint("a-5", month + timedelta(hours=1), "Product Viewed", anonymous_id="anon-2")],
+        [touchpoint("b-1", 2 * month, "Product Viewed", user_id="u-b")],  # the watermark closes a's journey
+        [touchpoint("a-0", -timedelta(minutes=5), "Product Viewed", user_id="u-a")],  # late, into the old one
+    ]
+    raw = {tp.event_id: encode_touchpoint(tp) for batch in batches for tp in batch}
+    now = datetime.now(UTC)
+    partial, full = Topics(topic_prefix), Topics(f"{topic_prefix}-full")
+    messages: dict[Topics, list[tuple[bytes, bytes]]] = {partial: [], full: []}
+    for topics, published in ((partial, PublishedJourneys()), (full, None)):
+        live = LiveReconstruction(Reconstruction(RULES, IdentityPolicy(), JourneyPolicy()))
+        for batch in batches:
+            messages[topics] += state_messages(
+                live.admit_batch(batch), live.reconstruction, raw, now, published
+            )
+        live.reconstruction.unlink(("anonymous_id", "anon-2"))  # a-4 and a-5 are no longer a's
+        messages[topics] += state_messages(live.admit_batch([]), live.reconstruction, raw, now, published)
+
+    customer_a = live.reconstruction.graph.customer_of(("user_id", "u-a"))
+    sent = [
+        ([values[0] for values in journeys], kept)
+        for customer, journeys, _, kept in customer_entries(messages[partial])
+        if customer == customer_a
+    ]
+    first, changed, closed, late, unlinked = sent
+    (old, current), kept_at_first = first
+    assert kept_at_first == [], "both journeys are new"
+    assert changed == closed == ([current], [old]), "the current journey changed, the old one is kept"
+    (earlier,), kept_at_late = late  # the old journey now starts with the late event: a new journey id
+    assert earlier != old and kept_at_late == [current]
+    assert unlinked == ([], [earlier]), "the current journey went away with the unlinked visitor"
+    journeys_sent = [len(entry[1]) for entry in customer_entries(messages[partial])]
+    assert sum(journeys_sent) < sum(len(entry[1]) for entry in customer_entries(messages[full]))
+
+    clients = {partial: connect(dsn), full: connect(dsn.replace("database=", "database=full_"))}
+    producer = make_producer(kafka_bootstrap)
+    for topics, client in clients.items():
+        ensure_topics(kafka_bootstrap, topics, partitions=1)
+        migrate(client)
+        for key, value in messages[topics]:
+            producer.send(topics.state, key=key, value=value)
+    producer.flush()
+    producer.close()
+    # In full, one message at a time; only changes, all in one batch: a message keeping a journey
+    # that an earlier message of the same batch changed must not lose that change.
+    run_sink(lambda: clients[full], sink_config(kafka_bootstrap, full, full.prefix, max_messages=1))
+    assert (
+        run_sink(lambda: clients[partial], sink_config(kafka_bootstrap, partial, partial.prefix)).batches == 1
+    )
+
+    def stored(client: Any) -> dict[str, list[tuple]]:
+        return {
+            "journeys": client.query(
+                "SELECT * EXCEPT (watermark) FROM journeys ORDER BY journey_id"
+            ).result_rows,
+            "touchpoints": client.query("SELECT * FROM touchpoints ORDER BY event_id").result_rows,
+        }
+
+    assert stored(clients[partial]) == stored(clients[full])
+    journeys = (
+        clients[partial].query("SELECT customer_id, touchpoint_count, status FROM journeys").result_rows
+    )
+    assert (customer_a, 4, "dropped") in journeys
+    assert len(journeys) == 3, "a's old journey, the unlinked visitor's, b's"
