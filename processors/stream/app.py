@@ -450,13 +450,19 @@ def create_app(settings: Settings, config: StreamConfig) -> faust.App:
                         )
             folded = time.perf_counter()
             await publish(messages)
+            fold_s, publish_s = folded - began, time.perf_counter() - folded
             log.info(
                 "reconstruct: %d touchpoints -> %d messages; fold %.3f s, publish %.3f s",
                 len(batch),
                 len(messages),
-                folded - began,
-                time.perf_counter() - folded,
-                extra={"touchpoints": len(batch), "messages": len(messages)},
+                fold_s,
+                publish_s,
+                extra={
+                    "touchpoints": len(batch),
+                    "messages": len(messages),
+                    "fold_s": fold_s,
+                    "publish_s": publish_s,
+                },
             )
             metrics.inc("journeys_records_out_total", len(messages), stage="reconstruct")
             metrics.set("journeys_open_journeys", stage.open_journeys)

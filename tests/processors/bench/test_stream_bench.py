@@ -62,6 +62,10 @@ def test_one_worker_streams_every_event_into_clickhouse(ctx: LocalContext, pii_k
     for name in ("seconds", "startup_s", "events_per_s", "bare_events_per_s", "ratio"):
         assert 0 < figures[name] < math.inf, name
     assert figures["records_per_s"] == pytest.approx(figures["ratio"] * figures["bare_events_per_s"])
+    assert (
+        0 < figures["reconstruct_busy_s"] < figures["seconds"]
+        and figures["reconstruct_touchpoints_per_s"] > 0
+    )
 
 
 def test_latency_is_measured_for_every_event_produced_at_the_steady_rate(
