@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import phonenumbers
 
@@ -12,6 +13,42 @@ from journeys.identity import IdentityPolicy
 from journeys.touchpoint import BUILTIN_IDENTIFIER_TYPES, IDENTIFIER_TYPE_PATTERN
 
 from .pii import DEFAULT_PHONE_REGION, PiiHasher
+
+# Distinct keys an adapter memo holds before it starts over: a few MB at most, and
+# a person's events come close together, so the recent ones are what gets hit.
+MEMO_SIZE = 65_536
+
+
+class Memo:
+    """A bounded memo for work that is a pure function of a key and the context it belongs to.
+
+    Adapters keep the results of work that recurs per person (an event's
+    identifiers: junk checks, normalising, keyed hashing) here, keyed by every raw
+    value that work reads. It belongs to one `IngestContext`, since the answers
+    depend on its hasher, policy and region. When full it starts over rather than
+    grow: a 10M-event run meets millions of distinct keys. Safe to share between
+    threads: a race at worst computes an answer twice.
+    """
+
+    __slots__ = ("_entries", "limit")
+
+    def __init__(self, limit: int = MEMO_SIZE) -> None:
+        self._entries: dict[Hashable, Any] = {}
+        self.limit = limit
+
+    def get(self, key: Hashable) -> Any:
+        """The remembered answer for `key`, or None."""
+        return self._entries.get(key)
+
+    def put(self, key: Hashable, value: Any) -> None:
+        """Remember `value` (not None) for `key`, starting over when the memo is full."""
+        entries = self._entries
+        if len(entries) >= self.limit:
+            entries.clear()
+        entries[key] = value
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
 
 def utc_now() -> datetime:
@@ -34,6 +71,9 @@ class IngestContext:
       other types are ignored.
     - `phone_region`: region for reading national phone numbers (`06 …` in NL).
     - `now`: the clock for `Touchpoint.received_at`; injectable for tests.
+    - `memo`: the adapters' bounded memo of per-person work (identifiers), made
+      fresh for every context (`dataclasses.replace` too), never passed in: its
+      answers are only right for this context's hasher, policy and region.
     """
 
     hasher: PiiHasher
@@ -41,6 +81,7 @@ class IngestContext:
     extra_identifier_types: frozenset[str] = frozenset()
     phone_region: str = DEFAULT_PHONE_REGION
     now: Callable[[], datetime] = utc_now
+    memo: Memo = field(init=False, repr=False, compare=False, default_factory=Memo)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "extra_identifier_types", frozenset(self.extra_identifier_types))

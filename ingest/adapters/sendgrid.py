@@ -25,6 +25,7 @@ from .base import (
     json_type,
     opt_str,
     parse_epoch,
+    remembered_identifiers,
     show,
     whole,
 )
@@ -122,9 +123,7 @@ def to_fields(event: Any, ctx: IngestContext, received_at: datetime) -> Touchpoi
         raise Rejection(f"event: {show(name)} is not a SendGrid recipient event")
     event_id = get_str(event, "sg_event_id", "sg_event_id", required=True)
     occurred_at = parse_epoch(event.get("timestamp"), "timestamp")
-    ids = Identifiers(ctx)
-    ids.email(event.get("email"), "email")
-    identifiers = ids.build()
+    identifiers = remembered_identifiers(ctx, (event.get("email"),), _collect_identifiers)
 
     properties: dict[str, Any] = {}
     category = event.get("category")
@@ -169,6 +168,12 @@ def to_fields(event: Any, ctx: IngestContext, received_at: datetime) -> Touchpoi
         properties=properties,
         persona=persona if persona is not None and len(persona) <= 128 else None,
     )
+
+
+def _collect_identifiers(ids: Identifiers, values: tuple[Any, ...]) -> None:
+    """An event's identifier (the recipient) from the raw value (all this reads, for the memo)."""
+    (email,) = values
+    ids.email(email, "email")
 
 
 ADAPTER = Adapter(name=NAME, detect=detect, split=split, fields=to_fields)
