@@ -214,7 +214,8 @@ def to_fields(call: Any, ctx: IngestContext, received_at: datetime) -> Touchpoin
         action=action,
         identifiers=identifiers,
         properties=properties,
-        persona=_persona(traits, context_traits),
+        # Most calls carry no traits at all.
+        persona=_persona(traits, context_traits) if traits or context_traits else None,
         value=value,
         currency=currency,
     )
