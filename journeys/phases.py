@@ -610,7 +610,15 @@ class PhaseRules:
         if own_sentiment is None:
             return answer
         # With a sentiment of its own the sentiment rules are not consulted.
-        return answer._replace(sentiment=own_sentiment)
+        return Classification(
+            answer.phase,
+            answer.rule,
+            answer.failure,
+            answer.failure_rule,
+            answer.passive,
+            own_sentiment,
+            answer.conversion,
+        )
 
     @staticmethod
     def _evaluate(plan: _Plan, own_sentiment: float | None, properties: Mapping[str, Any]) -> Classification:

@@ -22,7 +22,6 @@ from .base import (
     get_str,
     json_type,
     parse_iso,
-    remembered_identifiers,
     show,
     whole,
 )
@@ -121,11 +120,11 @@ def to_fields(row: Any, ctx: IngestContext, received_at: datetime) -> Touchpoint
     if csat is not None:
         properties["csat"] = csat
 
-    identifiers = remembered_identifiers(
-        ctx,
-        (_present(row, "customer_id"), _present(row, "email"), _present(row, "caller_number")),
-        _collect_identifiers,
-    )
+    ids = Identifiers(ctx)
+    ids.plain("user_id", _present(row, "customer_id"), "customer_id")
+    ids.email(_present(row, "email"), "email")
+    ids.phone(_present(row, "caller_number"), "caller_number")
+    identifiers = ids.build()
 
     return TouchpointFields(
         event_id=call_id,
@@ -138,14 +137,6 @@ def to_fields(row: Any, ctx: IngestContext, received_at: datetime) -> Touchpoint
         properties=properties,
         sentiment=sentiment,
     )
-
-
-def _collect_identifiers(ids: Identifiers, values: tuple[Any, ...]) -> None:
-    """A row's identifiers from its raw values (all this reads, for the memo)."""
-    customer_id, email, caller_number = values
-    ids.plain("user_id", customer_id, "customer_id")
-    ids.email(email, "email")
-    ids.phone(caller_number, "caller_number")
 
 
 ADAPTER = Adapter(name=NAME, detect=detect, split=split, fields=to_fields)

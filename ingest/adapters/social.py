@@ -23,7 +23,6 @@ from .base import (
     json_type,
     opt_str,
     parse_iso,
-    remembered_identifiers,
     show,
     whole,
 )
@@ -64,10 +63,17 @@ def to_fields(record: Any, ctx: IngestContext, received_at: datetime) -> Touchpo
         )
     occurred_at = parse_iso(record.get("occurred_at"), "occurred_at")
 
+    ids = Identifiers(ctx)
     handle = get_str(record, "handle", "handle")
-    identifiers = remembered_identifiers(
-        ctx, (platform, handle, record.get("user_id"), record.get("email")), _collect_identifiers
-    )
+    if handle is not None:
+        handle = handle.lstrip("@").lower()
+        if handle and not ctx.policy.is_junk(handle):
+            ids.plain("social_handle", f"{platform}:{handle}", "handle")
+        else:
+            ids.note("handle: placeholder value")
+    ids.plain("user_id", record.get("user_id"), "user_id")
+    ids.email(record.get("email"), "email")
+    identifiers = ids.build()
 
     properties: dict[str, Any] = {"platform": platform}
     for key in ("post_id", "in_reply_to"):
@@ -100,19 +106,6 @@ def to_fields(record: Any, ctx: IngestContext, received_at: datetime) -> Touchpo
         sentiment=sentiment,
         persona=persona if persona is not None and len(persona) <= 128 else None,
     )
-
-
-def _collect_identifiers(ids: Identifiers, values: tuple[Any, ...]) -> None:
-    """A record's identifiers from its raw values (all this reads, for the memo)."""
-    platform, handle, user_id, email = values
-    if handle is not None:
-        handle = handle.lstrip("@").lower()
-        if handle and not ids.context.policy.is_junk(handle):
-            ids.plain("social_handle", f"{platform}:{handle}", "handle")
-        else:
-            ids.note("handle: placeholder value")
-    ids.plain("user_id", user_id, "user_id")
-    ids.email(email, "email")
 
 
 ADAPTER = Adapter(name=NAME, detect=detect, split=split, fields=to_fields)
