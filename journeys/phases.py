@@ -57,7 +57,7 @@ _RULE_KEYS: Final[dict[str, frozenset[str]]] = {
     "sentiment": frozenset({"name", "sentiment", "when"}),
 }
 _MAX_PLANS: Final = 16_384  # distinct (channel, source, action) keys memoised before the memo restarts
-_MAX_ANSWERS: Final = 65_536  # distinct (channel, source, action, property values) answers memoised
+_MAX_ANSWERS: Final = 16_384  # distinct (channel, source, action, property values) answers memoised
 _NUMBER_TEXT: Final = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
 _MISSING: Final = object()
 
