@@ -474,6 +474,31 @@ def _decided(entries: _Entries) -> bool:
     return not entries or entries[0][1] is None
 
 
+def _answer_key(values: tuple[Any, ...]) -> tuple[Any, ...] | None:
+    """Property values as part of a memo key, or None when an answer must not be memoised.
+
+    Strings and None stand for themselves; a list of strings becomes a tuple of
+    them (a check on a list asks each element, so only the elements matter; no
+    JSON value is a tuple, and a tuple given here is refused). Anything else is
+    refused: numbers and booleans compare equal across types (`True == 1`) yet
+    get different answers, and dicts are walked by dotted keys.
+    """
+    converted: list[Any] | None = None
+    for index, value in enumerate(values):
+        if value is None or type(value) is str:
+            continue
+        if type(value) is list:
+            for item in value:
+                if type(item) is not str:
+                    return None
+            if converted is None:
+                converted = list(values)
+            converted[index] = tuple(value)
+            continue
+        return None
+    return values if converted is None else tuple(converted)
+
+
 def _reads(sections: tuple[_Entries, ...]) -> tuple[str, ...]:
     """The top-level property keys the checks of a plan can read, in a stable order.
 
@@ -592,13 +617,13 @@ class PhaseRules:
                 fixed.conversion,
             )
         # What is left depends on the properties only through the values at
-        # `plan.reads`; when those are all strings or absent (a page's path,
-        # nearly always), the answer is memoised per value. Other values are
-        # checked every time: `True == 1` as a key, yet a rule tells them apart.
-        values = tuple(map(properties.get, plan.reads))
-        for value in values:
-            if value is not None and type(value) is not str:
-                return self._evaluate(plan, own_sentiment, properties)
+        # `plan.reads`; when those are all strings, lists of strings or absent
+        # (a page's path, an email's categories), the answer is memoised per
+        # values. Other values are checked every time: `True == 1` as a key, yet
+        # a rule tells them apart.
+        values = _answer_key(tuple(map(properties.get, plan.reads)))
+        if values is None:
+            return self._evaluate(plan, own_sentiment, properties)
         answers = self._answers
         memo_key = (key, values)
         answer = answers.get(memo_key)

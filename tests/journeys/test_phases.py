@@ -416,7 +416,7 @@ _MEMO_VALUES = st.one_of(
     st.sampled_from(["/", "/checkout/1", "/error", "yes", "1", "2", "500", "system", ""]),
     st.booleans(),
     st.sampled_from([0, 1, 1.0, 2, 2.0, 500]),
-    st.lists(st.sampled_from(["/checkout", 1, True, None]), max_size=2),
+    st.lists(st.sampled_from(["/checkout", "/", "yes", 1, True, None]), max_size=2),
     st.fixed_dictionaries({}, optional={"items": st.sampled_from([None, 1, "x"]), "id": st.just("o1")}),
 )
 _MEMO_PROPERTIES = st.dictionaries(
@@ -475,6 +475,17 @@ def test_property_answers_tell_equal_comparing_values_apart() -> None:
             r.classify_fields(Channel.WEB, "segment", "Signed In", None, {"n": 1.0, "path": "/"}).rule
             == "one"
         )
+
+    def rule(properties: dict[str, Any]) -> str | None:
+        return r.classify_fields(Channel.WEB, "segment", "Signed In", None, properties).rule
+
+    # Lists of strings are memoised by their elements; other lists are checked each time.
+    for _ in range(2):
+        assert rule({"path": ["/", "/checkout"]}) == "checkout"
+        assert rule({"path": ["/", "/x"]}) is None  # "/" is among them: `not path: /` fails
+        assert rule({"path": []}) == "not-home"
+        assert rule({"flag": [1], "path": "/"}) is None
+        assert rule({"flag": [True], "path": "/"}) == "flag"
 
 
 def test_property_answers_memo_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
