@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import phonenumbers
@@ -50,9 +50,15 @@ def utc_now() -> datetime:
     """Wall-clock time in UTC at millisecond precision (the storage's); the default ingest clock.
 
     At milliseconds already, it is what the touchpoint keeps, with nothing left to convert per event.
+    Read once per record, so the truncation subtracts a positional `timedelta`: the same
+    datetime as `now.replace(microsecond=...)` at about half the cost (keyword arguments).
     """
-    now = datetime.now(UTC)
-    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+    return to_millisecond(datetime.now(UTC))
+
+
+def to_millisecond(moment: datetime) -> datetime:
+    """`moment` truncated to the millisecond (as `moment.replace(microsecond=µs // 1000 * 1000)`)."""
+    return moment - timedelta(0, 0, moment.microsecond % 1000)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,4 @@
-"""The adapters' identifier memo (`IngestContext.memo`) never changes an outcome.
+"""The adapters' identifier memo (`IngestContext.memo`) never changes an outcome; the ingest clock.
 
 Records are drawn from a small pool of identifier values (placeholders, emails
 in other spellings, valid and invalid phone numbers, numbers and booleans that
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -18,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ingest.adapters.base import memo_key
-from ingest.context import IngestContext, Memo
+from ingest.context import IngestContext, Memo, to_millisecond, utc_now
 from ingest.pipeline import parse_records
 from ingest.records import RawRecord
 
@@ -216,3 +217,18 @@ def test_every_context_has_its_own_memo(make_ctx: Callable[..., IngestContext]) 
     assert other.memo is not ctx.memo and other.memo.get("k") is None
     # The memo is no part of a context's identity.
     assert dataclasses.replace(ctx) == ctx
+
+
+@settings(max_examples=300, deadline=None)
+@given(moment=st.datetimes(timezones=st.just(UTC)))
+def test_clock_truncation_equals_replace(moment: datetime) -> None:
+    expected = moment.replace(microsecond=moment.microsecond // 1000 * 1000)
+    got = to_millisecond(moment)
+    assert got == expected and got.tzinfo is expected.tzinfo
+
+
+def test_utc_now_is_utc_at_milliseconds() -> None:
+    before = datetime.now(UTC)
+    now = utc_now()
+    assert now.tzinfo is UTC and now.microsecond % 1000 == 0
+    assert before - timedelta(milliseconds=1) < now <= datetime.now(UTC)
