@@ -235,17 +235,45 @@ def scrub_value(value: Any) -> Any:
     return value
 
 
+# Property key -> whether it names personal data: a key is folded and looked up
+# once, not for every event that carries it. Bounded like `_fold`'s cache.
+_PII_KEY_VERDICTS: dict[Any, bool] = {}
+_KEY_VERDICTS_SIZE = 4096
+
+
+def _is_dropped_key(key: Any) -> bool:
+    verdict = _PII_KEY_VERDICTS.get(key)
+    if verdict is None:
+        # Only strings can be str keys (1 == 1.0 == True collide, but none is a string).
+        verdict = not isinstance(key, str) or _fold(key) in PII_PROPERTY_KEYS
+        if len(_PII_KEY_VERDICTS) >= _KEY_VERDICTS_SIZE:
+            _PII_KEY_VERDICTS.clear()
+        _PII_KEY_VERDICTS[key] = verdict
+    return verdict
+
+
 def _scrub_dict(source: Mapping[str, Any], depth: int) -> dict[str, Any]:
+    # Hot: every event's properties pass here. The common JSON types are told
+    # apart by exact type and the email check is inlined (`redact_emails`);
+    # anything else (subclasses) takes the general checks, in the same order.
     out: dict[str, Any] = {}
+    verdicts = _PII_KEY_VERDICTS
     for key, value in source.items():
-        if not isinstance(key, str) or _fold(key) in PII_PROPERTY_KEYS:
+        dropped = verdicts.get(key)
+        if dropped is None:
+            dropped = _is_dropped_key(key)
+        if dropped:
             continue
-        if isinstance(value, dict):
+        kind = type(value)
+        if kind is str:
+            out[key] = _EMAIL_IN_TEXT.sub("<email>", value) if "@" in value or "%40" in value else value
+        elif kind is dict or kind is list or isinstance(value, dict | list):
             if depth < MAX_PROPERTY_DEPTH:
-                out[key] = _scrub_dict(value, depth + 1)
-        elif isinstance(value, list):
-            if depth < MAX_PROPERTY_DEPTH:
-                out[key] = _scrub_list(value, depth + 1)
+                out[key] = (
+                    _scrub_dict(value, depth + 1)
+                    if isinstance(value, dict)
+                    else _scrub_list(value, depth + 1)
+                )
         elif isinstance(value, str):
             out[key] = redact_emails(value)
         else:

@@ -57,6 +57,7 @@ _RULE_KEYS: Final[dict[str, frozenset[str]]] = {
     "sentiment": frozenset({"name", "sentiment", "when"}),
 }
 _MAX_PLANS: Final = 16_384  # distinct (channel, source, action) keys memoised before the memo restarts
+_MAX_ANSWERS: Final = 16_384  # distinct (channel, source, action, property values) answers memoised
 _NUMBER_TEXT: Final = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
 _MISSING: Final = object()
 
@@ -473,6 +474,49 @@ def _decided(entries: _Entries) -> bool:
     return not entries or entries[0][1] is None
 
 
+def _answer_key(values: tuple[Any, ...]) -> tuple[Any, ...] | None:
+    """Property values as part of a memo key, or None when an answer must not be memoised.
+
+    Strings and None stand for themselves; a list of strings becomes a tuple of
+    them (a check on a list asks each element, so only the elements matter; no
+    JSON value is a tuple, and a tuple given here is refused). Anything else is
+    refused: numbers and booleans compare equal across types (`True == 1`) yet
+    get different answers, and dicts are walked by dotted keys.
+    """
+    converted: list[Any] | None = None
+    for index, value in enumerate(values):
+        if value is None or type(value) is str:
+            continue
+        if type(value) is list:
+            for item in value:
+                if type(item) is not str:
+                    return None
+            if converted is None:
+                converted = list(values)
+            converted[index] = tuple(value)
+            continue
+        return None
+    return values if converted is None else tuple(converted)
+
+
+def _reads(sections: tuple[_Entries, ...]) -> tuple[str, ...]:
+    """The top-level property keys the checks of a plan can read, in a stable order.
+
+    A test reads `properties[key]` and, for a dotted key, walks from its first
+    part; nothing else of the properties reaches a check.
+    """
+    keys: dict[str, None] = {}
+    pending = [check for entries in sections for _, check in entries if check is not None]
+    while pending:
+        check = pending.pop()
+        for test in check.tests:
+            keys[test.key] = None
+            keys[test.path[0]] = None
+        if check.negated is not None:
+            pending.append(check.negated)
+    return tuple(sorted(keys))
+
+
 @dataclass(frozen=True, slots=True)
 class _Plan:
     phases: _Entries
@@ -481,6 +525,7 @@ class _Plan:
     conversions: _Entries
     sentiment: _Entries
     fixed: Classification | None  # the result when no property condition is left anywhere
+    reads: tuple[str, ...]  # every property key the checks left may read (top-level)
 
 
 class PhaseRules:
@@ -491,7 +536,7 @@ class PhaseRules:
     computes a plan twice).
     """
 
-    __slots__ = ("_conversions", "_failures", "_passive", "_phases", "_plans", "_sentiment")
+    __slots__ = ("_answers", "_conversions", "_failures", "_passive", "_phases", "_plans", "_sentiment")
 
     def __init__(
         self,
@@ -507,6 +552,7 @@ class PhaseRules:
         self._conversions = conversions
         self._sentiment = sentiment
         self._plans: dict[tuple[Channel, str, str], _Plan] = {}
+        self._answers: dict[tuple[tuple[Channel, str, str], tuple[str | None, ...]], Classification] = {}
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any] | None) -> PhaseRules:
@@ -570,6 +616,38 @@ class PhaseRules:
                 own_sentiment,
                 fixed.conversion,
             )
+        # What is left depends on the properties only through the values at
+        # `plan.reads`; when those are all strings, lists of strings or absent
+        # (a page's path, an email's categories), the answer is memoised per
+        # values. Other values are checked every time: `True == 1` as a key, yet
+        # a rule tells them apart.
+        values = _answer_key(tuple(map(properties.get, plan.reads)))
+        if values is None:
+            return self._evaluate(plan, own_sentiment, properties)
+        answers = self._answers
+        memo_key = (key, values)
+        answer = answers.get(memo_key)
+        if answer is None:
+            answer = self._evaluate(plan, None, properties)
+            if len(answers) >= _MAX_ANSWERS:
+                answers.clear()
+            answers[memo_key] = answer
+        if own_sentiment is None:
+            return answer
+        # With a sentiment of its own the sentiment rules are not consulted.
+        return Classification(
+            answer.phase,
+            answer.rule,
+            answer.failure,
+            answer.failure_rule,
+            answer.passive,
+            own_sentiment,
+            answer.conversion,
+        )
+
+    @staticmethod
+    def _evaluate(plan: _Plan, own_sentiment: float | None, properties: Mapping[str, Any]) -> Classification:
+        """The property checks a plan leaves, evaluated on one touchpoint's properties."""
         phase_rule = _first(plan.phases, properties)
         failure_rule = _first(plan.failures, properties)
         if own_sentiment is None:
@@ -606,4 +684,5 @@ class PhaseRules:
                 sentiment=sentiment_rule.sentiment if sentiment_rule else None,
                 conversion=bool(conversions),
             )
-        return _Plan(phases, failures, passive, conversions, sentiment, fixed)
+        sections = (phases, failures, passive, conversions, sentiment)
+        return _Plan(phases, failures, passive, conversions, sentiment, fixed, _reads(sections))

@@ -256,6 +256,11 @@ class Identifiers:
         self._problems: list[str] = []
         self._absent: list[str] = []
 
+    @property
+    def context(self) -> IngestContext:
+        """The ingest context the identifiers are checked and hashed under."""
+        return self._ctx
+
     def _text(self, value: Any, field: str) -> str | None:
         if isinstance(value, str):
             value = value.strip()
@@ -336,6 +341,57 @@ class Identifiers:
             detail = f": {'; '.join(details)}" if details else ""
             raise Rejection(f"no usable identifier{detail}")
         return tuple(self._items)
+
+
+Collect = Callable[[Identifiers, tuple[Any, ...]], None]
+
+
+def memo_key(values: tuple[Any, ...]) -> tuple[Any, ...] | None:
+    """`values` as a memo key when each is a string, a boolean or None; else None (no memo).
+
+    Numbers are left out on purpose: `True == 1 == 1.0` as keys, yet they get
+    different answers (`must be a string, got boolean`, `'1'`, `got number`);
+    among strings, booleans and None, equal keys are the same values. Arrays
+    and objects cannot be keys at all.
+    """
+    for value in values:
+        if value is not None and type(value) is not str and type(value) is not bool:
+            return None
+    return values
+
+
+def remembered_identifiers(
+    ctx: IngestContext, values: tuple[Any, ...], collect: Collect
+) -> tuple[tuple[str, str], ...]:
+    """`collect(ids, values)` then `ids.build()`, remembered in `ctx.memo` per `(collect, values)`.
+
+    The same person's identifiers recur across many events, and the work on
+    them (placeholder checks, normalising, keyed hashing, the reason when none is
+    usable) costs as much as the rest of a small event's mapping. `values` holds
+    every raw value `collect` reads and `collect` reads nothing else (it is handed
+    `values`, not the record), so an answer depends on the key alone and the memo
+    is exact. A rejection is remembered as its reason and raised again on a hit.
+    A missing PII key (`PiiKeyError`) is raised and nothing is remembered.
+    """
+    key = memo_key(values)
+    if key is None:
+        ids = Identifiers(ctx)
+        collect(ids, values)
+        return ids.build()
+    memo = ctx.memo
+    key = (collect, key)
+    found = memo.get(key)
+    if found is None:
+        ids = Identifiers(ctx)
+        collect(ids, values)
+        try:
+            found = ids.build()
+        except Rejection as rejection:
+            found = rejection.reason
+        memo.put(key, found)
+    if type(found) is str:
+        raise Rejection(found)
+    return found
 
 
 def readable(exc: ValidationError) -> str:

@@ -41,6 +41,7 @@ from .base import (
     opt_obj,
     opt_str,
     parse_iso,
+    remembered_identifiers,
     show,
 )
 
@@ -158,26 +159,28 @@ def to_fields(call: Any, ctx: IngestContext, received_at: datetime) -> Touchpoin
     traits = get_obj(call, "traits", "traits") if kind == "identify" else {}
     occurred_at = event_time(call)
 
-    ids = Identifiers(ctx)
-    ids.plain("user_id", call.get("userId"), "userId")
-    ids.plain("anonymous_id", call.get("anonymousId"), "anonymousId")
-    if kind == "alias":
-        ids.plain("anonymous_id", call.get("previousId"), "previousId")
-    for source, prefix in ((traits, "traits"), (context_traits, "context.traits")):
-        if source:
-            ids.email(source.get("email"), f"{prefix}.email")
-            ids.phone(source.get("phone"), f"{prefix}.phone")
+    alias = kind == "alias"
     device = opt_obj(context, "device")
-    if device:
-        ids.plain("device_id", device.get("id"), "context.device.id")
     external_ids = context.get("externalIds")
-    if ctx.extra_identifier_types and isinstance(external_ids, list):
-        for index, external in enumerate(external_ids):
-            if isinstance(external, dict) and isinstance(external.get("type"), str):
-                id_type = snake_case(external["type"])
-                if id_type in ctx.extra_identifier_types:
-                    ids.typed(id_type, external.get("id"), f"context.externalIds[{index}].id")
-    identifiers = ids.build()
+    identifiers = remembered_identifiers(
+        ctx,
+        (
+            alias,
+            call.get("userId"),
+            call.get("anonymousId"),
+            call.get("previousId") if alias else None,
+            bool(traits),
+            traits.get("email"),
+            traits.get("phone"),
+            bool(context_traits),
+            context_traits.get("email"),
+            context_traits.get("phone"),
+            bool(device),
+            device.get("id"),
+            external_ids if ctx.extra_identifier_types and isinstance(external_ids, list) else None,
+        ),
+        _collect_identifiers,
+    )
 
     raw_properties = get_obj(call, "properties", "properties")
     properties = scrub_properties(raw_properties) if raw_properties else {}
@@ -211,10 +214,49 @@ def to_fields(call: Any, ctx: IngestContext, received_at: datetime) -> Touchpoin
         action=action,
         identifiers=identifiers,
         properties=properties,
-        persona=_persona(traits, context_traits),
+        # Most calls carry no traits at all.
+        persona=_persona(traits, context_traits) if traits or context_traits else None,
         value=value,
         currency=currency,
     )
+
+
+def _collect_identifiers(ids: Identifiers, values: tuple[Any, ...]) -> None:
+    """A call's identifiers from the raw values `to_fields` gathers (all this reads, for the memo)."""
+    (
+        alias,
+        user_id,
+        anonymous_id,
+        previous_id,
+        has_traits,
+        traits_email,
+        traits_phone,
+        has_context_traits,
+        context_email,
+        context_phone,
+        has_device,
+        device_id,
+        external_ids,
+    ) = values
+    ids.plain("user_id", user_id, "userId")
+    ids.plain("anonymous_id", anonymous_id, "anonymousId")
+    if alias:
+        ids.plain("anonymous_id", previous_id, "previousId")
+    if has_traits:
+        ids.email(traits_email, "traits.email")
+        ids.phone(traits_phone, "traits.phone")
+    if has_context_traits:
+        ids.email(context_email, "context.traits.email")
+        ids.phone(context_phone, "context.traits.phone")
+    if has_device:
+        ids.plain("device_id", device_id, "context.device.id")
+    if external_ids is not None:
+        extra_types = ids.context.extra_identifier_types
+        for index, external in enumerate(external_ids):
+            if isinstance(external, dict) and isinstance(external.get("type"), str):
+                id_type = snake_case(external["type"])
+                if id_type in extra_types:
+                    ids.typed(id_type, external.get("id"), f"context.externalIds[{index}].id")
 
 
 def _money(properties: dict[str, Any]) -> tuple[float | None, str | None]:

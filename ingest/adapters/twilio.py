@@ -25,6 +25,7 @@ from .base import (
     json_type,
     opt_str,
     parse_rfc2822,
+    remembered_identifiers,
     show,
     whole,
 )
@@ -92,9 +93,7 @@ def to_fields(fields: Any, ctx: IngestContext, received_at: datetime) -> Touchpo
 
     number_field, alias = _CUSTOMER_NUMBER[direction]
     number = fields.get(number_field) or fields.get(alias)
-    ids = Identifiers(ctx)
-    ids.phone(_customer_number(number), number_field)
-    identifiers = ids.build()
+    identifiers = remembered_identifiers(ctx, (number_field, _customer_number(number)), _collect_identifiers)
 
     properties: dict[str, Any] = {"direction": direction}
     for source, target in _COPIED:
@@ -123,6 +122,12 @@ def to_fields(fields: Any, ctx: IngestContext, received_at: datetime) -> Touchpo
         identifiers=identifiers,
         properties=properties,
     )
+
+
+def _collect_identifiers(ids: Identifiers, values: tuple[Any, ...]) -> None:
+    """A callback's identifier (the customer's number) from the raw values (all this reads, for the memo)."""
+    number_field, number = values
+    ids.phone(number, number_field)
 
 
 ADAPTER = Adapter(name=NAME, detect=detect, split=split, fields=to_fields)

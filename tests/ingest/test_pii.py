@@ -11,12 +11,16 @@ from urllib.parse import parse_qsl
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ingest.context import IngestContext
 from ingest.files import read_records
 from ingest.pii import (
+    MAX_PROPERTY_DEPTH,
     PII_KEY_ENV,
     PII_KEY_FILE_ENV,
+    PII_PROPERTY_KEYS,
     PiiError,
     PiiHasher,
     PiiKeyError,
@@ -140,6 +144,76 @@ def test_scrub_properties_drops_pii_keys_at_any_depth_and_redacts_emails() -> No
         "note": "contact <email>",
         "tags": ["a", "mail <email>"],
     }
+
+
+class _Text(str):
+    """A str subclass: the scrubber's exact-type fast path must leave these to the general checks."""
+
+
+def _reference_dict(source: dict, depth: int) -> dict:
+    """The scrubber as first written (before its fast path), to compare against."""
+    out = {}
+    for key, value in source.items():
+        if not isinstance(key, str) or _folded(key) in PII_PROPERTY_KEYS:
+            continue
+        if isinstance(value, dict):
+            if depth < MAX_PROPERTY_DEPTH:
+                out[key] = _reference_dict(value, depth + 1)
+        elif isinstance(value, list):
+            if depth < MAX_PROPERTY_DEPTH:
+                out[key] = _reference_list(value, depth + 1)
+        elif isinstance(value, str):
+            out[key] = redact_emails(value)
+        else:
+            out[key] = value
+    return out
+
+
+def _reference_list(source: list, depth: int) -> list:
+    out = []
+    for value in source:
+        if isinstance(value, dict):
+            if depth < MAX_PROPERTY_DEPTH:
+                out.append(_reference_dict(value, depth + 1))
+        elif isinstance(value, list):
+            if depth < MAX_PROPERTY_DEPTH:
+                out.append(_reference_list(value, depth + 1))
+        elif isinstance(value, str):
+            out.append(redact_emails(value))
+        else:
+            out.append(value)
+    return out
+
+
+def _folded(key: str) -> str:
+    return key.lower().replace("_", "").replace("-", "").replace(" ", "")
+
+
+_KEYS = st.sampled_from(["plan", "email", "First-Name", "url", "Zip", "a b", "note", "ip", "city"]) | st.text(
+    max_size=6
+)
+_SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False)
+    | st.sampled_from(["jan@x.nl", "a%40b.nl", "mail me: Jan@X.NL", "plain", ""])
+    | st.text(max_size=10)
+    | st.builds(_Text, st.sampled_from(["jan@x.nl", "plain"]))
+)
+_JSON = st.recursive(
+    _SCALARS,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_KEYS | st.integers(), inner, max_size=5),
+    max_leaves=25,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(properties=st.dictionaries(_KEYS, _JSON, max_size=6))
+def test_scrub_properties_equals_the_plain_walk(properties: dict) -> None:
+    # repr, not ==: True and 1 are equal but must not swap, nor a str subclass for a str.
+    assert repr(scrub_properties(properties)) == repr(_reference_dict(properties, 0))
+    assert repr(scrub_properties(properties)) == repr(_reference_dict(properties, 0))  # verdicts cached now
 
 
 def test_redact_emails_is_linear_on_hostile_input() -> None:

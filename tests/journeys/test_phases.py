@@ -395,6 +395,109 @@ def test_fixed_plans_return_equal_results_with_own_sentiment() -> None:
     assert own == Classification(phase=Phase.PURCHASE, rule="order", sentiment=-0.2)
 
 
+_MEMO_RULES = {
+    "phases": [
+        {"name": "checkout", "phase": "purchase", "when": {"property_regex": {"path": "^/checkout"}}},
+        {"name": "flag", "phase": "usage", "when": {"properties": {"flag": [True, "yes"]}}},
+        {"name": "one", "phase": "retention", "when": {"properties": {"n": 1}}},
+        {"name": "nested", "phase": "consideration", "when": {"property_exists": "cart.items"}},
+        {"name": "not-home", "phase": "orientation", "when": {"not": {"properties": {"path": "/"}}}},
+    ],
+    "failure_signals": [{"name": "err", "when": {"property_regex": {"status": "^5"}}}],
+    "passive": [{"name": "auto", "when": {"properties": {"origin": "system"}}}],
+    "conversions": [{"name": "paid", "when": {"property_exists": "order.id"}}],
+    "sentiment": [
+        {"name": "bad", "sentiment": -0.5, "when": {"property_regex": {"path": "error"}}},
+        {"name": "good", "sentiment": 0.5, "when": {"properties": {"n": 2.0}}},
+    ],
+}
+_MEMO_VALUES = st.one_of(
+    st.none(),
+    st.sampled_from(["/", "/checkout/1", "/error", "yes", "1", "2", "500", "system", ""]),
+    st.booleans(),
+    st.sampled_from([0, 1, 1.0, 2, 2.0, 500]),
+    st.lists(st.sampled_from(["/checkout", "/", "yes", 1, True, None]), max_size=2),
+    st.fixed_dictionaries({}, optional={"items": st.sampled_from([None, 1, "x"]), "id": st.just("o1")}),
+)
+_MEMO_PROPERTIES = st.dictionaries(
+    st.sampled_from(
+        ["path", "flag", "n", "status", "origin", "cart", "order", "cart.items", "order.id", "x"]
+    ),
+    _MEMO_VALUES,
+    max_size=5,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    touchpoints=st.lists(
+        st.tuples(
+            st.sampled_from(["Page Viewed", "Signed In"]),
+            st.one_of(st.none(), st.sampled_from([-0.5, 0.0, 0.3])),
+            _MEMO_PROPERTIES,
+        ),
+        min_size=1,
+        max_size=20,
+    )
+)
+def test_property_answers_are_memoised_exactly(touchpoints: list[tuple[str, float | None, dict]]) -> None:
+    shared = PhaseRules.from_mapping(_MEMO_RULES)
+    for action, sentiment, properties in touchpoints + touchpoints:
+        got = shared.classify_fields(Channel.WEB, "segment", action, sentiment, properties)
+        fresh = PhaseRules.from_mapping(_MEMO_RULES)
+        plan = fresh._plan(Channel.WEB, "segment", action)
+        expected = plan.fixed if plan.fixed is not None else fresh._evaluate(plan, sentiment, properties)
+        if plan.fixed is not None and sentiment is not None:
+            expected = expected._replace(sentiment=sentiment)
+        # repr as well as ==: a phase or flag must not come back as an equal-comparing other value.
+        assert got == expected and repr(got) == repr(expected)
+        assert fresh.classify_fields(Channel.WEB, "segment", action, sentiment, properties) == expected
+
+
+def test_property_answers_tell_equal_comparing_values_apart() -> None:
+    # True == 1 == 1.0 as dict keys, but `flag: [true, yes]` matches only the boolean,
+    # `n: 1` only the numbers.
+    r = PhaseRules.from_mapping(_MEMO_RULES)
+    for _ in range(2):
+        assert (
+            r.classify_fields(Channel.WEB, "segment", "Signed In", None, {"flag": True, "path": "/"}).rule
+            == "flag"
+        )
+        assert (
+            r.classify_fields(Channel.WEB, "segment", "Signed In", None, {"flag": 1, "path": "/"}).rule
+            is None
+        )
+        assert (
+            r.classify_fields(Channel.WEB, "segment", "Signed In", None, {"n": True, "path": "/"}).rule
+            is None
+        )
+        assert (
+            r.classify_fields(Channel.WEB, "segment", "Signed In", None, {"n": 1.0, "path": "/"}).rule
+            == "one"
+        )
+
+    def rule(properties: dict[str, Any]) -> str | None:
+        return r.classify_fields(Channel.WEB, "segment", "Signed In", None, properties).rule
+
+    # Lists of strings are memoised by their elements; other lists are checked each time.
+    for _ in range(2):
+        assert rule({"path": ["/", "/checkout"]}) == "checkout"
+        assert rule({"path": ["/", "/x"]}) is None  # "/" is among them: `not path: /` fails
+        assert rule({"path": []}) == "not-home"
+        assert rule({"flag": [1], "path": "/"}) is None
+        assert rule({"flag": [True], "path": "/"}) == "flag"
+
+
+def test_property_answers_memo_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    import journeys.phases as phases
+
+    monkeypatch.setattr(phases, "_MAX_ANSWERS", 5)
+    r = PhaseRules.from_mapping(_MEMO_RULES)
+    for index in range(50):
+        r.classify_fields(Channel.WEB, "segment", "Page Viewed", None, {"path": f"/p{index}"})
+        assert len(r._answers) <= 5
+
+
 # ── the packaged defaults ───────────────────────────────────────────────────
 
 # (channel, action, properties, source, phase, failure, passive, conversion, sentiment)

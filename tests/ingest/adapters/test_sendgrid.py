@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 import orjson
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from ingest.adapters import sendgrid
+from ingest.adapters.base import as_int, opt_str
+from ingest.pii import is_pii_key, redact_emails, scrub_value
 from ingest.records import DeadLetter
 from journeys.touchpoint import Channel, Touchpoint
 
@@ -147,3 +153,73 @@ def test_more_rejections(parse_raw, event: dict, reason: str) -> None:
     (letter,) = parse_raw(orjson.dumps(event))
     assert isinstance(letter, DeadLetter)
     assert letter.reason == reason
+
+
+def _reference_properties(event: dict[str, Any]) -> dict[str, Any]:
+    """The optional fields as first mapped (before the absent-field shortcuts), to compare against."""
+    properties: dict[str, Any] = {}
+    category = event.get("category")
+    if isinstance(category, str) and category.strip():
+        properties["category"] = [category.strip()]
+    elif isinstance(category, list):
+        properties["category"] = [item for item in category if isinstance(item, str) and item]
+    campaign = opt_str(event, "campaign") or opt_str(event, "marketing_campaign_name")
+    if campaign is None:
+        campaign = opt_str(event, "singlesend_name")
+    if campaign is not None:
+        properties["campaign"] = campaign
+    for source, target in sendgrid._COPIED:
+        value = event.get(source)
+        if isinstance(value, str | int) and not isinstance(value, bool) and value != "":
+            properties[target] = value
+    for source, target in sendgrid._REDACTED:
+        value = opt_str(event, source)
+        if value is not None:
+            properties[target] = redact_emails(value)
+    attempt = as_int(event.get("attempt"))
+    if attempt is not None:
+        properties["attempt"] = attempt
+    group = as_int(event.get("asm_group_id"))
+    if group is not None:
+        properties["asm_group_id"] = group
+    if isinstance(event.get("sg_machine_open"), bool):
+        properties["machine_open"] = event["sg_machine_open"]
+    for key, value in event.items():
+        if key not in sendgrid._MAPPED and key not in properties and not is_pii_key(key):
+            properties[key] = redact_emails(value) if isinstance(value, str) else scrub_value(value)
+    return properties
+
+
+_ANY_VALUE = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.sampled_from([0, 3, -1, 2.0, 2.5, "", " ", "5", " 7 ", "x", "see a@b.nl", " padded "]),
+    st.lists(st.sampled_from(["a", "", 1, None]), max_size=3),
+    st.just({"phone": "+31612345678", "tier": "gold"}),
+)
+_OPTIONAL_KEYS = [
+    *(source for source, _ in sendgrid._COPIED),
+    *(source for source, _ in sendgrid._REDACTED),
+    "attempt",
+    "asm_group_id",
+    "sg_machine_open",
+    "category",
+    "campaign",
+    "marketing_campaign_name",
+    "singlesend_name",
+    "ip",
+    "tls",
+    "order_ref",
+    "first_name",
+    "bounce_type",
+    "message_id",
+]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(optional=st.dictionaries(st.sampled_from(_OPTIONAL_KEYS), _ANY_VALUE, max_size=8))
+def test_optional_fields_map_as_the_plain_walk(ctx, now, optional: dict[str, Any]) -> None:
+    event = {"event": "bounce", "sg_event_id": "e1", "timestamp": 1709632800, "email": "a@b.nl", **optional}
+    fields = sendgrid.to_fields(event, ctx, now)
+    # repr as well as ==: True must not come back as 1, nor the order change.
+    assert repr(fields.properties) == repr(_reference_properties(event))
