@@ -117,17 +117,8 @@ class TouchpointColumns:
                 return row
             slot = (slot + 1) & mask
 
-    def _place(self, event_id: str, row: int) -> None:
-        """Put a new event id's row in its first free slot; double the table past half full."""
-        slots, mask = self._slots, self._mask
-        slot = hash(event_id) & mask
-        while slots[slot] >= 0:
-            slot = (slot + 1) & mask
-        slots[slot] = row
-        if 2 * (row + 1) > mask + 1:
-            self._grow()
-
     def _grow(self) -> None:
+        """Double the event id table (it is kept at most half full) and place every row again."""
         size = 2 * len(self._slots)
         slots = array("i", [-1]) * size
         mask = size - 1
@@ -161,7 +152,13 @@ class TouchpointColumns:
         event_ids = self._event_ids
         row = len(event_ids)
         event_ids.append(event_id)
-        self._place(event_id, row)
+        slots, mask = self._slots, self._mask  # its slot in the event id table, placed inline
+        slot = hash(event_id) & mask
+        while slots[slot] >= 0:
+            slot = (slot + 1) & mask
+        slots[slot] = row
+        if 2 * (row + 1) > mask + 1:
+            self._grow()
         self._occurred.append((occurred_at - _EPOCH) // _MICROSECOND)
         self._received.append(_NO_TIME if received_at is None else (received_at - _EPOCH) // _MICROSECOND)
         self._sentiment.append(_NAN if sentiment is None else sentiment)
