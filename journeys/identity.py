@@ -12,7 +12,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from journeys.touchpoint import Touchpoint
@@ -268,7 +268,8 @@ class IdentityGraph:
         self._hparent: list[int] = []
         self._hevents: dict[int, list[str]] = {}  # component rep -> its event ids
         self._hmax: dict[int, _EventKey] = {}  # component rep -> latest event key
-        self._obs: dict[str, tuple[datetime, tuple[int, ...]]] = {}  # linking events
+        # Linking events: event id -> (occurred_at, *node ids), flat (one tuple, not two, per event).
+        self._obs: dict[str, tuple[Any, ...]] = {}
         self._unlinked: set[Key] = set(unlinked)
         # Logs per event, plus event-time ordered views built lazily.
         self._merge_log: dict[str, list[IdentityMerge]] = {}
@@ -344,7 +345,7 @@ class IdentityGraph:
         reps = {self._hfind(node) for node in nodes}
         hmax = self._hmax
         late = any(rep in hmax and hmax[rep] > event_key for rep in reps)
-        self._obs[event_id] = (occurred_at, nodes)
+        self._obs[event_id] = (occurred_at, *nodes)
         rep = self._hjoin(reps, event_id, event_key)
         if late:
             self._replay(rep, relink=False)
@@ -432,8 +433,19 @@ class IdentityGraph:
 
     def assignment(self) -> dict[Key, str]:
         """Customer id of every observed identifier (for snapshots and tests)."""
+        return dict(self.iter_assignment())
+
+    def iter_assignment(self) -> Iterator[tuple[Key, str]]:
+        """`assignment` one identifier at a time (first-seen order), for writers that chunk:
+        the whole mapping at 10M events is millions of entries. Each group's id is made once."""
         keys = self._keys
-        return {keys[node]: customer_id_for(keys[self._root(node)]) for node in range(len(keys))}
+        named: dict[int, str] = {}
+        for node in range(len(keys)):
+            root = self._root(node)
+            customer = named.get(root)
+            if customer is None:
+                customer = named[root] = customer_id_for(keys[root])
+            yield keys[node], customer
 
     @property
     def merges(self) -> tuple[IdentityMerge, ...]:
@@ -491,8 +503,12 @@ class IdentityGraph:
                 return found
         index, is_junk = self._index, self.policy.is_junk
         # A known identifier passed the junk test when it was first seen, so only new values pay for it.
-        distinct = {(t, v) for t, v in identifiers if (t, v) in index or not is_junk(v)}
+        # The touchpoint's own key tuples are kept (not copies): the aggregate holds them already.
+        keys = [key if type(key) is tuple else (key[0], key[1]) for key in identifiers]
+        distinct = {key for key in keys if key in index or not is_junk(key[1])}
         usable = tuple(sorted(distinct, key=self._strength)) if len(distinct) > 1 else tuple(distinct)
+        if cacheable and usable == identifiers:
+            usable = identifiers  # the common case: one tuple, not two equal ones
         if cacheable:
             if len(self._usable) >= _USABLE_CACHE_SIZE:
                 self._usable.clear()
@@ -584,7 +600,7 @@ class IdentityGraph:
 
     def _component_nodes(self, rep: int) -> set[int]:
         obs = self._obs
-        return {node for event_id in self._hevents[rep] for node in obs[event_id][1]}
+        return {node for event_id in self._hevents[rep] for node in obs[event_id][1:]}
 
     def _replay(self, rep: int, *, relink: bool, nodes: set[int] | None = None) -> None:
         """Recompute one replay component from scratch in event-time order.
@@ -615,8 +631,8 @@ class IdentityGraph:
         ordered = sorted(events, key=lambda e: (obs[e][0], e))
         if not relink:
             for event_id in ordered:
-                occurred_at, members = obs[event_id]
-                self._apply(event_id, occurred_at, members)
+                entry = obs[event_id]
+                self._apply(event_id, entry[0], entry[1:])
             return
         hparent, hevents, hmax = self._hparent, self._hevents, self._hmax
         for node in nodes:
@@ -625,13 +641,14 @@ class IdentityGraph:
             hmax.pop(node, None)
         keys, unlinked = self._keys, self._unlinked
         for event_id in ordered:
-            occurred_at, members = obs[event_id]
+            entry = obs[event_id]
+            occurred_at, members = entry[0], entry[1:]
             kept = tuple(node for node in members if keys[node] not in unlinked)
             if len(kept) < 2:
                 del obs[event_id]  # can never link again: unlinks are permanent
                 continue
             if len(kept) != len(members):
-                obs[event_id] = (occurred_at, kept)
+                obs[event_id] = (occurred_at, *kept)
             self._hjoin({self._hfind(node) for node in kept}, event_id, (occurred_at, event_id))
             self._apply(event_id, occurred_at, kept)
 

@@ -8,7 +8,7 @@ customers and journeys whatever order or batching they came in.
 
 from __future__ import annotations
 
-from collections import defaultdict
+from array import array
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -17,6 +17,7 @@ from enum import Enum
 from journeys.fold import ClassifiedTouchpoint, Journey, JourneyPolicy, fold_customer
 from journeys.identity import IdentityGraph, IdentityPolicy
 from journeys.phases import PhaseRules
+from journeys.store import TouchpointColumns
 from journeys.touchpoint import Touchpoint
 
 
@@ -39,11 +40,13 @@ class Reconstruction:
 
     def __post_init__(self) -> None:
         self.graph = IdentityGraph(self.identity_policy)
-        self._steps: dict[str, ClassifiedTouchpoint] = {}  # compact: one per event ever admitted
+        # One row per event ever admitted, stored by column (journeys.store: about a fifth of the
+        # memory of one object per event); touchpoints are made again when a fold asks for them.
+        self._columns = TouchpointColumns()
         self.latest_event_time: datetime | None = None
 
     def __len__(self) -> int:
-        return len(self._steps)
+        return len(self._columns)
 
     def admit(self, touchpoint: Touchpoint) -> Admission:
         """Add one touchpoint: classify it once, link its identifiers, keep it (compact)."""
@@ -52,12 +55,14 @@ class Reconstruction:
     def admit_classified(self, step: ClassifiedTouchpoint) -> Admission:
         """`admit` for a touchpoint already classified with this aggregate's rules (e.g. elsewhere)."""
         touchpoint = step.touchpoint
-        known = self._steps.get(touchpoint.event_id)
+        columns = self._columns
+        known = columns.row_of(touchpoint.event_id)
         if known is not None:
-            return Admission.DUPLICATE if known.touchpoint.same_event(touchpoint) else Admission.CONFLICT
+            kept = columns.step(known).touchpoint
+            return Admission.DUPLICATE if kept.same_event(touchpoint) else Admission.CONFLICT
         if not self.graph.observe(touchpoint.event_id, touchpoint.occurred_at, touchpoint.identifiers):
             return Admission.UNIDENTIFIED
-        self._steps[touchpoint.event_id] = step
+        columns.append(step)
         if self.latest_event_time is None or touchpoint.occurred_at > self.latest_event_time:
             self.latest_event_time = touchpoint.occurred_at
         return Admission.NEW
@@ -73,15 +78,22 @@ class Reconstruction:
         self.graph.unlink(identifier)
 
     def step(self, event_id: str) -> ClassifiedTouchpoint:
-        return self._steps[event_id]
+        """The admitted touchpoint with this event id, classified (made anew: equal, not identical)."""
+        row = self._columns.row_of(event_id)
+        if row is None:
+            raise KeyError(event_id)
+        return self._columns.step(row)
 
     def identifiers_of(self, event_id: str) -> tuple[tuple[str, str], ...]:
         """The identifier keys an admitted touchpoint carries."""
-        return self._steps[event_id].touchpoint.identifiers
+        row = self._columns.row_of(event_id)
+        if row is None:
+            raise KeyError(event_id)
+        return self._columns.identifiers(row)
 
     def event_ids(self) -> Iterator[str]:
         """Every admitted event id, in admission order."""
-        return iter(self._steps)
+        return self._columns.event_ids()
 
     @property
     def watermark(self) -> datetime | None:
@@ -89,25 +101,48 @@ class Reconstruction:
             return None
         return self.journey_policy.watermark(self.latest_event_time)
 
-    def customers(self) -> dict[str, list[ClassifiedTouchpoint]]:
-        """Every customer with its touchpoints, as the identity graph stands now."""
-        grouped: dict[str, list[ClassifiedTouchpoint]] = defaultdict(list)
-        # Touchpoints of one device or login carry the same identifiers: resolve each set once.
-        resolved: dict[tuple[tuple[str, str], ...], str] = {}
+    def _rows_by_customer(self) -> dict[str, array]:
+        """Every customer's rows (admission order), customers in first-seen order, as the graph stands."""
+        grouped: dict[str, array] = {}
+        # Touchpoints of one device or login carry the same identifier set, mostly the very same
+        # (shared) tuple object: resolve each object once. Keyed by id(): the column keeps every
+        # such object alive, and equal tuples that are distinct objects resolve alike anyway.
+        resolved: dict[int, array] = {}
         customer_for = self.graph.customer_for
-        for step in self._steps.values():
-            keys = step.touchpoint.identifiers
-            customer = resolved.get(keys)
-            if customer is None:
-                customer = resolved[keys] = customer_for(keys)
-            grouped[customer].append(step)
+        for row, keys in enumerate(self._columns.identifier_column()):
+            rows = resolved.get(id(keys))
+            if rows is None:
+                customer = customer_for(keys)
+                rows = grouped.get(customer)
+                if rows is None:
+                    rows = grouped[customer] = array("I")
+                resolved[id(keys)] = rows
+            rows.append(row)
         return grouped
 
-    def journeys(self) -> Iterator[Journey]:
-        """All journeys, customers in id order and journeys in time order (deterministic)."""
+    def customers(self) -> dict[str, list[ClassifiedTouchpoint]]:
+        """Every customer with its touchpoints, as the identity graph stands now (all made at once:
+        for inspection and tests; `customer_steps` makes one customer's at a time)."""
+        step = self._columns.step
+        return {customer: [step(row) for row in rows] for customer, rows in self._rows_by_customer().items()}
+
+    def customer_steps(self) -> Iterator[tuple[str, list[ClassifiedTouchpoint]]]:
+        """Each customer with its touchpoints (admission order), customers in id order, one at a time."""
+        grouped = self._rows_by_customer()
+        step = self._columns.step
+        for customer_id in sorted(grouped):
+            yield customer_id, [step(row) for row in grouped.pop(customer_id)]
+
+    def folded(self) -> Iterator[tuple[list[Journey], list[ClassifiedTouchpoint]]]:
+        """Each customer's journeys (time order) with the touchpoints they were folded from,
+        customers in id order; one customer's touchpoints exist as objects at a time."""
         watermark = self.watermark
         if watermark is None:
             return
-        grouped = self.customers()
-        for customer_id in sorted(grouped):
-            yield from fold_customer(customer_id, grouped[customer_id], watermark, self.journey_policy)
+        for customer_id, steps in self.customer_steps():
+            yield fold_customer(customer_id, steps, watermark, self.journey_policy), steps
+
+    def journeys(self) -> Iterator[Journey]:
+        """All journeys, customers in id order and journeys in time order (deterministic)."""
+        for journeys, _ in self.folded():
+            yield from journeys

@@ -14,7 +14,7 @@ import hashlib
 import queue
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from operator import itemgetter
 from types import TracebackType
@@ -26,7 +26,7 @@ from clickhouse_connect.driver.insert import InsertContext
 from clickhouse_connect.driver.query import QueryResult
 
 from ingest.records import DeadLetter
-from journeys.fold import Journey
+from journeys.fold import ClassifiedTouchpoint, Journey
 from journeys.identity import IdentityConflict, IdentityMerge
 from journeys.reconstruct import Reconstruction
 from journeys.touchpoint import Channel, CompactTouchpoint, Identifier, Touchpoint
@@ -468,16 +468,29 @@ JOURNEY_COLUMNS = (
 )
 
 
-def touchpoint_rows(reconstruction: Reconstruction, journey: Journey, version: int, at: datetime) -> list:
-    return touchpoint_values(reconstruction, journey, at, (version, _ms(at)))
+def touchpoint_rows(
+    reconstruction: Reconstruction,
+    journey: Journey,
+    version: int,
+    at: datetime,
+    steps: Mapping[str, ClassifiedTouchpoint] | None = None,
+) -> list:
+    return touchpoint_values(reconstruction, journey, at, (version, _ms(at)), steps)
 
 
 def touchpoint_values(
-    reconstruction: Reconstruction, journey: Journey, at: datetime, bookkeeping: tuple = ()
+    reconstruction: Reconstruction,
+    journey: Journey,
+    at: datetime,
+    bookkeeping: tuple = (),
+    steps: Mapping[str, ClassifiedTouchpoint] | None = None,
 ) -> list[tuple]:
-    """The placed touchpoints' columns, then `bookkeeping` (`touchpoint_rows`: version, written_at)."""
+    """The placed touchpoints' columns, then `bookkeeping` (`touchpoint_rows`: version, written_at).
+
+    `steps`, the journey's touchpoints by event id when the caller has them at hand (the
+    fold's input), saves making each again from the aggregate's columns."""
     rows = []
-    step = reconstruction.step
+    step = reconstruction.step if steps is None else steps.__getitem__
     customer_id, journey_id, persona = journey.customer_id, journey.journey_id, journey.persona or ""
     for event_id, seq, phase, sentiment in journey.touchpoints:
         tp, cls = step(event_id)
@@ -526,14 +539,16 @@ def write_state(client: Store, reconstruction: Reconstruction) -> tuple[int, int
     live: set[str] = set()
     journey_rows: list[tuple] = []
     tp_rows: list[tuple] = []
-    for journey in reconstruction.journeys():
-        live.add(journey.journey_id)
-        journey_rows.append(journey_row(journey, version, now))
-        tp_rows.extend(touchpoint_rows(reconstruction, journey, version, now))
-        if len(tp_rows) >= STATE_CHUNK_ROWS:
-            _insert(client, "journey_versions", JOURNEY_COLUMNS, journey_rows)
-            _insert(client, "touchpoint_versions", TOUCHPOINT_COLUMNS, tp_rows)
-            journey_rows, tp_rows = [], []
+    for journeys, steps in reconstruction.folded():
+        by_event = {step.touchpoint.event_id: step for step in steps}
+        for journey in journeys:
+            live.add(journey.journey_id)
+            journey_rows.append(journey_row(journey, version, now))
+            tp_rows.extend(touchpoint_rows(reconstruction, journey, version, now, by_event))
+            if len(tp_rows) >= STATE_CHUNK_ROWS:
+                _insert(client, "journey_versions", JOURNEY_COLUMNS, journey_rows)
+                _insert(client, "touchpoint_versions", TOUCHPOINT_COLUMNS, tp_rows)
+                journey_rows, tp_rows = [], []
     _insert(client, "journey_versions", JOURNEY_COLUMNS, journey_rows)
     _insert(client, "touchpoint_versions", TOUCHPOINT_COLUMNS, tp_rows)
     merges, conflicts = _write_identity(client, reconstruction, version, now)
@@ -637,12 +652,13 @@ def _write_identity(
 ) -> tuple[set[tuple], set[tuple]]:
     """Write every identifier's customer and the identity logs; returns the merge and conflict keys."""
     graph, now_ms = reconstruction.graph, _ms(now)
-    _insert(
-        client,
-        "identity_versions",
-        IDENTITY_COLUMNS,
-        [(t, v, customer, version, now_ms) for (t, v), customer in graph.assignment().items()],
-    )
+    rows: list[tuple] = []
+    for (identifier_type, value), customer in graph.iter_assignment():  # in chunks: millions at scale
+        rows.append((identifier_type, value, customer, version, now_ms))
+        if len(rows) >= STATE_CHUNK_ROWS:
+            _insert(client, "identity_versions", IDENTITY_COLUMNS, rows)
+            rows = []
+    _insert(client, "identity_versions", IDENTITY_COLUMNS, rows)
     merges = [(*merge_values(m), version, 0, now_ms) for m in graph.merges]
     _insert(client, "identity_merge_versions", MERGE_COLUMNS, merges)
     conflicts = [(*conflict_values(c), version, 0, now_ms) for c in graph.conflicts]

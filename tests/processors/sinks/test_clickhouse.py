@@ -1,13 +1,19 @@
-"""The writers' background inserts, on a real chDB: order, read-your-writes, failures."""
+"""The writers on a real chDB: background inserts (order, read-your-writes, failures) and the state."""
 
 from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import DatabaseError
 
+from journeys.reconstruct import Reconstruction
+from journeys.touchpoint import Channel, Identifier, Touchpoint
+from processors.config import Settings
+from processors.sinks import clickhouse as sink
 from processors.sinks.clickhouse import BackgroundInserts
-from processors.storage import connect
+from processors.storage import connect, migrate
 
 
 @pytest.fixture
@@ -51,3 +57,51 @@ def test_the_caller_s_error_wins_and_the_thread_stops(client: Client) -> None:
         raise KeyError("the caller's")
     with pytest.raises(RuntimeError, match="closed"):
         store.insert("log", [(1, 1)], ["n", "at"])
+
+
+def _state(client: Client) -> dict[str, list[tuple]]:
+    tables = {
+        "touchpoints": "event_id, customer_id, journey_id, seq, phase, sentiment, properties",
+        "journeys": "journey_id, customer_id, status, touchpoint_count, path_steps, emotion_peak",
+        "identities": "identifier_type, identifier_value, customer_id",
+        "identity_merges": "event_id, survivor_customer_id, absorbed_customer_id",
+    }
+    return {
+        table: sorted(client.query(f"SELECT {columns} FROM {table}").result_rows)
+        for table, columns in tables.items()
+    }
+
+
+def test_state_written_in_small_chunks_is_the_state_written_at_once(
+    dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """write_state folds customer by customer and writes rows (identities too) in chunks."""
+    settings = Settings.load(dsn=dsn)
+    reconstruction = Reconstruction(settings.rules(), settings.identity, settings.journey)
+    start = datetime(2026, 9, 1, tzinfo=UTC)
+    for index in range(60):
+        person, visit = index % 7, index // 7
+        identifiers = [Identifier(type="anonymous_id", value=f"a-{person}-{visit % 2}")]
+        if visit >= 3:  # logs in later: links the two devices (a merge) through the user id
+            identifiers.append(Identifier(type="user_id", value=f"u-{person}"))
+        reconstruction.admit(
+            Touchpoint(
+                event_id=f"e-{index}",
+                occurred_at=start + timedelta(hours=index),
+                channel=Channel.WEB,
+                source="segment",
+                action="Order Completed" if visit == 6 else "Page Viewed",
+                identifiers=tuple(identifiers),
+                properties={"path": f"/p/{visit}"},
+                sentiment=-0.0 if index % 5 == 0 else None,
+            )
+        )
+    states = []
+    for chunk, name in ((sink.STATE_CHUNK_ROWS, "whole"), (3, "chunked")):
+        monkeypatch.setattr(sink, "STATE_CHUNK_ROWS", chunk)
+        client = connect(f"{dsn}{name}")
+        migrate(client)
+        assert sink.write_state(client, reconstruction) == (len(list(reconstruction.journeys())), 0)
+        states.append(_state(client))
+    assert states[0] == states[1]
+    assert len(states[0]["touchpoints"]) == 60 and states[0]["identity_merges"]

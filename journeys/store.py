@@ -1,0 +1,237 @@
+"""Columnar storage of every admitted touchpoint: the aggregate's memory per event.
+
+The reconstruction keeps every touchpoint it has admitted (a fold needs all
+of a customer's events, and any event can be refolded later). As one
+`ClassifiedTouchpoint` object per event that cost about 920 bytes an event
+(two named tuples, two datetimes, floats, a classification tuple, the
+properties JSON): 10M events did not fit in 4 GB. Here each field is a
+column instead:
+
+- timestamps as microseconds since the epoch in `array('q')` (8 bytes each);
+- sentiment and value in `array('d')`, NaN for None (both are finite when
+  given: the model refuses NaN);
+- channel, source, action, persona, currency and the rule classification as
+  one code (`array('I')`, 4 bytes) into a table of the distinct combinations
+  (a few hundred on real data: they are low-cardinality by nature);
+- the identifier keys and the properties JSON as references to shared
+  objects: a device or person sends the same identifier set again and again,
+  a page view the same properties, so identical values are kept once
+  (bounded sharing tables: past their size they start again, which costs
+  memory, never a result);
+- the event id in a list, with a hash table of rows (`array('i')`) to find it.
+
+A `ClassifiedTouchpoint` equal to the one admitted is made again when it is
+asked for (`step`, `steps`): the fold reads one customer at a time, so only
+that customer's touchpoints exist as objects at once. Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+import math
+from array import array
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from journeys.fold import ClassifiedTouchpoint
+from journeys.phases import Classification
+from journeys.touchpoint import Channel, CompactTouchpoint
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+_NO_TIME = -(1 << 63)  # received_at None (no real timestamp is this far back: datetime.min is -6.2e16 µs)
+_NAN = math.nan
+_MAX_SHARED = 1 << 18  # entries per sharing table; past this it starts again
+_FIRST_SLOTS = 1 << 10  # slots of the event id table to begin with (a power of two)
+_new_tuple = tuple.__new__
+_timedelta = timedelta
+
+
+def to_micros(at: datetime) -> int:
+    """An aware timestamp as whole microseconds since the epoch (exact: no float on the way)."""
+    return (at - _EPOCH) // _MICROSECOND
+
+
+def from_micros(micros: int) -> datetime:
+    """The UTC timestamp `to_micros` made `micros` of (equal to the original, in UTC)."""
+    return _EPOCH + timedelta(microseconds=micros)
+
+
+Kind = tuple[Channel, str, str, "str | None", "str | None", Classification]
+
+
+class TouchpointColumns:
+    """Every admitted touchpoint, one row each, in admission order; rows are never removed."""
+
+    __slots__ = (
+        "_event_ids",
+        "_identifier_sets",
+        "_identifiers",
+        "_kind_codes",
+        "_kind_list",
+        "_kinds",
+        "_mask",
+        "_occurred",
+        "_properties",
+        "_properties_shared",
+        "_received",
+        "_sentiment",
+        "_slots",
+        "_value",
+    )
+
+    def __init__(self) -> None:
+        # Event id -> row: an open-addressing hash table of rows (linear probing, at most half full)
+        # over the event id column. A dict took about 70 bytes an event (its entry, and an int object
+        # per row); this takes 8 to 16.
+        self._slots = array("i", [-1]) * _FIRST_SLOTS
+        self._mask = _FIRST_SLOTS - 1
+        self._event_ids: list[str] = []
+        self._occurred = array("q")
+        self._received = array("q")
+        self._sentiment = array("d")
+        self._value = array("d")
+        self._kinds = array("I")
+        self._kind_codes: dict[tuple[Any, ...], int] = {}  # kind (and the sign of a zero sentiment) -> code
+        self._kind_list: list[Kind] = []  # code -> kind
+        self._identifiers: list[tuple[tuple[str, str], ...]] = []
+        self._identifier_sets: dict[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]] = {}
+        self._properties: list[str] = []
+        self._properties_shared: dict[str, str] = {}
+
+    def __len__(self) -> int:
+        return len(self._event_ids)
+
+    def __contains__(self, event_id: object) -> bool:
+        return isinstance(event_id, str) and self.row_of(event_id) is not None
+
+    def row_of(self, event_id: str) -> int | None:
+        """The row of an admitted event id, or None."""
+        slots, mask, event_ids = self._slots, self._mask, self._event_ids
+        slot = hash(event_id) & mask
+        while True:
+            row = slots[slot]
+            if row < 0:
+                return None
+            if event_ids[row] == event_id:
+                return row
+            slot = (slot + 1) & mask
+
+    def _grow(self) -> None:
+        """Double the event id table (it is kept at most half full) and place every row again."""
+        size = 2 * len(self._slots)
+        slots = array("i", [-1]) * size
+        mask = size - 1
+        for row, event_id in enumerate(self._event_ids):
+            slot = hash(event_id) & mask
+            while slots[slot] >= 0:
+                slot = (slot + 1) & mask
+            slots[slot] = row
+        self._slots, self._mask = slots, mask
+
+    def append(self, step: ClassifiedTouchpoint) -> int:
+        """Keep one touchpoint (its event id must be new); returns its row.
+
+        One is appended per admitted event: written for speed (one unpacking, no calls but the
+        columns' own)."""
+        touchpoint, classification = step
+        (
+            event_id,
+            occurred_at,
+            received_at,
+            channel,
+            source,
+            action,
+            identifiers,
+            properties,
+            persona,
+            sentiment,
+            value,
+            currency,
+        ) = touchpoint
+        event_ids = self._event_ids
+        row = len(event_ids)
+        event_ids.append(event_id)
+        slots, mask = self._slots, self._mask  # its slot in the event id table, placed inline
+        slot = hash(event_id) & mask
+        while slots[slot] >= 0:
+            slot = (slot + 1) & mask
+        slots[slot] = row
+        if 2 * (row + 1) > mask + 1:
+            self._grow()
+        self._occurred.append((occurred_at - _EPOCH) // _MICROSECOND)
+        self._received.append(_NO_TIME if received_at is None else (received_at - _EPOCH) // _MICROSECOND)
+        self._sentiment.append(_NAN if sentiment is None else sentiment)
+        self._value.append(_NAN if value is None else value)
+        kind = (channel, source, action, persona, currency, classification)
+        key = kind
+        if classification[5] == 0:  # 0.0 and -0.0 are equal keys, but storage writes "-0": tell them apart
+            key = (*kind, repr(classification[5]))
+        code = self._kind_codes.get(key)
+        if code is None:
+            code = self._kind_codes[key] = len(self._kind_list)
+            self._kind_list.append(kind)
+        self._kinds.append(code)
+        shared = self._identifier_sets.get(identifiers)
+        self._identifiers.append(shared if shared is not None else _share(self._identifier_sets, identifiers))
+        shared = self._properties_shared.get(properties)
+        self._properties.append(shared if shared is not None else _share(self._properties_shared, properties))
+        return row
+
+    def identifiers(self, row: int) -> tuple[tuple[str, str], ...]:
+        """The identifier keys of one row."""
+        return self._identifiers[row]
+
+    def occurred_micros(self, row: int) -> int:
+        return self._occurred[row]
+
+    def step(self, row: int) -> ClassifiedTouchpoint:
+        """The row as the classified touchpoint that was admitted (equal in every field).
+
+        Made once per event and fold: the named tuples are made with `tuple.__new__` directly
+        (their own `__new__` is a Python function), the timestamps with positional arguments."""
+        channel, source, action, persona, currency, classification = self._kind_list[self._kinds[row]]
+        received = self._received[row]
+        sentiment = self._sentiment[row]
+        value = self._value[row]
+        return _new_tuple(
+            ClassifiedTouchpoint,
+            (
+                _new_tuple(
+                    CompactTouchpoint,
+                    (
+                        self._event_ids[row],
+                        _EPOCH + _timedelta(0, 0, self._occurred[row]),
+                        None if received == _NO_TIME else _EPOCH + _timedelta(0, 0, received),
+                        channel,
+                        source,
+                        action,
+                        self._identifiers[row],
+                        self._properties[row],
+                        persona,
+                        None if sentiment != sentiment else sentiment,  # NaN: None
+                        None if value != value else value,
+                        currency,
+                    ),
+                ),
+                classification,
+            ),
+        )
+
+    def event_ids(self) -> Iterator[str]:
+        """Every event id, in admission order."""
+        return iter(self._event_ids)
+
+    def identifier_column(self) -> list[tuple[tuple[str, str], ...]]:
+        """The identifier keys of every row, by row (read-only: do not change it)."""
+        return self._identifiers
+
+
+def _share(table: dict[Any, Any], value: Any) -> Any:
+    """An equal value already kept, or `value` itself (kept from now on while the table has room)."""
+    kept = table.get(value)
+    if kept is None:
+        if len(table) >= _MAX_SHARED:
+            table.clear()
+        table[value] = kept = value
+    return kept
