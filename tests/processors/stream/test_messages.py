@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import orjson
 import pytest
+from hostile import JSON_VALUES
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
@@ -66,17 +67,6 @@ def test_a_bad_element_fails_alone() -> None:
 # -- the short way in: decoded JSON objects straight to the compact form ---------------------
 
 CANONICAL_TIMES = st.integers(0, 4 * 10**12).map(lambda ms: datetime.fromtimestamp(ms / 1000, UTC))
-PROPERTY_VALUES = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers(-(2**53), 2**53)
-    | st.floats(allow_nan=False)
-    | st.text(max_size=8),
-    lambda children: (
-        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=6), children, max_size=3)
-    ),
-    max_leaves=8,
-)
 TOUCHPOINTS = st.builds(
     Touchpoint,
     event_id=st.text(min_size=1, max_size=40),
@@ -95,7 +85,7 @@ TOUCHPOINTS = st.builds(
         min_size=1,
         max_size=3,
     ),
-    properties=st.dictionaries(st.text(max_size=8), PROPERTY_VALUES, max_size=4),
+    properties=st.dictionaries(st.text(max_size=8), JSON_VALUES, max_size=4),
     persona=st.none() | st.text(max_size=20),
     sentiment=st.none() | st.floats(-1, 1),
     value=st.none() | st.floats(-1e9, 1e9, allow_nan=False),
