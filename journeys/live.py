@@ -23,7 +23,7 @@ watermark the journeys are identical: the equivalence the stream tests check.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -67,6 +67,12 @@ class LiveReconstruction:
         self.reconstruction = reconstruction
         self._members: dict[str, set[str]] = {}  # customer id -> event ids
         self._customer_of_event: dict[str, str] = {}
+        # The admitted touchpoints as objects, by event id. Every batch refolds each affected
+        # customer's whole history; making them again from the aggregate's columns
+        # (`journeys.store`) costs about 20 times a lookup here (4.6 against 0.2 µs a touchpoint),
+        # which made the reconstruct stage a quarter slower. This shell trades the memory back
+        # (about 600 bytes a touchpoint) for that; the embedded run folds each customer once.
+        self._steps: dict[str, ClassifiedTouchpoint] = {}
         self._deadlines: list[tuple[datetime, str]] = []  # heap of (deadline, customer id)
         self._merges: set[IdentityMerge] = set()
         self._conflicts: set[IdentityConflict] = set()
@@ -88,6 +94,7 @@ class LiveReconstruction:
             admission = recon.admit_classified(step)
             result.admissions.append((touchpoint, admission))
             if admission is Admission.NEW:
+                self._steps[touchpoint.event_id] = step
                 result.new_touchpoints.append(touchpoint)
                 if is_late(touchpoint.occurred_at, published):
                     result.late.append(touchpoint)
@@ -126,6 +133,7 @@ class LiveReconstruction:
         graph.drain_changes()
         self._members.clear()
         self._customer_of_event.clear()
+        self._steps.clear()
         self._deadlines.clear()
         self._merges.clear()
         self._conflicts.clear()
@@ -137,6 +145,12 @@ class LiveReconstruction:
                 result.journeys[customer] = self._fold(customer, result.watermark)
         self._diff_identity_logs(result)
         return result
+
+    @property
+    def steps(self) -> Mapping[str, ClassifiedTouchpoint]:
+        """The touchpoints of every customer folded so far, by event id (read-only): what a
+        batch's journeys were folded from, for writing their touchpoint rows."""
+        return self._steps
 
     # -- internals --------------------------------------------------------------
 
@@ -161,10 +175,14 @@ class LiveReconstruction:
         if not members:
             self._members.pop(customer, None)
             return []
-        step = self.reconstruction.step
-        journeys = fold_customer(
-            customer, [step(e) for e in members], watermark, self.reconstruction.journey_policy
-        )
+        cached, make = self._steps, self.reconstruction.step
+        steps = []
+        for event_id in members:
+            step = cached.get(event_id)
+            if step is None:  # admitted before this shell knew the aggregate (a rebuild)
+                step = cached[event_id] = make(event_id)
+            steps.append(step)
+        journeys = fold_customer(customer, steps, watermark, self.reconstruction.journey_policy)
         deadline = _next_deadline(journeys, watermark, self.reconstruction)
         if deadline is not None:
             heapq.heappush(self._deadlines, (deadline, customer))

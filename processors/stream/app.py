@@ -364,7 +364,9 @@ def create_app(settings: Settings, config: StreamConfig) -> faust.App:
                     steps.append(step)
             live, rebuilt = stage.rebuild(steps)
             log.info("reconstruct: rebuilt from %d stored events", len(stored))
-            messages += snapshot_messages(rebuilt, live.reconstruction, stored, now, stage.published)
+            messages += snapshot_messages(
+                rebuilt, live.reconstruction, stored, now, stage.published, live.steps
+            )
         result = live.admit_classified_batch(batch)
         duplicates = 0
         for touchpoint, admission in result.admissions:
@@ -377,7 +379,7 @@ def create_app(settings: Settings, config: StreamConfig) -> faust.App:
             # Behind the watermark of what was published: the corrected journeys go out below.
             metrics.inc("journeys_late_events_total", len(result.late), stage="reconstruct")
             log.info("reconstruct: %d late touchpoints corrected published journeys", len(result.late))
-        messages += state_messages(result, live.reconstruction, raw_events, now, stage.published)
+        messages += state_messages(result, live.reconstruction, raw_events, now, stage.published, live.steps)
         # One table entry per CHUNK new events, keyed by the first (an event is admitted once).
         new = result.new_touchpoints
         for start in range(0, len(new), CHUNK):

@@ -28,7 +28,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -288,11 +288,14 @@ def state_messages(
     raw_events: dict[str, bytes],
     now: datetime,
     published: PublishedJourneys | None = None,
+    steps: Mapping[str, ClassifiedTouchpoint] | None = None,
 ) -> Iterator[tuple[bytes, bytes]]:
     """(key, value) messages for the state topic describing one batch's changes.
 
     With `published`, a changed customer's journeys that did not change go out
     as kept ids only, and a customer none of whose journeys changed not at all.
+    `steps` holds the changed customers' touchpoints by event id when the caller
+    has them (`LiveReconstruction.steps`); else they are made from the aggregate.
     """
     for start in range(0, len(result.new_touchpoints), CHUNK):
         chunk = result.new_touchpoints[start : start + CHUNK]
@@ -326,7 +329,9 @@ def state_messages(
                 continue  # every journey as published: nothing to write
             changed, kept = changes
             journeys, values = [journeys[i] for i in changed], [values[i] for i in changed]
-        touchpoints = [row for j in journeys for row in touchpoint_values(reconstruction, j, now)]
+        touchpoints = [
+            row for j in journeys for row in touchpoint_values(reconstruction, j, now, steps=steps)
+        ]
         entry = orjson.dumps([customer_id, values, touchpoints, kept])
         if packed and size + len(entry) > STATE_BYTES:
             yield key, orjson.dumps({"kind": "customers", "customers": packed})
@@ -349,6 +354,7 @@ def snapshot_messages(
     raw_events: dict[str, bytes],
     now: datetime,
     published: PublishedJourneys | None = None,
+    steps: Mapping[str, ClassifiedTouchpoint] | None = None,
 ) -> Iterator[tuple[bytes, bytes]]:
     """`state_messages` of a complete state (a rebuild), framed so the sink can drop what it lacks.
 
@@ -360,5 +366,5 @@ def snapshot_messages(
     if published is not None:
         published.clear()
     yield b"snapshot", SNAPSHOT_BEGIN
-    yield from state_messages(result, reconstruction, raw_events, now, published)
+    yield from state_messages(result, reconstruction, raw_events, now, published, steps)
     yield b"snapshot", SNAPSHOT_END
