@@ -148,8 +148,9 @@ class LiveReconstruction:
 
     @property
     def steps(self) -> Mapping[str, ClassifiedTouchpoint]:
-        """The touchpoints of every customer folded so far, by event id (read-only): what a
-        batch's journeys were folded from, for writing their touchpoint rows."""
+        """The touchpoints this shell holds as objects, by event id (read-only): every one admitted
+        through it and every one a fold needed, so all that a batch's journeys were folded from
+        (for writing their touchpoint rows)."""
         return self._steps
 
     # -- internals --------------------------------------------------------------
