@@ -193,18 +193,14 @@ def join_touchpoints(raw_touchpoints: Iterable[bytes]) -> bytes:
     return b"[" + b",".join(raw_touchpoints) + b"]"
 
 
-def split_touchpoints(value: bytes | None) -> list[bytes]:
-    """The encoded touchpoints in a touchpoints message (an array, or one object).
+def touchpoint_elements(value: bytes | None) -> list[tuple[Any, bytes]]:
+    """The touchpoints in a touchpoints message (an array, or one object): each element decoded
+    beside its encoding, decoded once.
 
     Raises ValueError with the reason for a message that is neither; each
-    element is still validated on its own (`decode_touchpoint`), so one bad
+    element is still read on its own (`classified_from_object`), so one bad
     element does not take its neighbours with it.
     """
-    return [raw for _, raw in touchpoint_elements(value)]
-
-
-def touchpoint_elements(value: bytes | None) -> list[tuple[Any, bytes]]:
-    """`split_touchpoints` with each element's decoded JSON beside its encoding (decoded once)."""
     try:
         parsed = orjson.loads(value or b"")
     except orjson.JSONDecodeError as exc:

@@ -20,7 +20,6 @@ from processors.stream.messages import (
     compact_from_object,
     decode_touchpoint,
     encode_touchpoints,
-    split_touchpoints,
     touchpoint_elements,
     touchpoint_fields,
 )
@@ -44,21 +43,21 @@ def test_touchpoints_travel_in_chunks_and_come_back_equal() -> None:
     touchpoints = [visit(n) for n in range(CHUNK + 3)]
     messages = list(encode_touchpoints(touchpoints))
     assert [key for key, _ in messages] == [b"e0", f"e{CHUNK}".encode()]
-    back = [decode_touchpoint(raw) for _, value in messages for raw in split_touchpoints(value)]
+    back = [decode_touchpoint(raw) for _, value in messages for _, raw in touchpoint_elements(value)]
     assert back == touchpoints
 
 
 def test_one_object_is_one_touchpoint_and_anything_else_is_refused() -> None:
     one = visit(1).model_dump_json().encode()
-    assert [decode_touchpoint(raw) for raw in split_touchpoints(one)] == [visit(1)]
+    assert [decode_touchpoint(raw) for _, raw in touchpoint_elements(one)] == [visit(1)]
     for junk, reason in ((b"[not json", "not JSON"), (b'"text"', "a JSON str"), (None, "not JSON")):
         with pytest.raises(ValueError, match=reason):
-            split_touchpoints(junk)
+            touchpoint_elements(junk)
 
 
 def test_a_bad_element_fails_alone() -> None:
     value = orjson.dumps([orjson.loads(visit(1).model_dump_json()), {"event_id": "x"}])
-    first, second = split_touchpoints(value)
+    (_, first), (_, second) = touchpoint_elements(value)
     assert decode_touchpoint(first) == visit(1)
     with pytest.raises(ValidationError):
         decode_touchpoint(second)
