@@ -36,7 +36,15 @@ from operator import attrgetter
 from typing import NamedTuple
 
 from journeys.phases import Classification, PhaseRules
-from journeys.touchpoint import PHASE_ORDER, Channel, CompactTouchpoint, Phase, Touchpoint
+from journeys.touchpoint import (
+    PHASE_ORDER,
+    Channel,
+    CompactTouchpoint,
+    Phase,
+    Touchpoint,
+    TouchpointFields,
+    compact_touchpoint,
+)
 
 
 class JourneyStatus(StrEnum):
@@ -90,6 +98,22 @@ class ClassifiedTouchpoint(NamedTuple):
     def of(cls, touchpoint: Touchpoint, rules: PhaseRules) -> ClassifiedTouchpoint:
         """Classify once and keep the compact form: what the aggregate stores per event."""
         return cls(CompactTouchpoint.of(touchpoint), rules.classify(touchpoint))
+
+    @classmethod
+    def of_fields(cls, fields: TouchpointFields, rules: PhaseRules) -> ClassifiedTouchpoint | None:
+        """`of(Touchpoint.from_fields(fields), rules)` without the model, or None.
+
+        The short way for fields that are already canonical (`compact_touchpoint`),
+        classified on their own properties; None leaves the fields to the model,
+        which validates (or refuses) them in its own words.
+        """
+        compact = compact_touchpoint(fields)
+        if compact is None:
+            return None
+        classification = rules.classify_fields(
+            compact.channel, compact.source, compact.action, compact.sentiment, fields.properties
+        )
+        return cls(compact, classification)
 
     @property
     def order_key(self) -> tuple[datetime, str]:

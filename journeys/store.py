@@ -7,7 +7,8 @@ of a customer's events, and any event can be refolded later). As one
 properties JSON): 10M events did not fit in 4 GB. Here each field is a
 column instead:
 
-- timestamps as microseconds since the epoch in `array('q')` (8 bytes each);
+- timestamps as whole microseconds since the epoch in `array('q')` (8 bytes
+  each; exact both ways, no float on the way);
 - sentiment and value in `array('d')`, NaN for None (both are finite when
   given: the model refuses NaN);
 - channel, source, action, persona, currency and the rule classification as
@@ -21,7 +22,7 @@ column instead:
 - the event id in a list, with a hash table of rows (`array('i')`) to find it.
 
 A `ClassifiedTouchpoint` equal to the one admitted is made again when it is
-asked for (`step`, `steps`): the fold reads one customer at a time, so only
+asked for (`step`): the fold reads one customer at a time, so only
 that customer's touchpoints exist as objects at once. Pure: no I/O.
 """
 
@@ -45,16 +46,6 @@ _MAX_SHARED = 1 << 18  # entries per sharing table; past this it starts again
 _FIRST_SLOTS = 1 << 10  # slots of the event id table to begin with (a power of two)
 _new_tuple = tuple.__new__
 _timedelta = timedelta
-
-
-def to_micros(at: datetime) -> int:
-    """An aware timestamp as whole microseconds since the epoch (exact: no float on the way)."""
-    return (at - _EPOCH) // _MICROSECOND
-
-
-def from_micros(micros: int) -> datetime:
-    """The UTC timestamp `to_micros` made `micros` of (equal to the original, in UTC)."""
-    return _EPOCH + timedelta(microseconds=micros)
 
 
 Kind = tuple[Channel, str, str, "str | None", "str | None", Classification]
@@ -181,9 +172,6 @@ class TouchpointColumns:
     def identifiers(self, row: int) -> tuple[tuple[str, str], ...]:
         """The identifier keys of one row."""
         return self._identifiers[row]
-
-    def occurred_micros(self, row: int) -> int:
-        return self._occurred[row]
 
     def step(self, row: int) -> ClassifiedTouchpoint:
         """The row as the classified touchpoint that was admitted (equal in every field).

@@ -36,7 +36,7 @@ from ingest.records import DeadLetter, RawRecord
 from journeys.fold import ClassifiedTouchpoint
 from journeys.identity import IdentityPolicy
 from journeys.phases import PhaseRules
-from journeys.touchpoint import TouchpointFields, compact_touchpoint
+from journeys.touchpoint import TouchpointFields
 from processors.runtime import tune_gc_for_bulk
 
 Outcome = ClassifiedTouchpoint | DeadLetter
@@ -116,21 +116,16 @@ def classifier(rules: PhaseRules) -> Callable[[TouchpointFields], ClassifiedTouc
     """An adapter's fields to the aggregate's classified compact form, validated as the model would.
 
     Fields that are already canonical (nearly all) go straight to the compact
-    form (`journeys.touchpoint.compact_touchpoint`) and are classified on the
-    adapter's own properties; the rest are validated through the model, which
+    form and are classified on the adapter's own properties
+    (`ClassifiedTouchpoint.of_fields`); the rest are validated through the model, which
     rejects what it must with its usual reason. Either way the result equals
     `ClassifiedTouchpoint.of(Touchpoint.from_fields(fields), rules)`.
     """
-    classify = rules.classify_fields
+    short_way = ClassifiedTouchpoint.of_fields
 
     def build(fields: TouchpointFields) -> ClassifiedTouchpoint:
-        compact = compact_touchpoint(fields)
-        if compact is None:
-            return ClassifiedTouchpoint.of(build_touchpoint(fields), rules)
-        classification = classify(
-            compact.channel, compact.source, compact.action, compact.sentiment, fields.properties
-        )
-        return ClassifiedTouchpoint(compact, classification)
+        step = short_way(fields, rules)
+        return step if step is not None else ClassifiedTouchpoint.of(build_touchpoint(fields), rules)
 
     return build
 

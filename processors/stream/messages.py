@@ -135,14 +135,8 @@ def classified_from_object(obj: Any, rules: PhaseRules) -> ClassifiedTouchpoint:
     Raises pydantic's ValidationError for anything that is not a touchpoint.
     """
     fields = touchpoint_fields(obj)
-    if fields is not None:
-        compact = compact_touchpoint(fields)
-        if compact is not None:
-            classification = rules.classify_fields(
-                compact.channel, compact.source, compact.action, compact.sentiment, fields.properties
-            )
-            return ClassifiedTouchpoint(compact, classification)
-    return ClassifiedTouchpoint.of(decode_touchpoint(orjson.dumps(obj)), rules)
+    step = ClassifiedTouchpoint.of_fields(fields, rules) if fields is not None else None
+    return step if step is not None else ClassifiedTouchpoint.of(decode_touchpoint(orjson.dumps(obj)), rules)
 
 
 def encode_touchpoints(touchpoints: Sequence[Touchpoint]) -> Iterator[tuple[bytes, bytes]]:
