@@ -182,8 +182,11 @@ def migrations() -> list[Migration]:
     return sorted(found, key=lambda m: m.version)
 
 
-def migrate(client: Client) -> list[Migration]:
-    """Apply the migrations not yet recorded in `schema_migrations`; returns those applied."""
+def migrate(client: Client, until: int | None = None) -> list[Migration]:
+    """Apply the migrations not yet recorded in `schema_migrations`; returns those applied.
+
+    `until` stops after that version (a database as an older release left it, for upgrade tests).
+    """
     client.command(
         "CREATE TABLE IF NOT EXISTS schema_migrations "
         "(version UInt32, name String, applied_at DateTime64(3, 'UTC')) "
@@ -194,6 +197,8 @@ def migrate(client: Client) -> list[Migration]:
     for migration in migrations():
         if migration.version in done:
             continue
+        if until is not None and migration.version > until:
+            break
         for statement in migration.statements():
             client.command(statement.rstrip(";"))
         client.insert(

@@ -8,12 +8,14 @@ measurement's, or one made now) is copied into a fresh database
 `INSERT … SELECT … CROSS JOIN numbers()`, each copy with its event, journey and
 customer ids (and drop-off event ids) suffixed `~k`, until the touchpoints
 reach the target (10M by default; the quick run uses two copies). The
-per-journey point rollups (migration 0005) are copied the same way rather than
+per-journey point rollups (`journey_point_ids`, migrations 0005 and 0006) are copied the same way rather than
 left to their materialized view, whose input here would be the copy's blocks,
 which split journeys. Copies share
 timestamps, paths and distributions with the original, so group sizes scale
 and cardinalities of ids grow K-fold, which is what costs in these views; the
 number of distinct path variants does not grow (it would with real customers).
+The point names (`journey_points`, migration 0006) are left to their
+materialized view: they do not depend on how the copy's blocks split journeys.
 
 Each query is the documented cookbook form of its view (docs/cookbook.md),
 timed from the client: one warm-up, then `runs` timed runs; the median and
@@ -62,11 +64,11 @@ QUERIES: dict[str, str] = {
 ID_COLUMNS = {
     "touchpoint_versions": ("event_id", "customer_id", "journey_id"),
     "journey_versions": ("journey_id", "customer_id", "dropoff_event_id"),
-    "journey_point_rollups": ("journey_id",),
+    "journey_point_ids": ("journey_id",),
 }
 # Filled by a materialized view on touchpoint_versions; copied like the others after the view's
 # own rows from the bulk copy are dropped (its blocks split journeys, which the writers never do).
-ROLLUP_TABLES = ("journey_point_rollups",)
+ROLLUP_TABLES = ("journey_point_ids",)
 ROWS_PER_INSERT = 2_000_000
 
 

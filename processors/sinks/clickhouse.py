@@ -742,7 +742,7 @@ def write_customer_journeys(
 def _insert_touchpoints(client: Store, rows: list[tuple]) -> None:
     """Insert touchpoint rows grouped by journey in chunks that never split a journey.
 
-    `journey_point_rollups` (migration 0005) is computed by a materialized view per
+    `journey_point_ids` (migrations 0005, 0006) is computed by a materialized view per
     inserted block; the drop-off view counts a journey once per point only when all
     the touchpoints of one journey version arrive in one block. ClickHouse squashes
     an insert into one block up to `min_insert_block_size_rows` (about 1M rows), so

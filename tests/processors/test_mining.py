@@ -20,7 +20,7 @@ from clickhouse_connect.driver.client import Client
 from processors.config import Settings
 from processors.demo import DemoResult, run_demo
 from processors.embedded import run, unlink_identifier
-from processors.storage import connect, migrations
+from processors.storage import connect, migrate, migrations
 
 COOKBOOK = Path(__file__).parents[2] / "docs" / "cookbook.md"
 QUERIES = re.findall(r"```sql\n(.*?)```", COOKBOOK.read_text(), flags=re.S)
@@ -31,8 +31,8 @@ def demo(mining_demo: tuple[Client, DemoResult]) -> tuple[Client, DemoResult]:
     return mining_demo
 
 
-# The views migration 0005 rewrote over per-journey rollups, and the migration that last
-# defined each over the touchpoints: the old definitions are the oracle for the new ones.
+# The views migration 0005 rewrote over per-journey rollups (0006: drop-off points by id), and the
+# migration that last defined each over the touchpoints: the old definitions are the oracle for the new ones.
 REWRITTEN = {
     "journey_paths": 2,
     "path_variants": 2,
@@ -77,7 +77,7 @@ def old_and_new(client: Client, view: str) -> tuple[list[tuple], list[tuple]]:
     if view == "path_variants":  # it reads journey_paths, which is rewritten too
         old = old.replace("FROM journey_paths", f"FROM ({view_sql(2, 'journey_paths')}) AS journey_paths")
     if view == "dropoff_points":
-        return canonical(client, exact(old)), canonical(client, exact(view_sql(5, view)))
+        return canonical(client, exact(old)), canonical(client, exact(view_sql(6, view)))
     return canonical(client, old), canonical(client, f"SELECT * FROM {view}")
 
 
@@ -245,7 +245,40 @@ def test_the_rollups_stay_exact_when_journeys_are_rewritten(chdb_path: Path, tmp
         assert new == old, view
     # Once background merges fold a journey's rollup rows of all versions into one, only the
     # points of its current version may count.
-    client.command("OPTIMIZE TABLE journey_point_rollups FINAL")
+    client.command("OPTIMIZE TABLE journey_point_ids FINAL")
     for view in REWRITTEN:
         old, new = old_and_new(client, view)
         assert new == old, f"{view}, rollups merged"
+
+
+def test_a_database_written_before_point_ids_keeps_its_dropoff_points(
+    demo: tuple[Client, DemoResult], chdb_path: Path
+) -> None:
+    """Migration 0006 fills `journey_point_ids` and `journey_points` from 0005's rollups."""
+    client, _ = demo
+    old = connect(f"chdb://{chdb_path}?database=before_point_ids")
+    migrate(old, until=5)
+    for table in ("touchpoint_versions", "journey_versions"):
+        old.command(f"INSERT INTO {table} SELECT * FROM mining_demo.{table}")
+    # A bulk copy's blocks split journeys, which the writers never do: roll them up once instead,
+    # with 0005's own statement for the rows stored before it.
+    old.command("TRUNCATE TABLE journey_point_rollups")
+    (backfill,) = [s for s in MIGRATIONS[5].statements() if s.startswith("INSERT INTO journey_point_rollups")]
+    old.command(backfill.rstrip(";"))
+    columns = "phase, channel, action, detail, dropped_journeys, journeys_passing, dropoff_rate"
+    before = canonical(old, f"SELECT {columns} FROM dropoff_points")
+    assert before and before == canonical(client, f"SELECT {columns} FROM dropoff_points")
+
+    assert [m.version for m in migrate(old)] == [6]
+
+    assert canonical(old, f"SELECT {columns} FROM dropoff_points") == before
+    tables = {row[0] for row in old.query("SHOW TABLES").result_rows}
+    assert {"journey_point_ids", "journey_points"} <= tables and "journey_point_rollups" not in tables
+    # New touchpoints reach the new tables through their materialized views.
+    first = "(SELECT min(journey_id) FROM touchpoint_versions)"
+    old.command(
+        "INSERT INTO touchpoint_versions SELECT * REPLACE (version + 1 AS version) FROM touchpoint_versions "
+        f"WHERE journey_id = {first}"
+    )
+    rollups = old.query(f"SELECT count() FROM journey_point_ids WHERE journey_id = {first}").result_rows
+    assert rollups == [(2,)]
