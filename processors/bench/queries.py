@@ -137,6 +137,9 @@ def run_queries(args: dict[str, Any]) -> dict[str, Any]:
     from processors.storage import Target, connect, migrate
 
     source = Target.parse(args["source"])
+    # A kept workdir may hold a database an older release reconstructed: bring it to the
+    # schema the copies are made in (migrations keep what is stored).
+    migrate(connect(args["source"]))
     target_dsn = args["source"].replace(f"database={source.database}", f"database={DATABASE}")
     client = connect(target_dsn)
     client.command(f"DROP DATABASE IF EXISTS `{DATABASE}`")

@@ -19,7 +19,8 @@ from rich.console import Console
 
 from processors.bench.dataset import customers_for, mix_for
 from processors.bench.harness import TARGETS, BenchContext, Verdict, measurements, parse_count, run_bench
-from processors.bench.queries import QUERIES
+from processors.bench.queries import QUERIES, run_queries
+from processors.storage import connect
 
 pytestmark = pytest.mark.slow
 
@@ -137,3 +138,14 @@ def test_an_unknown_measurement_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown measurement"):
         run_bench(10, only=["nope"], out=tmp_path / "r.json", cache=tmp_path / "data")
     assert list(measurements())[:1] == ["embedded"]
+
+
+def test_the_query_measurement_brings_an_older_source_database_up_to_date(
+    database_before_point_ids: str,
+) -> None:
+    """A kept workdir's database from before migration 0006 is migrated, not failed on."""
+    figures = run_queries({"source": database_before_point_ids, "target": 0, "copies": 1, "runs": 1})
+    assert figures["touchpoints"] == figures["source_touchpoints"] > 0
+    assert all(figures[f"{name}_rows"] > 0 for name in QUERIES)
+    tables = {row[0] for row in connect(database_before_point_ids).query("SHOW TABLES").result_rows}
+    assert "journey_point_ids" in tables

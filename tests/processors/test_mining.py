@@ -252,19 +252,11 @@ def test_the_rollups_stay_exact_when_journeys_are_rewritten(chdb_path: Path, tmp
 
 
 def test_a_database_written_before_point_ids_keeps_its_dropoff_points(
-    demo: tuple[Client, DemoResult], chdb_path: Path
+    demo: tuple[Client, DemoResult], database_before_point_ids: str
 ) -> None:
     """Migration 0006 fills `journey_point_ids` and `journey_points` from 0005's rollups."""
     client, _ = demo
-    old = connect(f"chdb://{chdb_path}?database=before_point_ids")
-    migrate(old, until=5)
-    for table in ("touchpoint_versions", "journey_versions"):
-        old.command(f"INSERT INTO {table} SELECT * FROM mining_demo.{table}")
-    # A bulk copy's blocks split journeys, which the writers never do: roll them up once instead,
-    # with 0005's own statement for the rows stored before it.
-    old.command("TRUNCATE TABLE journey_point_rollups")
-    (backfill,) = [s for s in MIGRATIONS[5].statements() if s.startswith("INSERT INTO journey_point_rollups")]
-    old.command(backfill.rstrip(";"))
+    old = connect(database_before_point_ids)
     columns = "phase, channel, action, detail, dropped_journeys, journeys_passing, dropoff_rate"
     before = canonical(old, f"SELECT {columns} FROM dropoff_points")
     assert before and before == canonical(client, f"SELECT {columns} FROM dropoff_points")
