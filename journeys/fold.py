@@ -28,7 +28,7 @@ row, so the mining views read one row per journey instead of every touchpoint.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -264,27 +264,205 @@ def split_journeys(
     A new journey starts at a customer move that comes after a silence longer
     than the drop-off timeout (before a conversion) or the churn timeout
     (after one). Passive touchpoints never start a journey of their own unless
-    there is none yet.
+    there is none yet. (The cut `CustomerFold.extend` makes, without folding.)
     """
     journeys: list[list[ClassifiedTouchpoint]] = []
-    current: list[ClassifiedTouchpoint] = []
     last_active: datetime | None = None
     converted = False
     for step in steps:
         cls = step.classification
         at = step.touchpoint.occurred_at
-        if not cls.passive and last_active is not None:
-            limit = policy.churn_timeout if converted else policy.dropoff_timeout
-            if at - last_active > limit:
-                journeys.append(current)
-                current, converted = [], False
-        current.append(step)
+        if not journeys or _starts_journey(cls, at, last_active, converted, policy):
+            journeys.append([])
+            converted = False
+        journeys[-1].append(step)
         if not cls.passive:
             last_active = at
             converted = converted or cls.conversion
-    if current:
-        journeys.append(current)
     return journeys
+
+
+def _starts_journey(
+    cls: Classification, at: datetime, last_active: datetime | None, converted: bool, policy: JourneyPolicy
+) -> bool:
+    """A customer move after more silence than the journey so far allows opens a new journey."""
+    if cls.passive or last_active is None:
+        return False
+    return at - last_active > (policy.churn_timeout if converted else policy.dropoff_timeout)
+
+
+class JourneyFold:
+    """One journey's fold so far: touchpoints added in event-time order, read at any watermark.
+
+    `fold_journey` is one of these over all of a journey's touchpoints. The
+    stream shell keeps them open (`CustomerFold`) and adds what arrives after
+    the last touchpoint, so a batch costs its new touchpoints rather than the
+    customer's whole history; reading the journey at a watermark is cheap.
+    """
+
+    __slots__ = (
+        "active_count",
+        "channel_counts",
+        "converted_at",
+        "emotion",
+        "failure_count",
+        "last_active",
+        "last_active_phase",
+        "last_active_seq",
+        "last_failure",
+        "moments",
+        "path",
+        "phase",
+        "placed",
+        "policy",
+        "reached_at",
+        "reached_order",
+        "regressions",
+        "revenue",
+        "steps",
+        "switches",
+    )
+
+    def __init__(self, policy: JourneyPolicy) -> None:
+        self.policy = policy
+        self.steps: list[ClassifiedTouchpoint] = []
+        self.placed: list[PlacedTouchpoint] = []
+        self.reached_at: dict[Phase, datetime] = {}
+        self.reached_order: list[Phase] = []
+        self.regressions: list[PhaseRegression] = []
+        self.switches: list[ChannelSwitch] = []
+        self.channel_counts: dict[Channel, int] = dict.fromkeys(Channel, 0)
+        self.emotion: list[tuple[datetime, str, float]] = []
+        self.phase = Phase.ORIENTATION
+        self.last_active: ClassifiedTouchpoint | None = None
+        self.last_active_phase = Phase.ORIENTATION
+        self.last_active_seq = 0
+        self.last_failure: ClassifiedTouchpoint | None = None
+        self.active_count = 0
+        self.failure_count = 0
+        self.converted_at: datetime | None = None
+        self.revenue = 0.0
+        self.path: list[str] = []
+        # (channel, action) -> first time the customer did it, while not yet converted.
+        self.moments: dict[tuple[Channel, str], datetime] = {}
+
+    def add(self, steps: Sequence[ClassifiedTouchpoint]) -> None:
+        """Fold touchpoints that come, in this order, after every one added so far."""
+        policy = self.policy
+        placed, reached_at, reached_order = self.placed, self.reached_at, self.reached_order
+        regressions, switches, channel_counts = self.regressions, self.switches, self.channel_counts
+        emotion, path, moments = self.emotion, self.path, self.moments
+        # The running state in locals for the loop (this is the fold's hot path), stored back after.
+        phase, last_active, last_active_phase = self.phase, self.last_active, self.last_active_phase
+        last_active_seq, last_failure = self.last_active_seq, self.last_failure
+        active_count, failure_count = self.active_count, self.failure_count
+        converted_at, revenue = self.converted_at, self.revenue
+
+        for seq, step in enumerate(steps, start=len(self.steps)):
+            tp, cls = step.touchpoint, step.classification
+            channel_counts[tp.channel] += 1
+            if cls.phase is not None:
+                phase = cls.phase
+            placed.append(PlacedTouchpoint(tp.event_id, seq, phase, cls.sentiment))
+            if cls.sentiment is not None:
+                emotion.append((tp.occurred_at, tp.event_id, cls.sentiment))
+            if cls.failure:
+                failure_count += 1
+
+            if not cls.passive:
+                active_count += 1
+                if (
+                    cls.phase is not None
+                    and last_active is not None
+                    and cls.phase.rank < last_active_phase.rank
+                ):
+                    regressions.append(
+                        PhaseRegression(last_active_phase, cls.phase, tp.occurred_at, tp.event_id)
+                    )
+                if phase not in reached_at:
+                    reached_at[phase] = tp.occurred_at
+                    reached_order.append(phase)
+                if last_active is not None and last_active.touchpoint.channel != tp.channel:
+                    switches.append(_switch(last_active, step, phase, last_failure, policy))
+                move = _step(phase, tp.channel, tp.action)
+                if not path or path[-1] != move:
+                    path.append(move)
+                if converted_at is None and not cls.conversion:
+                    moments.setdefault((tp.channel, tp.action), tp.occurred_at)
+                if cls.conversion and converted_at is None:
+                    converted_at = tp.occurred_at
+                if cls.conversion and tp.value is not None:
+                    revenue += tp.value
+                last_active, last_active_phase, last_active_seq = step, phase, seq
+            if cls.failure:
+                last_failure = step
+
+        self.steps.extend(steps)
+        self.phase, self.last_active, self.last_active_phase = phase, last_active, last_active_phase
+        self.last_active_seq, self.last_failure = last_active_seq, last_failure
+        self.active_count, self.failure_count = active_count, failure_count
+        self.converted_at, self.revenue = converted_at, revenue
+
+    def journey(self, customer_id: str, watermark: datetime, persona: str | None = None) -> Journey:
+        """The journey as of `watermark` (which decides only its status)."""
+        steps, placed, reached_at = self.steps, self.placed, self.reached_at
+        if not steps:
+            raise ValueError("a journey needs at least one touchpoint")
+        first, last_active, converted_at = steps[0].touchpoint, self.last_active, self.converted_at
+        if last_active is not None:
+            last_tp, last_phase = last_active.touchpoint, self.last_active_phase
+        else:
+            last_tp, last_phase = steps[-1].touchpoint, placed[-1].phase
+        status = _status(
+            last_active.touchpoint.occurred_at if last_active else None,
+            converted_at,
+            Phase.RETENTION in reached_at,
+            watermark,
+            self.policy,
+        )
+        dropped = status is JourneyStatus.DROPPED
+        seq = self.last_active_seq
+        before_dropoff = steps[seq - 1].touchpoint if dropped and seq > 0 else None
+        reached_order = self.reached_order
+        top_rank = max((p.rank for p in reached_order), default=0)
+        return Journey(
+            journey_id=journey_id_for(customer_id, first.event_id),
+            customer_id=customer_id,
+            persona=persona,
+            status=status,
+            started_at=first.occurred_at,
+            ended_at=steps[-1].touchpoint.occurred_at,
+            last_active_at=last_active.touchpoint.occurred_at if last_active else None,
+            entry_channel=first.channel,
+            last_phase=last_phase,
+            last_channel=last_tp.channel,
+            last_action=last_tp.action,
+            dropoff_phase=last_phase if dropped else None,
+            dropoff_channel=last_tp.channel if dropped else None,
+            dropoff_action=last_tp.action if dropped else None,
+            dropoff_event_id=last_tp.event_id if dropped else None,
+            dropoff_previous_channel=before_dropoff.channel if before_dropoff else None,
+            dropoff_previous_action=before_dropoff.action if before_dropoff else None,
+            phases_reached=tuple(reached_order),
+            phase_reached_at=tuple(reached_at[p] for p in reached_order),
+            skipped_phases=tuple(p for p in PHASE_ORDER[:top_rank] if p not in reached_at),
+            regressions=tuple(self.regressions),
+            channel_switches=tuple(self.switches),
+            channel_counts=dict(self.channel_counts),
+            touchpoint_count=len(steps),
+            active_touchpoint_count=self.active_count,
+            failure_count=self.failure_count,
+            converted_at=converted_at,
+            revenue=self.revenue,
+            emotion=EmotionLine(tuple(self.emotion)),
+            touchpoints=tuple(placed),
+            watermark=watermark,
+            path=tuple(self.path),
+            # A move at the very instant of the conversion (ordered before it by event id) did not precede it.
+            moments=tuple(
+                kind for kind, at in self.moments.items() if converted_at is None or at < converted_at
+            ),
+        )
 
 
 def fold_journey(
@@ -295,111 +473,66 @@ def fold_journey(
     persona: str | None = None,
 ) -> Journey:
     """Fold one journey's touchpoints (already in event-time order) into its state."""
-    if not steps:
-        raise ValueError("a journey needs at least one touchpoint")
-    first = steps[0].touchpoint
-    placed: list[PlacedTouchpoint] = []
-    reached_at: dict[Phase, datetime] = {}
-    reached_order: list[Phase] = []
-    regressions: list[PhaseRegression] = []
-    switches: list[ChannelSwitch] = []
-    channel_counts: dict[Channel, int] = dict.fromkeys(Channel, 0)
-    emotion: list[tuple[datetime, str, float]] = []
-    phase = Phase.ORIENTATION
-    last_active: ClassifiedTouchpoint | None = None
-    last_active_phase = Phase.ORIENTATION
-    last_active_seq = 0
-    last_failure: ClassifiedTouchpoint | None = None
-    active_count = failure_count = 0
-    converted_at: datetime | None = None
-    revenue = 0.0
-    path: list[str] = []
-    # (channel, action) -> first time the customer did it, while not yet converted.
-    moments: dict[tuple[Channel, str], datetime] = {}
+    fold = JourneyFold(policy)
+    fold.add(steps)
+    return fold.journey(customer_id, watermark, persona)
 
-    for seq, step in enumerate(steps):
-        tp, cls = step.touchpoint, step.classification
-        channel_counts[tp.channel] += 1
-        if cls.phase is not None:
-            phase = cls.phase
-        placed.append(PlacedTouchpoint(tp.event_id, seq, phase, cls.sentiment))
-        if cls.sentiment is not None:
-            emotion.append((tp.occurred_at, tp.event_id, cls.sentiment))
-        if cls.failure:
-            failure_count += 1
 
-        if not cls.passive:
-            active_count += 1
-            if cls.phase is not None and last_active is not None and cls.phase.rank < last_active_phase.rank:
-                regressions.append(PhaseRegression(last_active_phase, cls.phase, tp.occurred_at, tp.event_id))
-            if phase not in reached_at:
-                reached_at[phase] = tp.occurred_at
-                reached_order.append(phase)
-            if last_active is not None and last_active.touchpoint.channel != tp.channel:
-                switches.append(_switch(last_active, step, phase, last_failure, policy))
-            move = _step(phase, tp.channel, tp.action)
-            if not path or path[-1] != move:
-                path.append(move)
-            if converted_at is None and not cls.conversion:
-                moments.setdefault((tp.channel, tp.action), tp.occurred_at)
-            if cls.conversion and converted_at is None:
-                converted_at = tp.occurred_at
-            if cls.conversion and tp.value is not None:
-                revenue += tp.value
-            last_active, last_active_phase, last_active_seq = step, phase, seq
-        if cls.failure:
-            last_failure = step
+class CustomerFold:
+    """All journeys of one customer, kept open for touchpoints that come after the last one.
 
-    if last_active is not None:
-        last_tp, last_phase = last_active.touchpoint, last_active_phase
-    else:
-        last_tp, last_phase = steps[-1].touchpoint, placed[-1].phase
-    status = _status(
-        last_active.touchpoint.occurred_at if last_active else None,
-        converted_at,
-        Phase.RETENTION in reached_at,
-        watermark,
-        policy,
-    )
-    dropped = status is JourneyStatus.DROPPED
-    before_dropoff = steps[last_active_seq - 1].touchpoint if dropped and last_active_seq > 0 else None
-    top_rank = max((p.rank for p in reached_order), default=0)
-    return Journey(
-        journey_id=journey_id_for(customer_id, first.event_id),
-        customer_id=customer_id,
-        persona=persona,
-        status=status,
-        started_at=first.occurred_at,
-        ended_at=steps[-1].touchpoint.occurred_at,
-        last_active_at=last_active.touchpoint.occurred_at if last_active else None,
-        entry_channel=first.channel,
-        last_phase=last_phase,
-        last_channel=last_tp.channel,
-        last_action=last_tp.action,
-        dropoff_phase=last_phase if dropped else None,
-        dropoff_channel=last_tp.channel if dropped else None,
-        dropoff_action=last_tp.action if dropped else None,
-        dropoff_event_id=last_tp.event_id if dropped else None,
-        dropoff_previous_channel=before_dropoff.channel if before_dropoff else None,
-        dropoff_previous_action=before_dropoff.action if before_dropoff else None,
-        phases_reached=tuple(reached_order),
-        phase_reached_at=tuple(reached_at[p] for p in reached_order),
-        skipped_phases=tuple(p for p in PHASE_ORDER[:top_rank] if p not in reached_at),
-        regressions=tuple(regressions),
-        channel_switches=tuple(switches),
-        channel_counts=channel_counts,
-        touchpoint_count=len(steps),
-        active_touchpoint_count=active_count,
-        failure_count=failure_count,
-        converted_at=converted_at,
-        revenue=revenue,
-        emotion=EmotionLine(tuple(emotion)),
-        touchpoints=tuple(placed),
-        watermark=watermark,
-        path=tuple(path),
-        # A move at the very instant of the conversion (ordered before it by event id) did not precede it.
-        moments=tuple(kind for kind, at in moments.items() if converted_at is None or at < converted_at),
-    )
+    `extend` cuts and folds new touchpoints onto the journeys so far exactly as
+    folding the whole history would (`fold_customer` is one `extend`): the cut
+    depends only on the last customer move and whether the journey converted,
+    and each journey's fold only on its earlier touchpoints. A touchpoint that
+    sorts before the last one folded is refused, and the caller folds the
+    customer anew (a late event is placed in order, never appended).
+    """
+
+    __slots__ = ("_last_key", "customer_id", "folds", "persona", "policy")
+
+    def __init__(self, customer_id: str, policy: JourneyPolicy) -> None:
+        self.customer_id = customer_id
+        self.policy = policy
+        self.folds: list[JourneyFold] = []
+        self.persona: str | None = None  # the newest touchpoint's persona that has one
+        self._last_key: tuple[datetime, str] | None = None
+
+    def extend(self, steps: Iterable[ClassifiedTouchpoint]) -> bool:
+        """Fold `steps` (any order) if all sort after every touchpoint folded so far; else add nothing."""
+        ordered = sorted(steps, key=_ORDER_KEY)
+        if not ordered:
+            return True
+        last_key = self._last_key
+        if last_key is not None and _ORDER_KEY(ordered[0]) <= last_key:
+            return False
+        policy, folds, persona = self.policy, self.folds, self.persona
+        current = folds[-1] if folds else None
+        last_active = current.last_active.touchpoint.occurred_at if current and current.last_active else None
+        converted = current is not None and current.converted_at is not None
+        pending: list[ClassifiedTouchpoint] = []
+        for step in ordered:
+            cls = step.classification
+            at = step.touchpoint.occurred_at
+            if current is None or _starts_journey(cls, at, last_active, converted, policy):
+                if current is not None:
+                    current.add(pending)
+                current, pending, converted = JourneyFold(policy), [], False
+                folds.append(current)
+            pending.append(step)
+            if not cls.passive:
+                last_active = at
+                converted = converted or cls.conversion
+            persona = step.touchpoint.persona or persona
+        if current is not None:
+            current.add(pending)
+        self.persona = persona
+        self._last_key = _ORDER_KEY(ordered[-1])
+        return True
+
+    def journeys(self, watermark: datetime) -> list[Journey]:
+        """Every journey of the customer as of `watermark`, oldest first."""
+        return [fold.journey(self.customer_id, watermark, self.persona) for fold in self.folds]
 
 
 _ORDER_KEY = attrgetter("touchpoint.occurred_at", "touchpoint.event_id")  # `order_key`, without a call
@@ -425,14 +558,9 @@ def fold_customer(
     policy: JourneyPolicy,
 ) -> list[Journey]:
     """All journeys of one customer. `steps` may come in any order."""
-    ordered = sorted(steps, key=_ORDER_KEY)
-    persona = None
-    for step in ordered:
-        persona = step.touchpoint.persona or persona
-    return [
-        fold_journey(customer_id, journey, watermark, policy, persona)
-        for journey in split_journeys(ordered, policy)
-    ]
+    fold = CustomerFold(customer_id, policy)
+    fold.extend(steps)
+    return fold.journeys(watermark)
 
 
 def _status(

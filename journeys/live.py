@@ -2,7 +2,7 @@
 
 The stream shell cannot refold every customer after every Kafka batch, and it
 must not miss a change either. `LiveReconstruction` drives the same
-`Reconstruction` aggregate as the embedded runner and keeps three indexes so
+`Reconstruction` aggregate as the embedded runner and keeps four indexes so
 that each batch touches only what it affects:
 
 - which events belong to which customer, re-keyed when the identity graph
@@ -12,12 +12,17 @@ that each batch touches only what it affects:
   timeout, converted/retained → churned at + churn timeout). These are the
   event-time timers: when a batch moves the watermark past a deadline, that
   customer is refolded even though none of its events arrived;
-- the identity merges and conflicts last reported, so only their changes go out.
+- the identity merges and conflicts last reported, so only their changes go out;
+- each customer's journeys kept open (`CustomerFold`): a batch whose touchpoints
+  all come after the customer's last is folded onto them, so in event-time
+  order a batch costs its own touchpoints, not the customers' whole histories
+  (a late touchpoint, a merge or a split folds the customer anew).
 
 A customer reported with no journeys has vanished (absorbed by a merge): its
 old journeys must be deleted downstream. Folding a customer here and folding it
-in `Reconstruction.journeys()` use the same `fold_customer`, so at the same
-watermark the journeys are identical: the equivalence the stream tests check.
+in `Reconstruction.journeys()` use the same `CustomerFold` (`fold_customer` is
+one extend of it), so at the same watermark the journeys are identical: the
+equivalence the stream tests check.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from journeys.fold import ClassifiedTouchpoint, Journey, JourneyStatus, fold_customer, is_late
+from journeys.fold import ClassifiedTouchpoint, CustomerFold, Journey, JourneyStatus, is_late
 from journeys.identity import IdentityConflict, IdentityMerge, Key
 from journeys.reconstruct import Admission, Reconstruction
 from journeys.touchpoint import CompactTouchpoint, Touchpoint
@@ -73,6 +78,12 @@ class LiveReconstruction:
         # which made the reconstruct stage a quarter slower. This shell trades the memory back
         # (about 600 bytes a touchpoint) for that; the embedded run folds each customer once.
         self._steps: dict[str, ClassifiedTouchpoint] = {}
+        # Each customer's journeys kept open (`CustomerFold`), and the touchpoints placed with the
+        # customer since: in event-time order a batch extends the fold by its new touchpoints
+        # instead of refolding the history. A customer that lost a touchpoint (a split, a merge
+        # into another) or gained one that sorts before its last is folded anew.
+        self._folds: dict[str, CustomerFold] = {}
+        self._arrived: dict[str, list[str]] = {}
         self._deadlines: list[tuple[datetime, str]] = []  # heap of (deadline, customer id)
         self._merges: set[IdentityMerge] = set()
         self._conflicts: set[IdentityConflict] = set()
@@ -134,6 +145,8 @@ class LiveReconstruction:
         self._members.clear()
         self._customer_of_event.clear()
         self._steps.clear()
+        self._folds.clear()
+        self._arrived.clear()
         self._deadlines.clear()
         self._merges.clear()
         self._conflicts.clear()
@@ -162,9 +175,11 @@ class LiveReconstruction:
             return
         if previous is not None:
             self._members[previous].discard(event_id)
+            self._folds.pop(previous, None)
             affected.add(previous)
         self._customer_of_event[event_id] = customer
         self._members.setdefault(customer, set()).add(event_id)
+        self._arrived.setdefault(customer, []).append(event_id)
         affected.add(customer)
 
     def _rekey(self, customer: str, affected: set[str]) -> None:
@@ -173,21 +188,26 @@ class LiveReconstruction:
 
     def _fold(self, customer: str, watermark: datetime) -> list[Journey]:
         members = self._members.get(customer)
+        arrived = self._arrived.pop(customer, ())
         if not members:
             self._members.pop(customer, None)
+            self._folds.pop(customer, None)
             return []
-        cached, make = self._steps, self.reconstruction.step
-        steps = []
-        for event_id in members:
-            step = cached.get(event_id)
-            if step is None:  # admitted before this shell knew the aggregate (a rebuild)
-                step = cached[event_id] = make(event_id)
-            steps.append(step)
-        journeys = fold_customer(customer, steps, watermark, self.reconstruction.journey_policy)
+        fold = self._folds.get(customer)
+        if fold is None or not fold.extend([self._step(event_id) for event_id in arrived]):
+            fold = self._folds[customer] = CustomerFold(customer, self.reconstruction.journey_policy)
+            fold.extend([self._step(event_id) for event_id in members])
+        journeys = fold.journeys(watermark)
         deadline = _next_deadline(journeys, watermark, self.reconstruction)
         if deadline is not None:
             heapq.heappush(self._deadlines, (deadline, customer))
         return journeys
+
+    def _step(self, event_id: str) -> ClassifiedTouchpoint:
+        step = self._steps.get(event_id)
+        if step is None:  # admitted before this shell knew the aggregate (a rebuild)
+            step = self._steps[event_id] = self.reconstruction.step(event_id)
+        return step
 
     def _diff_identity_logs(self, result: BatchResult) -> None:
         graph = self.reconstruction.graph

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import itertools
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from journeys.fold import (
     ClassifiedTouchpoint,
+    CustomerFold,
     JourneyPolicy,
     JourneyStatus,
     fold_customer,
@@ -289,3 +293,89 @@ def test_moments_are_the_distinct_moves_before_the_first_conversion() -> None:
         (Channel.PHONE, "call.completed"),
         (Channel.SOCIAL, "social.mention"),
     )
+
+
+# (channel, action, phase, passive, failure, conversion): the kinds of touchpoint that move the cut
+# (passive ones never start a journey; a conversion lengthens the silence that ends one).
+KINDS = [
+    ("web", "Products Searched", Phase.ORIENTATION, False, False, False),
+    ("web", "Product Viewed", Phase.CONSIDERATION, False, False, False),
+    ("web", "Payment Failed", Phase.PURCHASE, False, True, False),
+    ("web", "Order Completed", Phase.PURCHASE, False, False, True),
+    ("web", "Signed In", Phase.USAGE, False, False, False),
+    ("phone", "call.abandoned", None, False, True, False),
+    ("email", "delivered", None, True, False, False),
+    ("social", "social.mention", Phase.RETENTION, False, False, False),
+]
+
+
+@st.composite
+def histories(draw: st.DrawFn) -> list[ClassifiedTouchpoint]:
+    """One customer's touchpoints over 400 days: gaps past the drop-off and churn timeouts happen."""
+    history = []
+    for n in range(draw(st.integers(min_value=1, max_value=25))):
+        channel, action, phase, passive, failure, conversion = draw(st.sampled_from(KINDS))
+        made = step(
+            n,
+            draw(st.integers(min_value=0, max_value=400 * DAY)),
+            channel,
+            action,
+            phase,
+            passive=passive,
+            failure=failure,
+            conversion=conversion,
+            sentiment=draw(st.none() | st.sampled_from([-0.5, 0.0, 0.8])),
+            value=draw(st.none() | st.just(30.0)) if conversion else None,
+        )
+        persona = draw(st.none() | st.sampled_from(["student", "family"]))
+        history.append(made._replace(touchpoint=made.touchpoint._replace(persona=persona)))
+    return history
+
+
+def refold(customer_id: str, steps: list[ClassifiedTouchpoint], watermark: datetime) -> list:
+    """The journeys by the cut and the per-journey fold on their own (what CustomerFold must equal)."""
+    ordered = sorted(steps, key=lambda s: s.order_key)
+    persona = None
+    for s in ordered:
+        persona = s.touchpoint.persona or persona
+    return [
+        fold_journey(customer_id, part, watermark, POLICY, persona)
+        for part in split_journeys(ordered, POLICY)
+    ]
+
+
+@settings(max_examples=300, deadline=None)
+@given(history=histories(), data=st.data())
+def test_a_customer_fold_extended_batch_by_batch_equals_folding_the_whole_history(
+    history: list[ClassifiedTouchpoint], data: st.DataObject
+) -> None:
+    # Arrival in event-time order, a few touchpoints swapped (late), in batches of any size.
+    arrival = sorted(history, key=lambda s: s.order_key)
+    for _ in range(data.draw(st.integers(min_value=0, max_value=3))):
+        i = data.draw(st.integers(min_value=0, max_value=len(arrival) - 1))
+        j = data.draw(st.integers(min_value=0, max_value=len(arrival) - 1))
+        arrival[i], arrival[j] = arrival[j], arrival[i]
+    fold, seen, refused = CustomerFold("c", POLICY), [], 0
+    while len(seen) < len(arrival):
+        batch = arrival[len(seen) : len(seen) + data.draw(st.integers(min_value=1, max_value=6))]
+        seen += batch
+        last_journey_before = len(fold.folds)
+        if not fold.extend(batch):
+            refused += 1
+            assert len(fold.folds) == last_journey_before  # refused: nothing was added
+            fold = CustomerFold("c", POLICY)
+            assert fold.extend(seen)
+        newest = max(s.touchpoint.occurred_at for s in seen)
+        watermark = newest + timedelta(days=data.draw(st.sampled_from([-1, 0, 15, 100])))
+        assert fold.journeys(watermark) == refold("c", seen, watermark)
+    in_order = all(a.order_key < b.order_key for a, b in itertools.pairwise(arrival))
+    assert refused == 0 or not in_order
+
+
+def test_a_customer_fold_refuses_a_touchpoint_before_its_last() -> None:
+    fold = CustomerFold("c", POLICY)
+    assert fold.extend([step(1, 0, action="Product Viewed"), step(3, 20)])
+    before = fold.journeys(at(1))
+    assert not fold.extend([step(2, 10), step(4, 30)])  # e002 sorts before e003: fold anew
+    assert fold.journeys(at(1)) == before
+    assert fold.extend([step(4, 30)]) and fold.journeys(at(1))[0].touchpoint_count == 3

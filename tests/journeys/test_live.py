@@ -105,6 +105,33 @@ def test_batches_applied_downstream_equal_the_full_fold(
     assert conflicts == set(full.graph.conflicts)
 
 
+@settings(max_examples=200, deadline=None)
+@given(touchpoints(), st.randoms(use_true_random=False), st.integers(min_value=1, max_value=8))
+def test_batches_in_event_time_order_equal_the_full_fold_after_every_batch(
+    events: list[Touchpoint], rnd: random.Random, batch_size: int
+) -> None:
+    """The common stream: customers' folds are extended batch by batch (a few late events refold)."""
+    arriving = sorted(events, key=lambda t: (t.occurred_at, t.event_id))
+    for _ in range(rnd.randint(0, 2)):
+        i, j = rnd.randrange(len(arriving)), rnd.randrange(len(arriving))
+        arriving[i], arriving[j] = arriving[j], arriving[i]
+    live = LiveReconstruction(Reconstruction(RULES))
+    full = Reconstruction(RULES)
+    journeys: dict[str, list] = {}
+    for start in range(0, len(arriving), batch_size):
+        batch = arriving[start : start + batch_size]
+        for customer, current in live.admit_batch(batch).journeys.items():
+            if current:
+                journeys[customer] = current
+            else:
+                journeys.pop(customer, None)
+        full.admit_all(batch)
+        expected: dict[str, list] = {}
+        for journey in full.journeys():
+            expected.setdefault(journey.customer_id, []).append(journey)
+        assert {c: at_watermark(j, full.watermark) for c, j in journeys.items()} == expected
+
+
 def test_the_watermark_alone_drops_a_journey() -> None:
     live = LiveReconstruction(Reconstruction(RULES))
 
