@@ -479,34 +479,49 @@ def fold_journey(
 
 
 class CustomerFold:
-    """All journeys of one customer, kept open for touchpoints that come after the last one.
+    """All journeys of one customer, kept open for more touchpoints.
 
     `extend` cuts and folds new touchpoints onto the journeys so far exactly as
     folding the whole history would (`fold_customer` is one `extend`): the cut
-    depends only on the last customer move and whether the journey converted,
-    and each journey's fold only on its earlier touchpoints. A touchpoint that
-    sorts before the last one folded is refused, and the caller folds the
-    customer anew (a late event is placed in order, never appended).
+    before a touchpoint depends only on the customer's earlier moves, and each
+    journey's fold only on its earlier touchpoints. So touchpoints after the
+    last one are folded onto the last journey, and a late one rewinds only the
+    journeys from the one it falls into: those are cut and folded again with
+    it, the earlier ones stay as they are.
     """
 
-    __slots__ = ("_last_key", "customer_id", "folds", "persona", "policy")
+    __slots__ = ("_last_key", "_persona_key", "customer_id", "folds", "persona", "policy")
 
     def __init__(self, customer_id: str, policy: JourneyPolicy) -> None:
         self.customer_id = customer_id
         self.policy = policy
         self.folds: list[JourneyFold] = []
-        self.persona: str | None = None  # the newest touchpoint's persona that has one
+        self.persona: str | None = None  # the persona of the newest touchpoint that has one
+        self._persona_key: tuple[datetime, str] | None = None
         self._last_key: tuple[datetime, str] | None = None
 
-    def extend(self, steps: Iterable[ClassifiedTouchpoint]) -> bool:
-        """Fold `steps` (any order) if all sort after every touchpoint folded so far; else add nothing."""
+    def extend(self, steps: Iterable[ClassifiedTouchpoint]) -> None:
+        """Fold touchpoints of this customer not folded yet, in any order."""
         ordered = sorted(steps, key=_ORDER_KEY)
         if not ordered:
-            return True
-        last_key = self._last_key
-        if last_key is not None and _ORDER_KEY(ordered[0]) <= last_key:
-            return False
-        policy, folds, persona = self.policy, self.folds, self.persona
+            return
+        for step in reversed(ordered):
+            if step.touchpoint.persona:
+                key = _ORDER_KEY(step)
+                if self._persona_key is None or key > self._persona_key:
+                    self.persona, self._persona_key = step.touchpoint.persona, key
+                break
+        policy, folds = self.policy, self.folds
+        last_key, first_key = self._last_key, _ORDER_KEY(ordered[0])
+        if last_key is not None and first_key < last_key:
+            # Rewind: from the journey the earliest new touchpoint falls into (the last one that
+            # starts before it; the first if none does) to the end, cut and fold again.
+            keep = len(folds) - 1
+            while keep > 0 and _ORDER_KEY(folds[keep].steps[0]) > first_key:
+                keep -= 1
+            again = [step for fold in folds[keep:] for step in fold.steps]
+            del folds[keep:]
+            ordered = sorted(again + ordered, key=_ORDER_KEY)
         current = folds[-1] if folds else None
         last_active = current.last_active.touchpoint.occurred_at if current and current.last_active else None
         converted = current is not None and current.converted_at is not None
@@ -523,12 +538,9 @@ class CustomerFold:
             if not cls.passive:
                 last_active = at
                 converted = converted or cls.conversion
-            persona = step.touchpoint.persona or persona
         if current is not None:
             current.add(pending)
-        self.persona = persona
-        self._last_key = _ORDER_KEY(ordered[-1])
-        return True
+        self._last_key = _ORDER_KEY(ordered[-1])  # the old last is in `ordered` after a rewind
 
     def journeys(self, watermark: datetime) -> list[Journey]:
         """Every journey of the customer as of `watermark`, oldest first."""

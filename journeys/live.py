@@ -13,10 +13,10 @@ that each batch touches only what it affects:
   event-time timers: when a batch moves the watermark past a deadline, that
   customer is refolded even though none of its events arrived;
 - the identity merges and conflicts last reported, so only their changes go out;
-- each customer's journeys kept open (`CustomerFold`): a batch whose touchpoints
-  all come after the customer's last is folded onto them, so in event-time
-  order a batch costs its own touchpoints, not the customers' whole histories
-  (a late touchpoint, a merge or a split folds the customer anew).
+- each customer's journeys kept open (`CustomerFold`): a batch's touchpoints
+  are folded onto them, so in event-time order a batch costs its own
+  touchpoints, not the customers' whole histories; a late touchpoint refolds
+  the journeys from the one it falls into, a split the whole customer.
 
 A customer reported with no journeys has vanished (absorbed by a merge): its
 old journeys must be deleted downstream. Folding a customer here and folding it
@@ -79,9 +79,9 @@ class LiveReconstruction:
         # (about 600 bytes a touchpoint) for that; the embedded run folds each customer once.
         self._steps: dict[str, ClassifiedTouchpoint] = {}
         # Each customer's journeys kept open (`CustomerFold`), and the touchpoints placed with the
-        # customer since: in event-time order a batch extends the fold by its new touchpoints
-        # instead of refolding the history. A customer that lost a touchpoint (a split, a merge
-        # into another) or gained one that sorts before its last is folded anew.
+        # customer since: a batch is folded onto them instead of refolding the history (a late
+        # touchpoint rewinds only the journeys from the one it falls into). A customer that lost
+        # a touchpoint (a split, a merge into another) is folded anew.
         self._folds: dict[str, CustomerFold] = {}
         self._arrived: dict[str, list[str]] = {}
         self._deadlines: list[tuple[datetime, str]] = []  # heap of (deadline, customer id)
@@ -194,9 +194,10 @@ class LiveReconstruction:
             self._folds.pop(customer, None)
             return []
         fold = self._folds.get(customer)
-        if fold is None or not fold.extend([self._step(event_id) for event_id in arrived]):
+        if fold is None:
             fold = self._folds[customer] = CustomerFold(customer, self.reconstruction.journey_policy)
-            fold.extend([self._step(event_id) for event_id in members])
+            arrived = members
+        fold.extend([self._step(event_id) for event_id in arrived])
         journeys = fold.journeys(watermark)
         deadline = _next_deadline(journeys, watermark, self.reconstruction)
         if deadline is not None:
