@@ -19,7 +19,10 @@ column instead:
   a page view the same properties, so identical values are kept once
   (bounded sharing tables: past their size they start again, which costs
   memory, never a result);
-- the event id in a list, with a hash table of rows (`array('i')`) to find it.
+- the event id as UTF-8 in one `bytearray` with an end offset per row
+  (`EventIds`: its length plus 8 bytes, where a `str` in a list took about
+  57 more), with a hash table of rows (`array('i')`) to find it. The identity
+  graph reads the same table: it keys its linking events by row.
 
 A `ClassifiedTouchpoint` equal to the one admitted is made again when it is
 asked for (`step`): the fold reads one customer at a time, so only
@@ -51,6 +54,86 @@ _timedelta = timedelta
 Kind = tuple[Channel, str, str, "str | None", "str | None", Classification]
 
 
+class EventIds:
+    """Every admitted event id, one row each, in admission order: UTF-8 in one `bytearray`.
+
+    An event id is 70–110 bytes as a `str` (its object header, a list slot, its hash); here it
+    costs its encoded length and an 8-byte end offset, plus 8 to 16 bytes of the hash table that
+    finds its row: an open-addressing table of rows (`array('i')`, linear probing, at most half
+    full), keyed by the `str` hash. Any `str` goes through (lone surrogates included).
+    """
+
+    __slots__ = ("_data", "_ends", "_mask", "_slots")
+
+    def __init__(self) -> None:
+        self._data = bytearray()
+        self._ends = array("q")  # row -> end offset in _data; the row starts where the one before ends
+        self._slots = array("i", [-1]) * _FIRST_SLOTS
+        self._mask = _FIRST_SLOTS - 1
+
+    def __len__(self) -> int:
+        return len(self._ends)
+
+    def __getitem__(self, row: int) -> str:
+        if row < 0:
+            raise IndexError(row)
+        ends = self._ends
+        start = ends[row - 1] if row else 0
+        return self._data[start : ends[row]].decode("utf-8", "surrogatepass")
+
+    def __iter__(self) -> Iterator[str]:
+        data, start = self._data, 0
+        for end in self._ends:
+            yield data[start:end].decode("utf-8", "surrogatepass")
+            start = end
+
+    def __contains__(self, event_id: object) -> bool:
+        return isinstance(event_id, str) and self.row_of(event_id) is not None
+
+    def row_of(self, event_id: str) -> int | None:
+        """The row of a kept event id, or None."""
+        slots, mask, ends, data = self._slots, self._mask, self._ends, self._data
+        encoded = event_id.encode("utf-8", "surrogatepass")
+        size = len(encoded)
+        slot = hash(event_id) & mask
+        while True:
+            row = slots[slot]
+            if row < 0:
+                return None
+            end = ends[row]
+            start = ends[row - 1] if row else 0
+            if end - start == size and data[start:end] == encoded:
+                return row
+            slot = (slot + 1) & mask
+
+    def append(self, event_id: str) -> int:
+        """Keep one event id (it must be new); returns its row."""
+        ends = self._ends
+        row = len(ends)
+        self._data += event_id.encode("utf-8", "surrogatepass")
+        ends.append(len(self._data))
+        slots, mask = self._slots, self._mask
+        slot = hash(event_id) & mask
+        while slots[slot] >= 0:
+            slot = (slot + 1) & mask
+        slots[slot] = row
+        if 2 * (row + 1) > mask + 1:
+            self._grow()
+        return row
+
+    def _grow(self) -> None:
+        """Double the table (it is kept at most half full) and place every row again."""
+        size = 2 * len(self._slots)
+        slots = array("i", [-1]) * size
+        mask = size - 1
+        for row, event_id in enumerate(self):
+            slot = hash(event_id) & mask
+            while slots[slot] >= 0:
+                slot = (slot + 1) & mask
+            slots[slot] = row
+        self._slots, self._mask = slots, mask
+
+
 class TouchpointColumns:
     """Every admitted touchpoint, one row each, in admission order; rows are never removed."""
 
@@ -61,23 +144,16 @@ class TouchpointColumns:
         "_kind_codes",
         "_kind_list",
         "_kinds",
-        "_mask",
         "_occurred",
         "_properties",
         "_properties_shared",
         "_received",
         "_sentiment",
-        "_slots",
         "_value",
     )
 
     def __init__(self) -> None:
-        # Event id -> row: an open-addressing hash table of rows (linear probing, at most half full)
-        # over the event id column. A dict took about 70 bytes an event (its entry, and an int object
-        # per row); this takes 8 to 16.
-        self._slots = array("i", [-1]) * _FIRST_SLOTS
-        self._mask = _FIRST_SLOTS - 1
-        self._event_ids: list[str] = []
+        self._event_ids = EventIds()
         self._occurred = array("q")
         self._received = array("q")
         self._sentiment = array("d")
@@ -94,31 +170,16 @@ class TouchpointColumns:
         return len(self._event_ids)
 
     def __contains__(self, event_id: object) -> bool:
-        return isinstance(event_id, str) and self.row_of(event_id) is not None
+        return event_id in self._event_ids
 
     def row_of(self, event_id: str) -> int | None:
         """The row of an admitted event id, or None."""
-        slots, mask, event_ids = self._slots, self._mask, self._event_ids
-        slot = hash(event_id) & mask
-        while True:
-            row = slots[slot]
-            if row < 0:
-                return None
-            if event_ids[row] == event_id:
-                return row
-            slot = (slot + 1) & mask
+        return self._event_ids.row_of(event_id)
 
-    def _grow(self) -> None:
-        """Double the event id table (it is kept at most half full) and place every row again."""
-        size = 2 * len(self._slots)
-        slots = array("i", [-1]) * size
-        mask = size - 1
-        for row, event_id in enumerate(self._event_ids):
-            slot = hash(event_id) & mask
-            while slots[slot] >= 0:
-                slot = (slot + 1) & mask
-            slots[slot] = row
-        self._slots, self._mask = slots, mask
+    @property
+    def event_id_table(self) -> EventIds:
+        """The event id column (read-only for others: the identity graph keys linking events by row)."""
+        return self._event_ids
 
     def append(self, step: ClassifiedTouchpoint) -> int:
         """Keep one touchpoint (its event id must be new); returns its row.
@@ -140,16 +201,7 @@ class TouchpointColumns:
             value,
             currency,
         ) = touchpoint
-        event_ids = self._event_ids
-        row = len(event_ids)
-        event_ids.append(event_id)
-        slots, mask = self._slots, self._mask  # its slot in the event id table, placed inline
-        slot = hash(event_id) & mask
-        while slots[slot] >= 0:
-            slot = (slot + 1) & mask
-        slots[slot] = row
-        if 2 * (row + 1) > mask + 1:
-            self._grow()
+        row = self._event_ids.append(event_id)
         self._occurred.append((occurred_at - _EPOCH) // _MICROSECOND)
         self._received.append(_NO_TIME if received_at is None else (received_at - _EPOCH) // _MICROSECOND)
         self._sentiment.append(_NAN if sentiment is None else sentiment)
@@ -168,6 +220,10 @@ class TouchpointColumns:
         shared = self._properties_shared.get(properties)
         self._properties.append(shared if shared is not None else _share(self._properties_shared, properties))
         return row
+
+    def occurred_micros(self, row: int) -> int:
+        """When one row's event occurred, in microseconds since the epoch."""
+        return self._occurred[row]
 
     def identifiers(self, row: int) -> tuple[tuple[str, str], ...]:
         """The identifier keys of one row."""

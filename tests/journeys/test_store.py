@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from journeys.fold import ClassifiedTouchpoint
 from journeys.phases import Classification
 from journeys.reconstruct import Admission, Reconstruction
-from journeys.store import TouchpointColumns
+from journeys.store import EventIds, TouchpointColumns
 from journeys.touchpoint import Channel, CompactTouchpoint, Phase, properties_json
 
 PROPERTY_VALUES = st.recursive(
@@ -195,3 +195,38 @@ def test_classifications_that_differ_only_in_the_sign_of_zero_are_kept_apart() -
         )
     kept = [columns.step(row).classification.sentiment for row in range(4)]
     assert [repr(value) for value in kept] == ["0.0", "-0.0", "0", "-0.0"]
+
+
+# Any str at all, lone surrogates and characters outside the BMP included (the model does not
+# restrict event ids), and long enough to span many probes of the table.
+EVENT_IDS = st.text(st.characters(codec=None, exclude_categories=()), max_size=30)
+
+
+@settings(max_examples=300)
+@given(event_ids=st.lists(EVENT_IDS, unique=True, max_size=40), absent=EVENT_IDS)
+def test_event_ids_come_back_as_given_and_are_found_by_row(event_ids: list[str], absent: str) -> None:
+    table = EventIds()
+    assert [table.append(event_id) for event_id in event_ids] == list(range(len(event_ids)))
+    assert len(table) == len(event_ids)
+    assert list(table) == event_ids
+    assert [table[row] for row in range(len(event_ids))] == event_ids
+    assert [table.row_of(event_id) for event_id in event_ids] == list(range(len(event_ids)))
+    if absent not in event_ids:
+        assert table.row_of(absent) is None and absent not in table
+
+
+@settings(max_examples=50)
+@given(
+    stems=st.lists(st.text(st.characters(codec=None, exclude_categories=()), max_size=4), min_size=1),
+    count=st.integers(1000, 3000),
+)
+def test_event_ids_sharing_prefixes_are_found_after_the_table_grows(stems: list[str], count: int) -> None:
+    """Ids alike but for their ends (and of equal length), past the first doubling (1,024 slots):
+    every lookup compares the whole encoded id, not a prefix or the length."""
+    event_ids = list(dict.fromkeys(f"{stems[index % len(stems)]}-{index:05d}" for index in range(count)))
+    table = EventIds()
+    for event_id in event_ids:
+        table.append(event_id)
+    assert [table.row_of(event_id) for event_id in event_ids] == list(range(len(event_ids)))
+    assert table.row_of(event_ids[-1] + "0") is None and table.row_of(event_ids[0][:-1]) is None
+    assert table[len(event_ids) - 1] == event_ids[-1] and table[0] == event_ids[0]
