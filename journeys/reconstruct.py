@@ -39,10 +39,11 @@ class Reconstruction:
     journey_policy: JourneyPolicy = field(default_factory=JourneyPolicy)
 
     def __post_init__(self) -> None:
-        self.graph = IdentityGraph(self.identity_policy)
         # One row per event ever admitted, stored by column (journeys.store: about a fifth of the
         # memory of one object per event); touchpoints are made again when a fold asks for them.
         self._columns = TouchpointColumns()
+        # The graph names linking events by row of the same event id table: each id is kept once.
+        self.graph = IdentityGraph(self.identity_policy, events=self._columns.event_id_table)
         self.latest_event_time: datetime | None = None
 
     def __len__(self) -> int:
@@ -60,9 +61,12 @@ class Reconstruction:
         if known is not None:
             kept = columns.step(known).touchpoint
             return Admission.DUPLICATE if kept.same_event(touchpoint) else Admission.CONFLICT
-        if not self.graph.observe(touchpoint.event_id, touchpoint.occurred_at, touchpoint.identifiers):
+        graph = self.graph
+        usable = graph.usable(touchpoint.identifiers)
+        if not usable:
             return Admission.UNIDENTIFIED
-        columns.append(step)
+        row = columns.append(step)
+        graph.observe_row(row, columns.occurred_micros(row), usable)
         if self.latest_event_time is None or touchpoint.occurred_at > self.latest_event_time:
             self.latest_event_time = touchpoint.occurred_at
         return Admission.NEW
