@@ -224,12 +224,12 @@ class IdentityGraph:
     (first sighting as microseconds and the row of its event, the two
     union-finds, the replay component's event list ends, count and latest
     event); per group of two or more with a unique-type value one dict entry.
-    Events are rows of an `EventIds` table (the aggregate's own, shared, or the
-    graph's): per touchpoint with two or more linkable identifiers one entry in
-    an `array('q')` pool (time in microseconds, the next event of its replay
-    component, the node count and the node ids) and a 4-byte pool offset per
-    row; single-identifier touchpoints are not stored (redelivering them is
-    idempotent anyway). An event id is decoded only where an order between two
+    Events are rows of an `EventIds` table and a column of their times in
+    microseconds (the aggregate's own, shared, or the graph's): per touchpoint
+    with two or more linkable identifiers one entry in an `array('i')` pool
+    (the next event of its replay component, the node count and the node ids)
+    and a 4-byte pool offset per row; single-identifier touchpoints are not
+    stored (redelivering them is idempotent anyway). An event id is decoded only where an order between two
     events at the same microsecond or a merge or conflict record needs it.
     `members`/`customers` build an index on demand (O(identifiers) after a change):
     they serve inspection, not the per-event path. Event ids identify observations:
@@ -262,6 +262,7 @@ class IdentityGraph:
         "_pool",
         "_ranks",
         "_size",
+        "_times",
         "_track",
         "_uniq",
         "_unlinked",
@@ -277,9 +278,13 @@ class IdentityGraph:
         unlinked: Iterable[Key] = (),
         track_changes: bool = True,
         events: EventIds | None = None,
+        times: array[int] | None = None,
     ) -> None:
-        """`events`: the event id table whose rows `observe_row` names (the aggregate's, shared so
-        that every event id is kept once); without it the graph keeps its own for `observe`."""
+        """`events` and `times`: the event id table whose rows `observe_row` names and the
+        occurred_at of each row in microseconds since the epoch (`array('q')`): the aggregate's,
+        shared so that each is kept once; without them the graph keeps its own for `observe`."""
+        if (events is None) != (times is None):
+            raise ValueError("share both the event id table and its times, or neither")
         self.policy = policy if policy is not None else IdentityPolicy()
         self._ranks: dict[str, int] = {}  # identifier type -> policy.rank, memoised
         # A touchpoint's identifier tuple -> its usable identifiers, strongest first (memoised: a
@@ -287,6 +292,7 @@ class IdentityGraph:
         self._usable: dict[tuple[Key, ...], tuple[Key, ...]] = {}
         self._own_events = events is None
         self._events = EventIds() if events is None else events
+        self._times: array[int] = array("q") if times is None else times
         # Nodes: identifier <-> dense int id; per-node data in flat arrays (no int object per entry).
         self._keys: list[Key] = []
         self._index: dict[Key, int] = {}
@@ -305,9 +311,9 @@ class IdentityGraph:
         self._htail = array("i")
         self._hcount = array("i")
         self._hmax = array("i")  # component rep -> row of its latest event (-1: no events)
-        # Linking events: row -> offset of [micros, next row of its component, n, *nodes] in the pool.
+        # Linking events: row -> offset of [next row of its component, n, *nodes] in the pool.
         self._obs_at = array("i")  # -1 (or past the end): not a linking event
-        self._pool = array("q")
+        self._pool = array("i")
         self._unlinked: set[Key] = set(unlinked)
         # Logs per event row, plus event-time ordered views built lazily.
         self._merge_log: dict[int, list[IdentityMerge]] = {}
@@ -360,18 +366,20 @@ class IdentityGraph:
             if not self._own_events:
                 raise KeyError(f"{event_id!r} is not in the shared event id table: use observe_row")
             row = self._events.append(event_id)
-        self.observe_row(row, micros(occurred_at), usable)
+            self._times.append(micros(occurred_at))
+        self.observe_row(row, usable)
         return True
 
     def usable(self, identifiers: Sequence[Key]) -> tuple[Key, ...]:
         """The identifiers `observe_row` would use, strongest first; empty: nobody to attribute to."""
         return self._usable_keys(identifiers)
 
-    def observe_row(self, row: int, occurred_micros: int, usable: tuple[Key, ...]) -> None:
-        """`observe` for an event already in the event id table, by row: `usable` is what
-        `usable(identifiers)` gave (not empty), the time is microseconds since the epoch."""
+    def observe_row(self, row: int, usable: tuple[Key, ...]) -> None:
+        """`observe` for an event already in the event id table and its times, by row: `usable`
+        is what `usable(identifiers)` gave (not empty)."""
         if self._entry(row) >= 0:
             return
+        occurred_micros = self._times[row]
         index, events = self._index, self._events
         self._version += 1
         first_at, first_row = self._first_at, self._first_row
@@ -409,7 +417,6 @@ class IdentityGraph:
         if len(obs_at) <= row:
             obs_at.extend(_NO_ROW * (row + 1 - len(obs_at)))
         obs_at[row] = len(pool)
-        pool.append(occurred_micros)
         pool.append(-1)
         pool.append(len(nodes))
         pool.extend(nodes)
@@ -593,7 +600,7 @@ class IdentityGraph:
 
     def _later(self, row: int, micros: int, other: int) -> bool:
         """Whether linking event `row` is later in event time than (micros, event id of `other`)."""
-        at = self._pool[self._obs_at[row]]
+        at = self._times[row]
         if at != micros:
             return at > micros
         events = self._events
@@ -658,7 +665,7 @@ class IdentityGraph:
     def _hjoin(self, reps: set[int], row: int) -> int:
         """Union replay components (their event lists chained) and add the event `row` last."""
         hhead, htail, hcount, hmax = self._hhead, self._htail, self._hcount, self._hmax
-        pool, obs_at = self._pool, self._obs_at
+        pool, obs_at, times = self._pool, self._obs_at, self._times
         if len(reps) == 1:  # the common case: every identifier is in one component already
             (rep,) = reps
         else:
@@ -673,23 +680,22 @@ class IdentityGraph:
                 if hhead[rep] < 0:
                     hhead[rep] = head
                 else:
-                    pool[obs_at[htail[rep]] + 1] = head
+                    pool[obs_at[htail[rep]]] = head
                 htail[rep] = htail[other]
                 hcount[rep] += hcount[other]
                 latest = hmax[other]
-                if hmax[rep] < 0 or self._later(latest, pool[obs_at[hmax[rep]]], hmax[rep]):
+                if hmax[rep] < 0 or self._later(latest, times[hmax[rep]], hmax[rep]):
                     hmax[rep] = latest
                 hhead[other] = htail[other] = hmax[other] = -1
                 hcount[other] = 0
-        entry = obs_at[row]
-        pool[entry + 1] = -1
+        pool[obs_at[row]] = -1
         if hhead[rep] < 0:
             hhead[rep] = row
         else:
-            pool[obs_at[htail[rep]] + 1] = row
+            pool[obs_at[htail[rep]]] = row
         htail[rep] = row
         hcount[rep] += 1
-        if hmax[rep] < 0 or self._later(row, pool[obs_at[hmax[rep]]], hmax[rep]):
+        if hmax[rep] < 0 or self._later(row, times[hmax[rep]], hmax[rep]):
             hmax[rep] = row
         return rep
 
@@ -700,14 +706,14 @@ class IdentityGraph:
         row = self._hhead[rep]
         while row >= 0:
             rows.append(row)
-            row = pool[obs_at[row] + 1]
+            row = pool[obs_at[row]]
         return rows
 
     def _nodes_of(self, row: int) -> tuple[int, ...]:
         """The linkable node ids of a linking event, anchor first."""
         pool = self._pool
         entry = self._obs_at[row]
-        return tuple(pool[entry + 3 : entry + 3 + pool[entry + 2]])
+        return tuple(pool[entry + 2 : entry + 2 + pool[entry + 1]])
 
     def _component_nodes(self, rep: int) -> set[int]:
         nodes_of = self._nodes_of
@@ -715,11 +721,10 @@ class IdentityGraph:
 
     def _in_event_order(self, rows: list[int]) -> list[int]:
         """Rows sorted by (occurred_at, event_id); event ids are decoded only for equal times."""
-        pool, obs_at, events = self._pool, self._obs_at, self._events
-        ordered = sorted(rows, key=lambda row: pool[obs_at[row]])
-        times = [pool[obs_at[row]] for row in ordered]
-        if len(set(times)) != len(times):
-            ordered.sort(key=lambda row: (pool[obs_at[row]], events[row]))
+        times, events = self._times, self._events
+        ordered = sorted(rows, key=times.__getitem__)
+        if len({times[row] for row in ordered}) != len(ordered):
+            ordered.sort(key=lambda row: (times[row], events[row]))
         return ordered
 
     def _replay(self, rep: int, *, relink: bool, nodes: set[int] | None = None) -> None:
@@ -746,10 +751,10 @@ class IdentityGraph:
             oldest[node] = node
             uniq.pop(node, None)
         ordered = self._in_event_order(rows)
-        pool, obs_at = self._pool, self._obs_at
+        pool, obs_at, times = self._pool, self._obs_at, self._times
         if not relink:
             for row in ordered:
-                self._apply(row, pool[obs_at[row]], self._nodes_of(row))
+                self._apply(row, times[row], self._nodes_of(row))
             return
         hparent, hhead, htail, hmax = self._hparent, self._hhead, self._htail, self._hmax
         for node in nodes:
@@ -765,10 +770,10 @@ class IdentityGraph:
                 continue
             if len(kept) != len(members):
                 entry = obs_at[row]
-                pool[entry + 2] = len(kept)
-                pool[entry + 3 : entry + 3 + len(kept)] = array("q", kept)
+                pool[entry + 1] = len(kept)
+                pool[entry + 2 : entry + 2 + len(kept)] = array("i", kept)
             self._hjoin({self._hfind(node) for node in kept}, row)
-            self._apply(row, pool[obs_at[row]], kept)
+            self._apply(row, times[row], kept)
 
     def _apply(self, row: int, occurred_micros: int, nodes: tuple[int, ...]) -> None:
         """Link every identifier of one touchpoint to its anchor (nodes[0])."""

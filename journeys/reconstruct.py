@@ -42,8 +42,10 @@ class Reconstruction:
         # One row per event ever admitted, stored by column (journeys.store: about a fifth of the
         # memory of one object per event); touchpoints are made again when a fold asks for them.
         self._columns = TouchpointColumns()
-        # The graph names linking events by row of the same event id table: each id is kept once.
-        self.graph = IdentityGraph(self.identity_policy, events=self._columns.event_id_table)
+        # The graph names linking events by row of the same event id table and times: each kept once.
+        self.graph = IdentityGraph(
+            self.identity_policy, events=self._columns.event_id_table, times=self._columns.occurred_column
+        )
         self.latest_event_time: datetime | None = None
 
     def __len__(self) -> int:
@@ -66,7 +68,7 @@ class Reconstruction:
         if not usable:
             return Admission.UNIDENTIFIED
         row = columns.append(step)
-        graph.observe_row(row, columns.occurred_micros(row), usable)
+        graph.observe_row(row, usable)
         if self.latest_event_time is None or touchpoint.occurred_at > self.latest_event_time:
             self.latest_event_time = touchpoint.occurred_at
         return Admission.NEW

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from array import array
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 
@@ -582,15 +583,16 @@ def test_a_graph_over_the_aggregates_event_table_equals_the_reference(
     repeats = data.draw(st.lists(st.sampled_from(observations), max_size=3)) if observations else []
     steps: list[Observation | Key] = data.draw(st.permutations([*observations, *repeats, *unlinks]))
     drains = data.draw(st.lists(st.booleans(), min_size=len(steps), max_size=len(steps)))
-    table = EventIds()
-    graph = IdentityGraph(policy, events=table)
+    table, times = EventIds(), array("q")
+    graph = IdentityGraph(policy, events=table, times=times)
     view: dict[Key, str] = {}
     for step, drain in zip(steps, drains, strict=True):
         if len(step) == 3:
             event_id, occurred_at, identifiers = step  # type: ignore[misc]
             usable = graph.usable(identifiers)
             if usable and event_id not in table:
-                graph.observe_row(table.append(event_id), micros(occurred_at), usable)
+                times.append(micros(occurred_at))
+                graph.observe_row(table.append(event_id), usable)
         else:
             graph.unlink(step)  # type: ignore[arg-type]
         if drain:
@@ -604,7 +606,7 @@ def test_a_graph_over_the_aggregates_event_table_equals_the_reference(
 
 
 def test_a_shared_event_table_takes_no_event_ids_from_observe() -> None:
-    graph = IdentityGraph(events=EventIds())
+    graph = IdentityGraph(events=EventIds(), times=array("q"))
     with pytest.raises(KeyError):
         graph.observe("e1", at(0), [anon("a1"), user("u1")])
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from journeys import store
 from journeys.fold import ClassifiedTouchpoint
 from journeys.phases import Classification
 from journeys.reconstruct import Admission, Reconstruction
@@ -230,3 +232,16 @@ def test_event_ids_sharing_prefixes_are_found_after_the_table_grows(stems: list[
     assert [table.row_of(event_id) for event_id in event_ids] == list(range(len(event_ids)))
     assert table.row_of(event_ids[-1] + "0") is None and table.row_of(event_ids[0][:-1]) is None
     assert table[len(event_ids) - 1] == event_ids[-1] and table[0] == event_ids[0]
+
+
+def test_event_ids_past_the_narrow_offsets_keep_their_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Offsets are 4 bytes until the ids pass 4 GiB, 8 from then on (here: past 100 bytes)."""
+    monkeypatch.setattr(store, "_MAX_NARROW_END", 100)
+    event_ids = [f"event-{index:03d}" for index in range(40)]  # 9 bytes each
+    table = EventIds()
+    for event_id in event_ids:
+        table.append(event_id)
+    assert list(table) == event_ids
+    assert [table.row_of(event_id) for event_id in event_ids] == list(range(40))
+    assert table[11] == "event-011" and table[12] == "event-012"  # either side of the switch
+    assert table._ends.itemsize == 8  # an array('I') would wrap past 4 GiB
