@@ -16,15 +16,20 @@ column instead:
 - channel, source, action, persona, currency and the rule classification as
   one code (`array('I')`, 4 bytes) into a table of the distinct combinations
   (a few hundred on real data: they are low-cardinality by nature);
-- the identifier keys and the properties JSON as references to shared
-  objects: a device or person sends the same identifier set again and again,
-  a page view the same properties, so identical values are kept once
-  (bounded sharing tables: past their size they start again, which costs
-  memory, never a result);
-- the event id as UTF-8 in one `bytearray` with an end offset per row
-  (`EventIds`: its length plus 8 bytes, where a `str` in a list took about
-  57 more), with a hash table of rows (`array('i')`) to find it. The identity
-  graph reads the same table: it keys its linking events by row.
+- the identifier keys as references to shared tuples: a device or person
+  sends the same identifier set again and again, so identical sets are kept
+  once (the identity graph holds the same key tuples);
+- the properties JSON as a 4-byte number into the distinct texts, kept as
+  UTF-8 in one `bytearray` (`Utf8Strings`): a page view sends the same
+  properties again and again (a third of the 1M short mix's are distinct),
+  and a `str` would cost 49 bytes of header beyond its characters;
+- the event id as UTF-8 in one `bytearray` with a 4-byte end offset per row
+  (`EventIds`, where a `str` in a list took about 57 bytes more), with a
+  hash table of rows (`array('i')`) to find it. The identity graph reads the
+  same table and the occurred_at column: it keys its linking events by row.
+
+The sharing tables (identifier sets, properties texts) are bounded: past
+their size they start again, which costs memory, never a result.
 
 A `ClassifiedTouchpoint` equal to the one admitted is made again when it is
 asked for (`step`): the fold reads one customer at a time, so only
@@ -47,6 +52,7 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 _NO_TIME = -(1 << 63)  # received_at None (no real timestamp is this far back: datetime.min is -6.2e16 µs)
 _MAX_SHARED = 1 << 18  # entries per sharing table; past this it starts again
+_MAX_SHARED_TEXTS = 1 << 14  # properties texts shared (their str objects are kept for it)
 _MAX_NARROW_END = (1 << 32) - 1  # the largest end offset an array('I') holds
 _FIRST_SLOTS = 1 << 10  # slots of the event id table to begin with (a power of two)
 _new_tuple = tuple.__new__
@@ -56,23 +62,19 @@ _timedelta = timedelta
 Kind = tuple[Channel, str, str, "str | None", "str | None", Classification]
 
 
-class EventIds:
-    """Every admitted event id, one row each, in admission order: UTF-8 in one `bytearray`.
+class Utf8Strings:
+    """Strings by number (0, 1, … in the order appended), UTF-8 in one `bytearray`.
 
-    An event id is 70–110 bytes as a `str` (its object header, a list slot, its hash); here it
-    costs its encoded length and a 4-byte end offset (8 once the ids pass 4 GiB), plus 6 to 12
-    bytes of the hash table that finds its row: an open-addressing table of rows (`array('i')`,
-    linear probing, at most two thirds full), keyed by the `str` hash. Any `str` goes through
-    (lone surrogates included).
+    A `str` costs 49 bytes of object header beyond its characters (and a slot wherever it is
+    referenced); here a string costs its encoded length and a 4-byte end offset (8 once the data
+    pass 4 GiB). Any `str` goes through (lone surrogates included); each read decodes anew.
     """
 
-    __slots__ = ("_data", "_ends", "_mask", "_slots")
+    __slots__ = ("_data", "_ends")
 
     def __init__(self) -> None:
         self._data = bytearray()
-        self._ends = array("I")  # row -> end offset in _data (the row starts where the one before ends)
-        self._slots = array("i", [-1]) * _FIRST_SLOTS
-        self._mask = _FIRST_SLOTS - 1
+        self._ends = array("I")  # number -> end offset in _data (it starts where the one before ends)
 
     def __len__(self) -> int:
         return len(self._ends)
@@ -89,6 +91,33 @@ class EventIds:
         for end in self._ends:
             yield data[start:end].decode("utf-8", "surrogatepass")
             start = end
+
+    def append(self, value: str) -> int:
+        """Keep one string; returns its number."""
+        ends = self._ends
+        number = len(ends)
+        self._data += value.encode("utf-8", "surrogatepass")
+        end = len(self._data)
+        if end > _MAX_NARROW_END and ends.typecode == "I":
+            ends = self._ends = array("q", ends)  # past 4 GiB: 8-byte offsets from now on
+        ends.append(end)
+        return number
+
+
+class EventIds(Utf8Strings):
+    """Every admitted event id, one row each, in admission order (`Utf8Strings`), found by row.
+
+    An event id is 70–110 bytes as a `str` in a list; here its encoded length and a 4-byte end
+    offset, plus 6 to 12 bytes of the hash table that finds its row: an open-addressing table of
+    rows (`array('i')`, linear probing, at most two thirds full), keyed by the `str` hash.
+    """
+
+    __slots__ = ("_mask", "_slots")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._slots = array("i", [-1]) * _FIRST_SLOTS
+        self._mask = _FIRST_SLOTS - 1
 
     def __contains__(self, event_id: object) -> bool:
         return isinstance(event_id, str) and self.row_of(event_id) is not None
@@ -111,13 +140,7 @@ class EventIds:
 
     def append(self, event_id: str) -> int:
         """Keep one event id (it must be new); returns its row."""
-        ends = self._ends
-        row = len(ends)
-        self._data += event_id.encode("utf-8", "surrogatepass")
-        end = len(self._data)
-        if end > _MAX_NARROW_END and ends.typecode == "I":
-            ends = self._ends = array("q", ends)  # past 4 GiB of ids: 8-byte offsets from now on
-        ends.append(end)
+        row = super().append(event_id)
         slots, mask = self._slots, self._mask
         slot = hash(event_id) & mask
         while slots[slot] >= 0:
@@ -156,6 +179,7 @@ class TouchpointColumns:
         "_occurred",
         "_properties",
         "_properties_shared",
+        "_property_texts",
         "_received",
         "_sentiment",
         "_sentiment_rows",
@@ -176,8 +200,9 @@ class TouchpointColumns:
         self._kind_list: list[Kind] = []  # code -> kind
         self._identifiers: list[tuple[tuple[str, str], ...]] = []
         self._identifier_sets: dict[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]] = {}
-        self._properties: list[str] = []
-        self._properties_shared: dict[str, str] = {}
+        self._properties = array("I")  # row -> number of its properties JSON in _property_texts
+        self._property_texts = Utf8Strings()
+        self._properties_shared: dict[str, int] = {}  # JSON -> its number, bounded
 
     def __len__(self) -> int:
         return len(self._event_ids)
@@ -234,8 +259,10 @@ class TouchpointColumns:
         self._kinds.append(code)
         shared = self._identifier_sets.get(identifiers)
         self._identifiers.append(shared if shared is not None else _share(self._identifier_sets, identifiers))
-        shared = self._properties_shared.get(properties)
-        self._properties.append(shared if shared is not None else _share(self._properties_shared, properties))
+        number = self._properties_shared.get(properties)
+        if number is None:
+            number = self._keep_properties(properties)
+        self._properties.append(number)
         return row
 
     @property
@@ -243,6 +270,15 @@ class TouchpointColumns:
         """When each row's event occurred, in microseconds since the epoch (read-only for others:
         the identity graph orders linking events by it)."""
         return self._occurred
+
+    def _keep_properties(self, properties: str) -> int:
+        """The number of a properties JSON not shared (now): kept, and shared from now on while the
+        table has room (past its size it starts again: an equal text may then be kept twice)."""
+        shared = self._properties_shared
+        if len(shared) >= _MAX_SHARED_TEXTS:
+            shared.clear()
+        number = shared[properties] = self._property_texts.append(properties)
+        return number
 
     def identifiers(self, row: int) -> tuple[tuple[str, str], ...]:
         """The identifier keys of one row."""
@@ -274,7 +310,7 @@ class TouchpointColumns:
                         source,
                         action,
                         self._identifiers[row],
-                        self._properties[row],
+                        self._property_texts[self._properties[row]],
                         persona,
                         sentiment,
                         value,

@@ -146,7 +146,34 @@ def test_identical_identifier_sets_and_properties_are_kept_once() -> None:
         )  # fmt: skip
     first, second = columns.step(0).touchpoint, columns.step(2).touchpoint
     assert first.identifiers is second.identifiers
-    assert first.properties_json is second.properties_json
+    assert first.properties_json == second.properties_json == '{"path":"/p/7"}'
+    assert len(columns._property_texts) == 1  # the text is kept once, as UTF-8
+
+
+@settings(max_examples=100)
+@given(
+    texts=st.lists(st.sampled_from(['{"a":1}', '{"a":2}', "{}", '{"é":"\\ud800"}', '{"b":[]}']), max_size=30)
+)
+def test_properties_come_back_when_the_sharing_table_starts_again(texts: list[str]) -> None:
+    """A table of two: texts past it are kept again (memory, never a result)."""
+    columns = TouchpointColumns()
+    base = ClassifiedTouchpoint(
+        CompactTouchpoint(
+            "", datetime(2026, 1, 1, tzinfo=UTC), None, Channel.WEB, "segment", "Page Viewed",
+            (("anonymous_id", "a"),), "{}", None, None, None, None,
+        ),
+        Classification(),
+    )  # fmt: skip
+    original = store._MAX_SHARED_TEXTS
+    store._MAX_SHARED_TEXTS = 2
+    try:
+        for index, text in enumerate(texts):
+            columns.append(
+                base._replace(touchpoint=base.touchpoint._replace(event_id=f"e{index}", properties_json=text))
+            )
+    finally:
+        store._MAX_SHARED_TEXTS = original
+    assert [columns.step(row).touchpoint.properties_json for row in range(len(texts))] == texts
 
 
 @settings(max_examples=300)
