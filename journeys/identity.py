@@ -52,7 +52,7 @@ DEFAULT_JUNK_PATTERNS: tuple[str, ...] = (
 
 
 _VERDICT_CACHE_SIZE = 100_000  # bounded: a long run sees millions of anonymous ids
-_USABLE_CACHE_SIZE = 1_000_000  # identifier tuples (per device or person) whose usable keys are memoised
+_USABLE_CACHE_SIZE = 1 << 17  # identifier tuples (per device or person) whose usable keys are memoised
 
 
 @dataclass(frozen=True)
@@ -129,6 +129,7 @@ Observation = tuple[str, datetime, Sequence[Key]]
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 _NO_ROW = array("i", [-1])
+_FIRST_KEY_SLOTS = 1 << 6  # slots of the identifier table to begin with (a power of two)
 
 
 def micros(moment: datetime) -> int:
@@ -247,7 +248,8 @@ class IdentityGraph:
         "_hmax",
         "_hparent",
         "_htail",
-        "_index",
+        "_key_mask",
+        "_key_slots",
         "_keys",
         "_known",
         "_member_index",
@@ -295,7 +297,10 @@ class IdentityGraph:
         self._times: array[int] = array("q") if times is None else times
         # Nodes: identifier <-> dense int id; per-node data in flat arrays (no int object per entry).
         self._keys: list[Key] = []
-        self._index: dict[Key, int] = {}
+        # Identifier -> node: an open-addressing table of nodes (linear probing, at most two thirds
+        # full) over _keys. A dict and an int object per node took about 70 bytes; this 6 to 12.
+        self._key_slots = array("i", [-1]) * _FIRST_KEY_SLOTS
+        self._key_mask = _FIRST_KEY_SLOTS - 1
         self._first_at = array("q")  # first sighting: microseconds since the epoch
         self._first_row = array("i")  # ... and the row of its event (ties in time: by event id)
         # Accepted links: union-find (union by size) + circular member lists.
@@ -380,15 +385,21 @@ class IdentityGraph:
         if self._entry(row) >= 0:
             return
         occurred_micros = self._times[row]
-        index, events = self._index, self._events
+        events, keys, slots, mask = self._events, self._keys, self._key_slots, self._key_mask
         self._version += 1
         first_at, first_row = self._first_at, self._first_row
         lowered: list[int] = []
         linkable: list[int] = []
         for key in usable:
-            node = index.get(key)
-            if node is None:
+            slot = hash(key) & mask  # its node: `_node_of`, inline (once per identifier per event)
+            while True:
+                node = slots[slot]
+                if node < 0 or keys[node] == key:
+                    break
+                slot = (slot + 1) & mask
+            if node < 0:
                 node = self._add_node(key, occurred_micros, row)
+                slots, mask = self._key_slots, self._key_mask  # it may have grown
             elif occurred_micros < first_at[node] or (
                 occurred_micros == first_at[node] and events[row] < events[first_row[node]]
             ):
@@ -441,8 +452,8 @@ class IdentityGraph:
             return frozenset()
         self._unlinked.add(identifier)
         self._version += 1
-        node = self._index.get(identifier)
-        if node is None:
+        node = self._node_of(identifier)
+        if node < 0:
             return frozenset()
         rep = self._hfind(node)
         if self._hhead[rep] < 0:
@@ -462,8 +473,8 @@ class IdentityGraph:
 
     def customer_of(self, identifier: Key) -> str | None:
         """The customer id of an identifier, or None if it was never observed."""
-        node = self._index.get((identifier[0], identifier[1]))
-        if node is None:
+        node = self._node_of((identifier[0], identifier[1]))
+        if node < 0:
             return None
         return customer_id_for(self._keys[self._root(node)])
 
@@ -474,8 +485,8 @@ class IdentityGraph:
         identifiers sit in different customers (a refused link) is still assigned
         deterministically. An identifier not yet observed is its own customer.
         """
-        index, is_junk = self._index, self.policy.is_junk
-        usable = [(t, v) for t, v in identifiers if (t, v) in index or not is_junk(v)]
+        node_of, is_junk = self._node_of, self.policy.is_junk
+        usable = [(t, v) for t, v in identifiers if node_of((t, v)) >= 0 or not is_junk(v)]
         if not usable:
             raise ValueError("touchpoint has no usable identifier (all junk or none)")
         strongest = min(usable, key=self._strength)
@@ -572,11 +583,11 @@ class IdentityGraph:
             found = self._usable.get(identifiers)
             if found is not None:
                 return found
-        index, is_junk = self._index, self.policy.is_junk
+        node_of, is_junk = self._node_of, self.policy.is_junk
         # A known identifier passed the junk test when it was first seen, so only new values pay for it.
         # The touchpoint's own key tuples are kept (not copies): the aggregate holds them already.
         keys = [key if type(key) is tuple else (key[0], key[1]) for key in identifiers]
-        distinct = {key for key in keys if key in index or not is_junk(key[1])}
+        distinct = {key for key in keys if node_of(key) >= 0 or not is_junk(key[1])}
         usable = tuple(sorted(distinct, key=self._strength)) if len(distinct) > 1 else tuple(distinct)
         if cacheable and usable == identifiers:
             usable = identifiers  # the common case: one tuple, not two equal ones
@@ -609,7 +620,13 @@ class IdentityGraph:
     def _add_node(self, key: Key, first_at: int, first_row: int) -> int:
         node = len(self._keys)
         self._keys.append(key)
-        self._index[key] = node
+        slots, mask = self._key_slots, self._key_mask
+        slot = hash(key) & mask
+        while slots[slot] >= 0:
+            slot = (slot + 1) & mask
+        slots[slot] = node
+        if 3 * (node + 1) > 2 * (mask + 1):
+            self._grow_keys()
         self._first_at.append(first_at)
         self._first_row.append(first_row)
         self._parent.append(node)
@@ -629,6 +646,28 @@ class IdentityGraph:
         """Keep a node's customer root as of the last drain, before it may change."""
         if self._track and node < self._known and node not in self._pending:
             self._pending[node] = self._root(node)
+
+    def _node_of(self, key: Key) -> int:
+        """The node of an identifier, or -1 if it was never observed."""
+        slots, mask, keys = self._key_slots, self._key_mask, self._keys
+        slot = hash(key) & mask
+        while True:
+            node = slots[slot]
+            if node < 0 or keys[node] == key:
+                return node
+            slot = (slot + 1) & mask
+
+    def _grow_keys(self) -> None:
+        """Double the identifier table (kept at most two thirds full) and place every node again."""
+        size = 2 * len(self._key_slots)
+        slots = array("i", [-1]) * size
+        mask = size - 1
+        for node, key in enumerate(self._keys):
+            slot = hash(key) & mask
+            while slots[slot] >= 0:
+                slot = (slot + 1) & mask
+            slots[slot] = node
+        self._key_slots, self._key_mask = slots, mask
 
     def _find(self, node: int) -> int:
         parent = self._parent

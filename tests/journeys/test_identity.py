@@ -620,3 +620,21 @@ def test_a_rebuilt_graph_reports_only_what_changes_after_it() -> None:
         email("m1"): (None, cid(anon("a1"))),  # new
     }
     assert graph.drain_changes() == {}
+
+
+def test_identifiers_are_found_after_the_identifier_table_grows() -> None:
+    """Hundreds of identifiers (the table starts at 64 slots), out of order: the same as the
+    reference model, and every identifier is found again."""
+    observations: list[Observation] = [
+        (
+            f"ev{index:04d}",
+            at((index * 37) % 101),
+            [anon(f"a{index}"), user(f"u{index // 4}"), email(f"e{index % 7}")],
+        )
+        for index in range(400)
+    ]
+    policy = IdentityPolicy(max_group_size=6)
+    graph = feed(IdentityGraph(policy), reversed(observations))
+    assert snapshot(graph) == reference(observations, (), policy)
+    assert all(graph.customer_of(anon(f"a{index}")) is not None for index in range(400))
+    assert graph.customer_of(anon("a400")) is None and len(graph) == 400 + 100 + 7
