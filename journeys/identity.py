@@ -221,17 +221,20 @@ class IdentityGraph:
     differs from the previous drain, with old and new customer ids. Cost is
     proportional to the identifiers reported.
 
-    Memory: per identifier a key, its index entry and nine ints in flat arrays
-    (first sighting as microseconds and the row of its event, the two
-    union-finds, the replay component's event list ends, count and latest
-    event); per group of two or more with a unique-type value one dict entry.
-    Events are rows of an `EventIds` table and a column of their times in
-    microseconds (the aggregate's own, shared, or the graph's): per touchpoint
-    with two or more linkable identifiers one entry in an `array('i')` pool
-    (the next event of its replay component, the node count and the node ids)
-    and a 4-byte pool offset per row; single-identifier touchpoints are not
-    stored (redelivering them is idempotent anyway). An event id is decoded only where an order between two
-    events at the same microsecond or a merge or conflict record needs it.
+    Memory: per identifier its key (the touchpoints' own tuple), one or two
+    slots of the open-addressing table that finds it, and eleven numbers in
+    flat arrays (first sighting as microseconds and the row of its event, the
+    two union-finds with sizes, member ring and oldest member, the replay
+    component's event list ends, count and latest event); per group of two or
+    more with a unique-type value one dict entry. Events are rows of an
+    `EventIds` table and a column of their times in microseconds (the
+    aggregate's own, shared, or the graph's): per touchpoint with two or more
+    linkable identifiers one entry in an `array('i')` pool (the next event of
+    its replay component, the node count and the node ids) and a 4-byte pool
+    offset per row; single-identifier touchpoints are not stored (redelivering
+    them is idempotent anyway). An event id is decoded only where an order
+    between two events of the same microsecond, or a merge or conflict
+    record, needs it.
     `members`/`customers` build an index on demand (O(identifiers) after a change):
     they serve inspection, not the per-event path. Event ids identify observations:
     a redelivered event id is assumed to carry the same content.
