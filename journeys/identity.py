@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import re
+from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
+
+from journeys.store import EventIds
 
 if TYPE_CHECKING:
     from journeys.touchpoint import Touchpoint
@@ -49,7 +52,7 @@ DEFAULT_JUNK_PATTERNS: tuple[str, ...] = (
 
 
 _VERDICT_CACHE_SIZE = 100_000  # bounded: a long run sees millions of anonymous ids
-_USABLE_CACHE_SIZE = 1_000_000  # identifier tuples (per device or person) whose usable keys are memoised
+_USABLE_CACHE_SIZE = 1 << 17  # identifier tuples (per device or person) whose usable keys are memoised
 
 
 @dataclass(frozen=True)
@@ -123,8 +126,20 @@ Key = tuple[str, str]
 Observation = tuple[str, datetime, Sequence[Key]]
 """(event_id, occurred_at, identifier keys) of one touchpoint."""
 
-_EventKey = tuple[datetime, str]
-_NEW = -1  # "no customer yet" marker in the change tracker
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+_NO_ROW = array("i", [-1])
+_FIRST_KEY_SLOTS = 1 << 6  # slots of the identifier table to begin with (a power of two)
+
+
+def micros(moment: datetime) -> int:
+    """An aware datetime as whole microseconds since the epoch (exact; orders as the datetimes do)."""
+    return (moment - _EPOCH) // _MICROSECOND
+
+
+def from_micros(value: int) -> datetime:
+    """The UTC datetime of `micros` (equal to the one it came from)."""
+    return _EPOCH + timedelta(0, 0, value)
 
 
 @lru_cache(maxsize=1 << 16)
@@ -206,10 +221,20 @@ class IdentityGraph:
     differs from the previous drain, with old and new customer ids. Cost is
     proportional to the identifiers reported.
 
-    Memory: per identifier a key, a first-seen pair and four ints in flat lists;
-    per group of two or more a few dict entries; per touchpoint with two or more
-    linkable identifiers one stored (occurred_at, node-ids) entry (single-identifier
-    touchpoints are not stored; redelivering them is idempotent anyway).
+    Memory: per identifier its key (the touchpoints' own tuple), one or two
+    slots of the open-addressing table that finds it, and eleven numbers in
+    flat arrays (first sighting as microseconds and the row of its event, the
+    two union-finds with sizes, member ring and oldest member, the replay
+    component's event list ends, count and latest event); per group of two or
+    more with a unique-type value one dict entry. Events are rows of an
+    `EventIds` table and a column of their times in microseconds (the
+    aggregate's own, shared, or the graph's): per touchpoint with two or more
+    linkable identifiers one entry in an `array('i')` pool (the next event of
+    its replay component, the node count and the node ids) and a 4-byte pool
+    offset per row; single-identifier touchpoints are not stored (redelivering
+    them is idempotent anyway). An event id is decoded only where an order
+    between two events of the same microsecond, or a merge or conflict
+    record, needs it.
     `members`/`customers` build an index on demand (O(identifiers) after a change):
     they serve inspection, not the per-event path. Event ids identify observations:
     a redelivered event id is assumed to carry the same content.
@@ -218,22 +243,31 @@ class IdentityGraph:
     __slots__ = (
         "_conflict_log",
         "_conflict_view",
-        "_first",
-        "_hevents",
+        "_events",
+        "_first_at",
+        "_first_row",
+        "_hcount",
+        "_hhead",
         "_hmax",
         "_hparent",
-        "_index",
+        "_htail",
+        "_key_mask",
+        "_key_slots",
         "_keys",
+        "_known",
         "_member_index",
         "_merge_log",
         "_merge_view",
         "_next",
-        "_obs",
+        "_obs_at",
         "_oldest",
+        "_own_events",
         "_parent",
         "_pending",
+        "_pool",
         "_ranks",
         "_size",
+        "_times",
         "_track",
         "_uniq",
         "_unlinked",
@@ -248,37 +282,58 @@ class IdentityGraph:
         *,
         unlinked: Iterable[Key] = (),
         track_changes: bool = True,
+        events: EventIds | None = None,
+        times: array[int] | None = None,
     ) -> None:
+        """`events` and `times`: the event id table whose rows `observe_row` names and the
+        occurred_at of each row in microseconds since the epoch (`array('q')`): the aggregate's,
+        shared so that each is kept once; without them the graph keeps its own for `observe`."""
+        if (events is None) != (times is None):
+            raise ValueError("share both the event id table and its times, or neither")
         self.policy = policy if policy is not None else IdentityPolicy()
         self._ranks: dict[str, int] = {}  # identifier type -> policy.rank, memoised
         # A touchpoint's identifier tuple -> its usable identifiers, strongest first (memoised: a
         # device or person sends the same set again and again, and the answer never changes).
         self._usable: dict[tuple[Key, ...], tuple[Key, ...]] = {}
-        # Nodes: identifier <-> dense int id; per-node data in flat lists.
+        self._own_events = events is None
+        self._events = EventIds() if events is None else events
+        self._times: array[int] = array("q") if times is None else times
+        # Nodes: identifier <-> dense int id; per-node data in flat arrays (no int object per entry).
         self._keys: list[Key] = []
-        self._index: dict[Key, int] = {}
-        self._first: list[_EventKey] = []
+        # Identifier -> node: an open-addressing table of nodes (linear probing, at most two thirds
+        # full) over _keys. A dict and an int object per node took about 70 bytes; this 6 to 12.
+        self._key_slots = array("i", [-1]) * _FIRST_KEY_SLOTS
+        self._key_mask = _FIRST_KEY_SLOTS - 1
+        self._first_at = array("q")  # first sighting: microseconds since the epoch
+        self._first_row = array("i")  # ... and the row of its event (ties in time: by event id)
         # Accepted links: union-find (union by size) + circular member lists.
-        self._parent: list[int] = []
-        self._size: list[int] = []
-        self._next: list[int] = []
-        self._oldest: dict[int, int] = {}  # group rep -> oldest member (groups of 2+)
+        self._parent = array("i")
+        self._size = array("i")
+        self._next = array("i")
+        self._oldest = array("i")  # group rep -> oldest member (the node itself for a singleton)
         self._uniq: dict[int, dict[str, str]] = {}  # group rep -> unique-type values
-        # Observed links (accepted or refused): union-find over replay components.
-        self._hparent: list[int] = []
-        self._hevents: dict[int, list[str]] = {}  # component rep -> its event ids
-        self._hmax: dict[int, _EventKey] = {}  # component rep -> latest event key
-        # Linking events: event id -> (occurred_at, *node ids), flat (one tuple, not two, per event).
-        self._obs: dict[str, tuple[Any, ...]] = {}
+        # Observed links (accepted or refused): union-find over replay components, each with its
+        # linking events as a list chained through the pool (head and tail rows, count, latest).
+        self._hparent = array("i")
+        self._hhead = array("i")
+        self._htail = array("i")
+        self._hcount = array("i")
+        self._hmax = array("i")  # component rep -> row of its latest event (-1: no events)
+        # Linking events: row -> offset of [next row of its component, n, *nodes] in the pool.
+        self._obs_at = array("i")  # -1 (or past the end): not a linking event
+        self._pool = array("i")
         self._unlinked: set[Key] = set(unlinked)
-        # Logs per event, plus event-time ordered views built lazily.
-        self._merge_log: dict[str, list[IdentityMerge]] = {}
-        self._conflict_log: dict[str, list[IdentityConflict]] = {}
+        # Logs per event row, plus event-time ordered views built lazily.
+        self._merge_log: dict[int, list[IdentityMerge]] = {}
+        self._conflict_log: dict[int, list[IdentityConflict]] = {}
         self._merge_view: list[IdentityMerge] | None = []
         self._conflict_view: list[IdentityConflict] | None = []
-        # Change tracking: node -> customer root at the last drain (_NEW if none).
+        # Change tracking: node -> customer root at the last drain, for nodes older than it (`_known`:
+        # the node count then). Nodes since are new by their number, so a run that never drains
+        # (the embedded one) keeps no entry per identifier.
         self._track = track_changes
         self._pending: dict[int, int] = {}
+        self._known = 0
         self._version = 0
         self._member_index: tuple[int, dict[str, int]] | None = None
 
@@ -309,49 +364,81 @@ class IdentityGraph:
         Returns False when none of them is usable (all junk): such a touchpoint
         belongs to nobody, and the caller must refuse it rather than keep it.
         """
-        if event_id in self._obs:
+        row = self._events.row_of(event_id)
+        if row is not None and self._entry(row) >= 0:
             return True
         usable = self._usable_keys(identifiers)
         if not usable:
             return False
-        index = self._index
+        if row is None:
+            if not self._own_events:
+                raise KeyError(f"{event_id!r} is not in the shared event id table: use observe_row")
+            row = self._events.append(event_id)
+            self._times.append(micros(occurred_at))
+        self.observe_row(row, usable)
+        return True
+
+    def usable(self, identifiers: Sequence[Key]) -> tuple[Key, ...]:
+        """The identifiers `observe_row` would use, strongest first; empty: nobody to attribute to."""
+        return self._usable_keys(identifiers)
+
+    def observe_row(self, row: int, usable: tuple[Key, ...]) -> None:
+        """`observe` for an event already in the event id table and its times, by row: `usable`
+        is what `usable(identifiers)` gave (not empty)."""
+        if self._entry(row) >= 0:
+            return
+        occurred_micros = self._times[row]
+        events, keys, slots, mask = self._events, self._keys, self._key_slots, self._key_mask
         self._version += 1
-        event_key = (occurred_at, event_id)
-        first = self._first
+        first_at, first_row = self._first_at, self._first_row
         lowered: list[int] = []
         linkable: list[int] = []
         for key in usable:
-            node = index.get(key)
-            if node is None:
-                node = self._add_node(key, event_key)
-            elif event_key < first[node]:
+            slot = hash(key) & mask  # its node: `_node_of`, inline (once per identifier per event)
+            while True:
+                node = slots[slot]
+                if node < 0 or keys[node] == key:
+                    break
+                slot = (slot + 1) & mask
+            if node < 0:
+                node = self._add_node(key, occurred_micros, row)
+                slots, mask = self._key_slots, self._key_mask  # it may have grown
+            elif occurred_micros < first_at[node] or (
+                occurred_micros == first_at[node] and events[row] < events[first_row[node]]
+            ):
                 # Seen earlier than we knew; in event time it may now join a group
                 # as a newcomer (no merge record), so track its change here.
-                if self._track and node not in self._pending:
-                    self._pending[node] = self._root(node)
-                first[node] = event_key
+                self._remember(node)
+                first_at[node] = occurred_micros
+                first_row[node] = row
                 lowered.append(node)
             if key not in self._unlinked:
                 linkable.append(node)
         if len(linkable) < 2:
             # Only first sightings can change: an older first sighting may make
             # the identifier its group's root, so its component is replayed.
+            hhead = self._hhead
             for node in lowered:
                 rep = self._hfind(node)
-                if rep in self._hevents:
+                if hhead[rep] >= 0:
                     self._replay(rep, relink=False)
-            return True
+            return
         nodes = tuple(linkable)
         reps = {self._hfind(node) for node in nodes}
         hmax = self._hmax
-        late = any(rep in hmax and hmax[rep] > event_key for rep in reps)
-        self._obs[event_id] = (occurred_at, *nodes)
-        rep = self._hjoin(reps, event_id, event_key)
+        late = any(hmax[rep] >= 0 and self._later(hmax[rep], occurred_micros, row) for rep in reps)
+        obs_at, pool = self._obs_at, self._pool
+        if len(obs_at) <= row:
+            obs_at.extend(_NO_ROW * (row + 1 - len(obs_at)))
+        obs_at[row] = len(pool)
+        pool.append(-1)
+        pool.append(len(nodes))
+        pool.extend(nodes)
+        rep = self._hjoin(reps, row)
         if late:
             self._replay(rep, relink=False)
         else:
-            self._apply(event_id, occurred_at, nodes)
-        return True
+            self._apply(row, occurred_micros, nodes)
 
     def observe_touchpoint(self, touchpoint: Touchpoint) -> None:
         """`observe` for a canonical touchpoint."""
@@ -368,11 +455,11 @@ class IdentityGraph:
             return frozenset()
         self._unlinked.add(identifier)
         self._version += 1
-        node = self._index.get(identifier)
-        if node is None:
+        node = self._node_of(identifier)
+        if node < 0:
             return frozenset()
         rep = self._hfind(node)
-        if rep not in self._hevents:
+        if self._hhead[rep] < 0:
             return frozenset()
         nodes = self._component_nodes(rep)
         before = {n: self._root(n) for n in nodes}
@@ -389,8 +476,8 @@ class IdentityGraph:
 
     def customer_of(self, identifier: Key) -> str | None:
         """The customer id of an identifier, or None if it was never observed."""
-        node = self._index.get((identifier[0], identifier[1]))
-        if node is None:
+        node = self._node_of((identifier[0], identifier[1]))
+        if node < 0:
             return None
         return customer_id_for(self._keys[self._root(node)])
 
@@ -401,8 +488,8 @@ class IdentityGraph:
         identifiers sit in different customers (a refused link) is still assigned
         deterministically. An identifier not yet observed is its own customer.
         """
-        index, is_junk = self._index, self.policy.is_junk
-        usable = [(t, v) for t, v in identifiers if (t, v) in index or not is_junk(v)]
+        node_of, is_junk = self._node_of, self.policy.is_junk
+        usable = [(t, v) for t, v in identifiers if node_of((t, v)) >= 0 or not is_junk(v)]
         if not usable:
             raise ValueError("touchpoint has no usable identifier (all junk or none)")
         strongest = min(usable, key=self._strength)
@@ -415,7 +502,7 @@ class IdentityGraph:
             roots: dict[str, int] = {}
             for node, parent in enumerate(self._parent):
                 if parent == node:
-                    roots[customer_id_for(self._keys[self._oldest.get(node, node)])] = node
+                    roots[customer_id_for(self._keys[self._oldest[node]])] = node
             index = self._member_index = (self._version, roots)
         rep = index[1].get(customer_id)
         if rep is None:
@@ -426,9 +513,7 @@ class IdentityGraph:
         """Every customer id (one per group, singletons included)."""
         keys, oldest = self._keys, self._oldest
         return frozenset(
-            customer_id_for(keys[oldest.get(node, node)])
-            for node, parent in enumerate(self._parent)
-            if parent == node
+            customer_id_for(keys[oldest[node]]) for node, parent in enumerate(self._parent) if parent == node
         )
 
     def assignment(self) -> dict[Key, str]:
@@ -478,14 +563,14 @@ class IdentityGraph:
         """
         pending, self._pending = self._pending, {}
         keys = self._keys
+        known, self._known = self._known, len(keys)
         changes: dict[Key, tuple[str | None, str]] = {}
         for node, old in pending.items():
             new = self._root(node)
             if new != old:
-                changes[keys[node]] = (
-                    None if old == _NEW else customer_id_for(keys[old]),
-                    customer_id_for(keys[new]),
-                )
+                changes[keys[node]] = (customer_id_for(keys[old]), customer_id_for(keys[new]))
+        for node in range(known, len(keys)):
+            changes[keys[node]] = (None, customer_id_for(keys[self._root(node)]))
         return changes
 
     # -- internals --------------------------------------------------------------
@@ -501,11 +586,11 @@ class IdentityGraph:
             found = self._usable.get(identifiers)
             if found is not None:
                 return found
-        index, is_junk = self._index, self.policy.is_junk
+        node_of, is_junk = self._node_of, self.policy.is_junk
         # A known identifier passed the junk test when it was first seen, so only new values pay for it.
         # The touchpoint's own key tuples are kept (not copies): the aggregate holds them already.
         keys = [key if type(key) is tuple else (key[0], key[1]) for key in identifiers]
-        distinct = {key for key in keys if key in index or not is_junk(key[1])}
+        distinct = {key for key in keys if node_of(key) >= 0 or not is_junk(key[1])}
         usable = tuple(sorted(distinct, key=self._strength)) if len(distinct) > 1 else tuple(distinct)
         if cacheable and usable == identifiers:
             usable = identifiers  # the common case: one tuple, not two equal ones
@@ -522,18 +607,70 @@ class IdentityGraph:
             rank = self._ranks[key[0]] = self.policy.rank(key[0])
         return (rank, key[0], key[1])
 
-    def _add_node(self, key: Key, event_key: _EventKey) -> int:
+    def _entry(self, row: int) -> int:
+        """The pool offset of a linking event's entry, or -1."""
+        obs_at = self._obs_at
+        return obs_at[row] if row < len(obs_at) else -1
+
+    def _later(self, row: int, micros: int, other: int) -> bool:
+        """Whether linking event `row` is later in event time than (micros, event id of `other`)."""
+        at = self._times[row]
+        if at != micros:
+            return at > micros
+        events = self._events
+        return events[row] > events[other]
+
+    def _add_node(self, key: Key, first_at: int, first_row: int) -> int:
         node = len(self._keys)
         self._keys.append(key)
-        self._index[key] = node
-        self._first.append(event_key)
+        slots, mask = self._key_slots, self._key_mask
+        slot = hash(key) & mask
+        while slots[slot] >= 0:
+            slot = (slot + 1) & mask
+        slots[slot] = node
+        if 3 * (node + 1) > 2 * (mask + 1):
+            self._grow_keys()
+        self._first_at.append(first_at)
+        self._first_row.append(first_row)
         self._parent.append(node)
         self._size.append(1)
         self._next.append(node)
+        self._oldest.append(node)
         self._hparent.append(node)
-        if self._track:
-            self._pending[node] = _NEW
+        self._hhead.append(-1)
+        self._htail.append(-1)
+        self._hcount.append(0)
+        self._hmax.append(-1)
+        if not self._track:
+            self._known = node + 1  # untracked: never reported as new
         return node
+
+    def _remember(self, node: int) -> None:
+        """Keep a node's customer root as of the last drain, before it may change."""
+        if self._track and node < self._known and node not in self._pending:
+            self._pending[node] = self._root(node)
+
+    def _node_of(self, key: Key) -> int:
+        """The node of an identifier, or -1 if it was never observed."""
+        slots, mask, keys = self._key_slots, self._key_mask, self._keys
+        slot = hash(key) & mask
+        while True:
+            node = slots[slot]
+            if node < 0 or keys[node] == key:
+                return node
+            slot = (slot + 1) & mask
+
+    def _grow_keys(self) -> None:
+        """Double the identifier table (kept at most two thirds full) and place every node again."""
+        size = 2 * len(self._key_slots)
+        slots = array("i", [-1]) * size
+        mask = size - 1
+        for node, key in enumerate(self._keys):
+            slot = hash(key) & mask
+            while slots[slot] >= 0:
+                slot = (slot + 1) & mask
+            slots[slot] = node
+        self._key_slots, self._key_mask = slots, mask
 
     def _find(self, node: int) -> int:
         parent = self._parent
@@ -551,8 +688,7 @@ class IdentityGraph:
 
     def _root(self, node: int) -> int:
         """The oldest identifier of the node's group (it names the customer)."""
-        rep = self._find(node)
-        return self._oldest.get(rep, rep)
+        return self._oldest[self._find(node)]
 
     def _group(self, rep: int) -> Iterator[int]:
         node = rep
@@ -568,39 +704,70 @@ class IdentityGraph:
             return {identifier_type: value} if identifier_type in self.policy.unique_types else {}
         return self._uniq.get(rep, {})
 
-    def _hjoin(self, reps: set[int], event_id: str, event_key: _EventKey) -> int:
-        """Union replay components (small event lists into large) and add the event."""
-        hevents, hmax = self._hevents, self._hmax
+    def _hjoin(self, reps: set[int], row: int) -> int:
+        """Union replay components (their event lists chained) and add the event `row` last."""
+        hhead, htail, hcount, hmax = self._hhead, self._htail, self._hcount, self._hmax
+        pool, obs_at, times = self._pool, self._obs_at, self._times
         if len(reps) == 1:  # the common case: every identifier is in one component already
             (rep,) = reps
-            events = hevents.get(rep)
-            if events is None:
-                hevents[rep] = [event_id]
-            else:
-                events.append(event_id)
-            current = hmax.get(rep)
-            if current is None or current < event_key:
-                hmax[rep] = event_key
-            return rep
-        rep = max(reps, key=lambda r: len(hevents.get(r, ())))
-        events = hevents.setdefault(rep, [])
-        latest = event_key
-        for other in reps:
-            if other == rep:
-                continue
-            self._hparent[other] = rep
-            events.extend(hevents.pop(other, ()))
-            other_max = hmax.pop(other, None)
-            if other_max is not None and other_max > latest:
-                latest = other_max
-        events.append(event_id)
-        current = hmax.get(rep)
-        hmax[rep] = latest if current is None or current < latest else current
+        else:
+            rep = max(reps, key=hcount.__getitem__)
+            for other in reps:
+                if other == rep:
+                    continue
+                self._hparent[other] = rep
+                head = hhead[other]
+                if head < 0:
+                    continue
+                if hhead[rep] < 0:
+                    hhead[rep] = head
+                else:
+                    pool[obs_at[htail[rep]]] = head
+                htail[rep] = htail[other]
+                hcount[rep] += hcount[other]
+                latest = hmax[other]
+                if hmax[rep] < 0 or self._later(latest, times[hmax[rep]], hmax[rep]):
+                    hmax[rep] = latest
+                hhead[other] = htail[other] = hmax[other] = -1
+                hcount[other] = 0
+        pool[obs_at[row]] = -1
+        if hhead[rep] < 0:
+            hhead[rep] = row
+        else:
+            pool[obs_at[htail[rep]]] = row
+        htail[rep] = row
+        hcount[rep] += 1
+        if hmax[rep] < 0 or self._later(row, times[hmax[rep]], hmax[rep]):
+            hmax[rep] = row
         return rep
 
+    def _component_rows(self, rep: int) -> list[int]:
+        """The linking events of a replay component (rows, in no particular order)."""
+        pool, obs_at = self._pool, self._obs_at
+        rows: list[int] = []
+        row = self._hhead[rep]
+        while row >= 0:
+            rows.append(row)
+            row = pool[obs_at[row]]
+        return rows
+
+    def _nodes_of(self, row: int) -> tuple[int, ...]:
+        """The linkable node ids of a linking event, anchor first."""
+        pool = self._pool
+        entry = self._obs_at[row]
+        return tuple(pool[entry + 2 : entry + 2 + pool[entry + 1]])
+
     def _component_nodes(self, rep: int) -> set[int]:
-        obs = self._obs
-        return {node for event_id in self._hevents[rep] for node in obs[event_id][1:]}
+        nodes_of = self._nodes_of
+        return {node for row in self._component_rows(rep) for node in nodes_of(row)}
+
+    def _in_event_order(self, rows: list[int]) -> list[int]:
+        """Rows sorted by (occurred_at, event_id); event ids are decoded only for equal times."""
+        times, events = self._times, self._events
+        ordered = sorted(rows, key=times.__getitem__)
+        if len({times[row] for row in ordered}) != len(ordered):
+            ordered.sort(key=lambda row: (times[row], events[row]))
+        return ordered
 
     def _replay(self, rep: int, *, relink: bool, nodes: set[int] | None = None) -> None:
         """Recompute one replay component from scratch in event-time order.
@@ -608,62 +775,69 @@ class IdentityGraph:
         `relink` also rebuilds the observed-link structure (needed after an unlink,
         which can split the component) and forgets events left with < 2 linkable ids.
         """
-        obs = self._obs
-        events = self._hevents[rep]
+        rows = self._component_rows(rep)
         if nodes is None:
             nodes = self._component_nodes(rep)
         if self._track:
-            pending = self._pending
             for node in nodes:
-                if node not in pending:
-                    pending[node] = self._root(node)
-        for event_id in events:
-            self._merge_log.pop(event_id, None)
-            self._conflict_log.pop(event_id, None)
+                self._remember(node)
+        for row in rows:
+            self._merge_log.pop(row, None)
+            self._conflict_log.pop(row, None)
         self._merge_view = self._conflict_view = None
         parent, size, nxt, oldest, uniq = self._parent, self._size, self._next, self._oldest, self._uniq
         for node in nodes:
             parent[node] = node
             size[node] = 1
             nxt[node] = node
-            oldest.pop(node, None)
+            oldest[node] = node
             uniq.pop(node, None)
-        ordered = sorted(events, key=lambda e: (obs[e][0], e))
+        ordered = self._in_event_order(rows)
+        pool, obs_at, times = self._pool, self._obs_at, self._times
         if not relink:
-            for event_id in ordered:
-                entry = obs[event_id]
-                self._apply(event_id, entry[0], entry[1:])
+            for row in ordered:
+                self._apply(row, times[row], self._nodes_of(row))
             return
-        hparent, hevents, hmax = self._hparent, self._hevents, self._hmax
+        hparent, hhead, htail, hmax = self._hparent, self._hhead, self._htail, self._hmax
         for node in nodes:
             hparent[node] = node
-            hevents.pop(node, None)
-            hmax.pop(node, None)
+            hhead[node] = htail[node] = hmax[node] = -1
+            self._hcount[node] = 0
         keys, unlinked = self._keys, self._unlinked
-        for event_id in ordered:
-            entry = obs[event_id]
-            occurred_at, members = entry[0], entry[1:]
+        for row in ordered:
+            members = self._nodes_of(row)
             kept = tuple(node for node in members if keys[node] not in unlinked)
             if len(kept) < 2:
-                del obs[event_id]  # can never link again: unlinks are permanent
+                obs_at[row] = -1  # can never link again: unlinks are permanent
                 continue
             if len(kept) != len(members):
-                obs[event_id] = (occurred_at, *kept)
-            self._hjoin({self._hfind(node) for node in kept}, event_id, (occurred_at, event_id))
-            self._apply(event_id, occurred_at, kept)
+                entry = obs_at[row]
+                pool[entry + 1] = len(kept)
+                pool[entry + 2 : entry + 2 + len(kept)] = array("i", kept)
+            self._hjoin({self._hfind(node) for node in kept}, row)
+            self._apply(row, times[row], kept)
 
-    def _apply(self, event_id: str, occurred_at: datetime, nodes: tuple[int, ...]) -> None:
+    def _apply(self, row: int, occurred_micros: int, nodes: tuple[int, ...]) -> None:
         """Link every identifier of one touchpoint to its anchor (nodes[0])."""
         anchor = nodes[0]
         for node in nodes[1:]:
-            self._link(event_id, occurred_at, node, anchor)
+            self._link(row, occurred_micros, node, anchor)
 
-    def _link(self, event_id: str, occurred_at: datetime, node: int, anchor: int) -> None:
+    def _first_before(self, a: int, b: int) -> bool:
+        """Whether node `a` was first seen before node `b` (then event id, type and value): the
+        older one names the merged customer."""
+        first_at = self._first_at
+        if first_at[a] != first_at[b]:
+            return first_at[a] < first_at[b]
+        events, first_row, keys = self._events, self._first_row, self._keys
+        return (events[first_row[a]], keys[a]) <= (events[first_row[b]], keys[b])
+
+    def _link(self, row: int, occurred_micros: int, node: int, anchor: int) -> None:
         rep_a, rep_b = self._find(node), self._find(anchor)
         if rep_a == rep_b:
             return
-        keys, first, oldest, size = self._keys, self._first, self._oldest, self._size
-        root_a, root_b = oldest.get(rep_a, rep_a), oldest.get(rep_b, rep_b)
+        keys, oldest, size = self._keys, self._oldest, self._size
+        root_a, root_b = oldest[rep_a], oldest[rep_b]
         uniq_a, uniq_b = self._unique_values(rep_a), self._unique_values(rep_b)
         reason = None
         if uniq_a and uniq_b:
@@ -676,40 +850,38 @@ class IdentityGraph:
         link = (keys[node], keys[anchor])
         if reason is not None:
             conflict = IdentityConflict(
-                event_id,
-                occurred_at,
+                self._events[row],
+                from_micros(occurred_micros),
                 link,
                 (customer_id_for(keys[root_a]), customer_id_for(keys[root_b])),
                 reason,
             )
-            self._conflict_view = _log(self._conflict_log, self._conflict_view, conflict)
+            self._conflict_view = _log(self._conflict_log, self._conflict_view, row, conflict)
             return
-        if (first[root_a], keys[root_a]) <= (first[root_b], keys[root_b]):
+        if self._first_before(root_a, root_b):
             survivor, absorbed, absorbed_rep = root_a, root_b, rep_b
         else:
             survivor, absorbed, absorbed_rep = root_b, root_a, rep_a
-        if first[absorbed] != (occurred_at, event_id):
+        if self._first_row[absorbed] != row:
             # Both groups existed before this touchpoint: a real merge of customers.
             merge = IdentityMerge(
-                event_id,
-                occurred_at,
+                self._events[row],
+                from_micros(occurred_micros),
                 customer_id_for(keys[survivor]),
                 customer_id_for(keys[absorbed]),
                 link,
             )
-            self._merge_view = _log(self._merge_log, self._merge_view, merge)
+            self._merge_view = _log(self._merge_log, self._merge_view, row, merge)
             if self._track:
-                pending = self._pending
                 for member in self._group(absorbed_rep):
-                    if member not in pending:
-                        pending[member] = absorbed
+                    self._remember(member)  # its root until now: `absorbed`
         merged_uniq = uniq_a | uniq_b if uniq_a or uniq_b else None
         big, small = (rep_a, rep_b) if size[rep_a] >= size[rep_b] else (rep_b, rep_a)
         self._parent[small] = big
         size[big] += size[small]
         nxt = self._next
         nxt[big], nxt[small] = nxt[small], nxt[big]
-        oldest.pop(small, None)
+        oldest[small] = small
         oldest[big] = survivor
         self._uniq.pop(small, None)
         if merged_uniq:
@@ -719,9 +891,11 @@ class IdentityGraph:
 _Record = TypeVar("_Record", IdentityMerge, IdentityConflict)
 
 
-def _log(log: dict[str, list[_Record]], view: list[_Record] | None, record: _Record) -> list[_Record] | None:
-    """Store a record; keep the ordered view if it stays ordered, else drop it."""
-    log.setdefault(record.event_id, []).append(record)
+def _log(
+    log: dict[int, list[_Record]], view: list[_Record] | None, row: int, record: _Record
+) -> list[_Record] | None:
+    """Store a record under its event's row; keep the ordered view if it stays ordered, else drop it."""
+    log.setdefault(row, []).append(record)
     if view is None:
         return None
     if view and (view[-1].occurred_at, view[-1].event_id) > (record.occurred_at, record.event_id):
@@ -730,7 +904,7 @@ def _log(log: dict[str, list[_Record]], view: list[_Record] | None, record: _Rec
     return view
 
 
-def _ordered(log: dict[str, list[_Record]]) -> list[_Record]:
+def _ordered(log: dict[int, list[_Record]]) -> list[_Record]:
     """All records of a per-event log in event-time order."""
-    events = sorted(log, key=lambda event_id: (log[event_id][0].occurred_at, event_id))
-    return [record for event_id in events for record in log[event_id]]
+    rows = sorted(log, key=lambda row: (log[row][0].occurred_at, log[row][0].event_id))
+    return [record for row in rows for record in log[row]]

@@ -9,17 +9,27 @@ column instead:
 
 - timestamps as whole microseconds since the epoch in `array('q')` (8 bytes
   each; exact both ways, no float on the way);
-- sentiment and value in `array('d')`, NaN for None (both are finite when
-  given: the model refuses NaN);
+- sentiment and value, which most events lack (1.6 % and 10 % of the 1M
+  short mix have one), only where given: the rows that have one
+  (`array('i')`, ascending, found by bisection) and the values
+  (`array('d')`): 12 bytes a value instead of 8 bytes a row;
 - channel, source, action, persona, currency and the rule classification as
   one code (`array('I')`, 4 bytes) into a table of the distinct combinations
   (a few hundred on real data: they are low-cardinality by nature);
-- the identifier keys and the properties JSON as references to shared
-  objects: a device or person sends the same identifier set again and again,
-  a page view the same properties, so identical values are kept once
-  (bounded sharing tables: past their size they start again, which costs
-  memory, never a result);
-- the event id in a list, with a hash table of rows (`array('i')`) to find it.
+- the identifier keys as references to shared tuples: a device or person
+  sends the same identifier set again and again, so identical sets are kept
+  once (the identity graph holds the same key tuples);
+- the properties JSON as a 4-byte number into the distinct texts, kept as
+  UTF-8 in one `bytearray` (`Utf8Strings`): a page view sends the same
+  properties again and again (a third of the 1M short mix's are distinct),
+  and a `str` would cost 49 bytes of header beyond its characters;
+- the event id as UTF-8 in one `bytearray` with a 4-byte end offset per row
+  (`EventIds`, where a `str` in a list took about 57 bytes more), with a
+  hash table of rows (`array('i')`) to find it. The identity graph reads the
+  same table and the occurred_at column: it keys its linking events by row.
+
+The sharing tables (identifier sets, properties texts) are bounded: past
+their size they start again, which costs memory, never a result.
 
 A `ClassifiedTouchpoint` equal to the one admitted is made again when it is
 asked for (`step`): the fold reads one customer at a time, so only
@@ -28,8 +38,8 @@ that customer's touchpoints exist as objects at once. Pure: no I/O.
 
 from __future__ import annotations
 
-import math
 from array import array
+from bisect import bisect_left
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -41,14 +51,119 @@ from journeys.touchpoint import Channel, CompactTouchpoint
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 _NO_TIME = -(1 << 63)  # received_at None (no real timestamp is this far back: datetime.min is -6.2e16 µs)
-_NAN = math.nan
 _MAX_SHARED = 1 << 18  # entries per sharing table; past this it starts again
+_MAX_SHARED_TEXTS = 1 << 14  # properties texts shared (their str objects are kept for it)
+_MAX_NARROW_END = (1 << 32) - 1  # the largest end offset an array('I') holds
 _FIRST_SLOTS = 1 << 10  # slots of the event id table to begin with (a power of two)
 _new_tuple = tuple.__new__
 _timedelta = timedelta
 
 
 Kind = tuple[Channel, str, str, "str | None", "str | None", Classification]
+
+
+class Utf8Strings:
+    """Strings by number (0, 1, … in the order appended), UTF-8 in one `bytearray`.
+
+    A `str` costs 49 bytes of object header beyond its characters (and a slot wherever it is
+    referenced); here a string costs its encoded length and a 4-byte end offset (8 once the data
+    pass 4 GiB). Any `str` goes through (lone surrogates included); each read decodes anew.
+    """
+
+    __slots__ = ("_data", "_ends")
+
+    def __init__(self) -> None:
+        self._data = bytearray()
+        self._ends = array("I")  # number -> end offset in _data (it starts where the one before ends)
+
+    def __len__(self) -> int:
+        return len(self._ends)
+
+    def __getitem__(self, row: int) -> str:
+        if row < 0:
+            raise IndexError(row)
+        ends = self._ends
+        start = ends[row - 1] if row else 0
+        return self._data[start : ends[row]].decode("utf-8", "surrogatepass")
+
+    def __iter__(self) -> Iterator[str]:
+        data, start = self._data, 0
+        for end in self._ends:
+            yield data[start:end].decode("utf-8", "surrogatepass")
+            start = end
+
+    def append(self, value: str) -> int:
+        """Keep one string; returns its number."""
+        ends = self._ends
+        number = len(ends)
+        self._data += value.encode("utf-8", "surrogatepass")
+        end = len(self._data)
+        if end > _MAX_NARROW_END and ends.typecode == "I":
+            ends = self._ends = array("q", ends)  # past 4 GiB: 8-byte offsets from now on
+        ends.append(end)
+        return number
+
+
+class EventIds(Utf8Strings):
+    """Every admitted event id, one row each, in admission order (`Utf8Strings`), found by row.
+
+    An event id is 70–110 bytes as a `str` in a list; here its encoded length and a 4-byte end
+    offset, plus 6 to 12 bytes of the hash table that finds its row: an open-addressing table of
+    rows (`array('i')`, linear probing, at most two thirds full), keyed by the `str` hash.
+    """
+
+    __slots__ = ("_mask", "_slots")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._slots = array("i", [-1]) * _FIRST_SLOTS
+        self._mask = _FIRST_SLOTS - 1
+
+    def __contains__(self, event_id: object) -> bool:
+        return isinstance(event_id, str) and self.row_of(event_id) is not None
+
+    def row_of(self, event_id: str) -> int | None:
+        """The row of a kept event id, or None."""
+        slots, mask, ends, data = self._slots, self._mask, self._ends, self._data
+        encoded = event_id.encode("utf-8", "surrogatepass")
+        size = len(encoded)
+        slot = hash(event_id) & mask
+        while True:
+            row = slots[slot]
+            if row < 0:
+                return None
+            end = ends[row]
+            start = ends[row - 1] if row else 0
+            if end - start == size and data[start:end] == encoded:
+                return row
+            slot = (slot + 1) & mask
+
+    def append(self, event_id: str) -> int:
+        """Keep one event id (it must be new); returns its row."""
+        row = super().append(event_id)
+        slots, mask = self._slots, self._mask
+        slot = hash(event_id) & mask
+        while slots[slot] >= 0:
+            slot = (slot + 1) & mask
+        slots[slot] = row
+        if 3 * (row + 1) > 2 * (mask + 1):
+            self._grow()
+        return row
+
+    def _grow(self) -> None:
+        """Double the table (it is kept at most two thirds full) and place every row again.
+
+        Two thirds, not half: at 10M ids that is 2^24 slots (67 MB) instead of 2^25, for about
+        3.5 probes instead of 2.5 to find that an id is new (linear probing)."""
+        size = 2 * len(self._slots)
+        slots = array("i", [-1]) * size
+        mask = size - 1
+        for row, event_id in enumerate(self):
+            slot = hash(event_id) & mask
+            while slots[slot] >= 0:
+                slot = (slot + 1) & mask
+            slots[slot] = row
+        self._slots, self._mask = slots, mask
 
 
 class TouchpointColumns:
@@ -61,64 +176,48 @@ class TouchpointColumns:
         "_kind_codes",
         "_kind_list",
         "_kinds",
-        "_mask",
         "_occurred",
         "_properties",
         "_properties_shared",
+        "_property_texts",
         "_received",
         "_sentiment",
-        "_slots",
+        "_sentiment_rows",
         "_value",
+        "_value_rows",
     )
 
     def __init__(self) -> None:
-        # Event id -> row: an open-addressing hash table of rows (linear probing, at most half full)
-        # over the event id column. A dict took about 70 bytes an event (its entry, and an int object
-        # per row); this takes 8 to 16.
-        self._slots = array("i", [-1]) * _FIRST_SLOTS
-        self._mask = _FIRST_SLOTS - 1
-        self._event_ids: list[str] = []
+        self._event_ids = EventIds()
         self._occurred = array("q")
         self._received = array("q")
-        self._sentiment = array("d")
+        self._sentiment_rows = array("i")  # rows with a sentiment, ascending
+        self._sentiment = array("d")  # ... and their sentiments
+        self._value_rows = array("i")
         self._value = array("d")
         self._kinds = array("I")
         self._kind_codes: dict[tuple[Any, ...], int] = {}  # kind (and the sign of a zero sentiment) -> code
         self._kind_list: list[Kind] = []  # code -> kind
         self._identifiers: list[tuple[tuple[str, str], ...]] = []
         self._identifier_sets: dict[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]] = {}
-        self._properties: list[str] = []
-        self._properties_shared: dict[str, str] = {}
+        self._properties = array("I")  # row -> number of its properties JSON in _property_texts
+        self._property_texts = Utf8Strings()
+        self._properties_shared: dict[str, int] = {}  # JSON -> its number, bounded
 
     def __len__(self) -> int:
         return len(self._event_ids)
 
     def __contains__(self, event_id: object) -> bool:
-        return isinstance(event_id, str) and self.row_of(event_id) is not None
+        return event_id in self._event_ids
 
     def row_of(self, event_id: str) -> int | None:
         """The row of an admitted event id, or None."""
-        slots, mask, event_ids = self._slots, self._mask, self._event_ids
-        slot = hash(event_id) & mask
-        while True:
-            row = slots[slot]
-            if row < 0:
-                return None
-            if event_ids[row] == event_id:
-                return row
-            slot = (slot + 1) & mask
+        return self._event_ids.row_of(event_id)
 
-    def _grow(self) -> None:
-        """Double the event id table (it is kept at most half full) and place every row again."""
-        size = 2 * len(self._slots)
-        slots = array("i", [-1]) * size
-        mask = size - 1
-        for row, event_id in enumerate(self._event_ids):
-            slot = hash(event_id) & mask
-            while slots[slot] >= 0:
-                slot = (slot + 1) & mask
-            slots[slot] = row
-        self._slots, self._mask = slots, mask
+    @property
+    def event_id_table(self) -> EventIds:
+        """The event id column (read-only for others: the identity graph keys linking events by row)."""
+        return self._event_ids
 
     def append(self, step: ClassifiedTouchpoint) -> int:
         """Keep one touchpoint (its event id must be new); returns its row.
@@ -140,20 +239,15 @@ class TouchpointColumns:
             value,
             currency,
         ) = touchpoint
-        event_ids = self._event_ids
-        row = len(event_ids)
-        event_ids.append(event_id)
-        slots, mask = self._slots, self._mask  # its slot in the event id table, placed inline
-        slot = hash(event_id) & mask
-        while slots[slot] >= 0:
-            slot = (slot + 1) & mask
-        slots[slot] = row
-        if 2 * (row + 1) > mask + 1:
-            self._grow()
+        row = self._event_ids.append(event_id)
         self._occurred.append((occurred_at - _EPOCH) // _MICROSECOND)
         self._received.append(_NO_TIME if received_at is None else (received_at - _EPOCH) // _MICROSECOND)
-        self._sentiment.append(_NAN if sentiment is None else sentiment)
-        self._value.append(_NAN if value is None else value)
+        if sentiment is not None:
+            self._sentiment_rows.append(row)
+            self._sentiment.append(sentiment)
+        if value is not None:
+            self._value_rows.append(row)
+            self._value.append(value)
         kind = (channel, source, action, persona, currency, classification)
         key = kind
         if classification[5] == 0:  # 0.0 and -0.0 are equal keys, but storage writes "-0": tell them apart
@@ -165,9 +259,26 @@ class TouchpointColumns:
         self._kinds.append(code)
         shared = self._identifier_sets.get(identifiers)
         self._identifiers.append(shared if shared is not None else _share(self._identifier_sets, identifiers))
-        shared = self._properties_shared.get(properties)
-        self._properties.append(shared if shared is not None else _share(self._properties_shared, properties))
+        number = self._properties_shared.get(properties)
+        if number is None:
+            number = self._keep_properties(properties)
+        self._properties.append(number)
         return row
+
+    @property
+    def occurred_column(self) -> array[int]:
+        """When each row's event occurred, in microseconds since the epoch (read-only for others:
+        the identity graph orders linking events by it)."""
+        return self._occurred
+
+    def _keep_properties(self, properties: str) -> int:
+        """The number of a properties JSON not shared (now): kept, and shared from now on while the
+        table has room (past its size it starts again: an equal text may then be kept twice)."""
+        shared = self._properties_shared
+        if len(shared) >= _MAX_SHARED_TEXTS:
+            shared.clear()
+        number = shared[properties] = self._property_texts.append(properties)
+        return number
 
     def identifiers(self, row: int) -> tuple[tuple[str, str], ...]:
         """The identifier keys of one row."""
@@ -180,8 +291,12 @@ class TouchpointColumns:
         (their own `__new__` is a Python function), the timestamps with positional arguments."""
         channel, source, action, persona, currency, classification = self._kind_list[self._kinds[row]]
         received = self._received[row]
-        sentiment = self._sentiment[row]
-        value = self._value[row]
+        rows = self._sentiment_rows
+        at = bisect_left(rows, row)
+        sentiment = self._sentiment[at] if at < len(rows) and rows[at] == row else None
+        rows = self._value_rows
+        at = bisect_left(rows, row)
+        value = self._value[at] if at < len(rows) and rows[at] == row else None
         return _new_tuple(
             ClassifiedTouchpoint,
             (
@@ -195,10 +310,10 @@ class TouchpointColumns:
                         source,
                         action,
                         self._identifiers[row],
-                        self._properties[row],
+                        self._property_texts[self._properties[row]],
                         persona,
-                        None if sentiment != sentiment else sentiment,  # NaN: None
-                        None if value != value else value,
+                        sentiment,
+                        value,
                         currency,
                     ),
                 ),

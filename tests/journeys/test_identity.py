@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from array import array
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 
@@ -19,7 +20,9 @@ from journeys.identity import (
     Key,
     Observation,
     customer_id_for,
+    micros,
 )
+from journeys.store import EventIds
 
 T0 = datetime(2024, 3, 1, 9, 0, tzinfo=UTC)
 
@@ -566,3 +569,72 @@ def test_unlinks_at_any_point_equal_rebuild(
     assert snapshot(graph) == expected
     assert snapshot(IdentityGraph.rebuild(observations, unlinks, policy)) == expected
     assert graph.unlinked == frozenset(unlinks)
+
+
+@settings(max_examples=300, deadline=None)
+@given(observations=observation_sets(), policy=st.sampled_from(POLICIES), data=st.data())
+def test_a_graph_over_the_aggregates_event_table_equals_the_reference(
+    observations: list[Observation], policy: IdentityPolicy, data: st.DataObject
+) -> None:
+    """The aggregate's way in: events named by their row in a shared event id table, appended in
+    arrival order (so row order is not event-time or event-id order), times in microseconds;
+    redeliveries, unlinks and drains at any point."""
+    unlinks = data.draw(st.lists(st.sampled_from(ALPHABET), max_size=2))
+    repeats = data.draw(st.lists(st.sampled_from(observations), max_size=3)) if observations else []
+    steps: list[Observation | Key] = data.draw(st.permutations([*observations, *repeats, *unlinks]))
+    drains = data.draw(st.lists(st.booleans(), min_size=len(steps), max_size=len(steps)))
+    table, times = EventIds(), array("q")
+    graph = IdentityGraph(policy, events=table, times=times)
+    view: dict[Key, str] = {}
+    for step, drain in zip(steps, drains, strict=True):
+        if len(step) == 3:
+            event_id, occurred_at, identifiers = step  # type: ignore[misc]
+            usable = graph.usable(identifiers)
+            if usable and event_id not in table:
+                times.append(micros(occurred_at))
+                graph.observe_row(table.append(event_id), usable)
+        else:
+            graph.unlink(step)  # type: ignore[arg-type]
+        if drain:
+            for identifier, (old, new) in graph.drain_changes().items():
+                assert view.get(identifier) == old
+                view[identifier] = new
+            assert view == graph.assignment()
+    assert snapshot(graph) == reference(observations, unlinks, policy)
+    for merge in graph.merges:  # records name the event by its id and time, as given
+        assert merge.occurred_at.tzinfo is UTC
+
+
+def test_a_shared_event_table_takes_no_event_ids_from_observe() -> None:
+    graph = IdentityGraph(events=EventIds(), times=array("q"))
+    with pytest.raises(KeyError):
+        graph.observe("e1", at(0), [anon("a1"), user("u1")])
+
+
+def test_a_rebuilt_graph_reports_only_what_changes_after_it() -> None:
+    graph = IdentityGraph.rebuild([("e1", at(0), [anon("a1"), user("u1")]), ("e2", at(1), [anon("a2")])])
+    assert graph.drain_changes() == {}
+    graph.observe("e3", at(2), [anon("a2"), user("u1"), email("m1")])
+    assert graph.drain_changes() == {
+        anon("a2"): (cid(anon("a2")), cid(anon("a1"))),  # merged into the older customer
+        email("m1"): (None, cid(anon("a1"))),  # new
+    }
+    assert graph.drain_changes() == {}
+
+
+def test_identifiers_are_found_after_the_identifier_table_grows() -> None:
+    """Hundreds of identifiers (the table starts at 64 slots), out of order: the same as the
+    reference model, and every identifier is found again."""
+    observations: list[Observation] = [
+        (
+            f"ev{index:04d}",
+            at((index * 37) % 101),
+            [anon(f"a{index}"), user(f"u{index // 4}"), email(f"e{index % 7}")],
+        )
+        for index in range(400)
+    ]
+    policy = IdentityPolicy(max_group_size=6)
+    graph = feed(IdentityGraph(policy), reversed(observations))
+    assert snapshot(graph) == reference(observations, (), policy)
+    assert all(graph.customer_of(anon(f"a{index}")) is not None for index in range(400))
+    assert graph.customer_of(anon("a400")) is None and len(graph) == 400 + 100 + 7

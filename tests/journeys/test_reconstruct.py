@@ -117,3 +117,28 @@ def test_a_touchpoint_with_only_junk_identifiers_is_refused() -> None:
     assert aggregate.admit(junk) is Admission.UNIDENTIFIED
     assert len(aggregate) == 0
     assert list(aggregate.journeys()) == []
+
+
+@settings(max_examples=150, deadline=None)
+@given(events=touchpoints(), seed=st.integers(0, 1000))
+def test_each_customer_gets_exactly_its_touchpoints_in_admission_order(
+    events: list[Touchpoint], seed: int
+) -> None:
+    """The grouping the state is written from, against the plain one: each admitted touchpoint under
+    the customer of its identifiers as the graph stands at the end, in admission order; customers
+    in first-seen order (`customers`) and in id order (`customer_steps`)."""
+    random.Random(seed).shuffle(events)
+    aggregate = Reconstruction(RULES)
+    admitted = [event for event in events if aggregate.admit(event) is Admission.NEW]
+    expected: dict[str, list[str]] = {}
+    for event in admitted:
+        customer = aggregate.graph.customer_for(event.identifier_keys())
+        expected.setdefault(customer, []).append(event.event_id)
+    grouped = {
+        customer: [s.touchpoint.event_id for s in steps] for customer, steps in aggregate.customers().items()
+    }
+    assert list(grouped.items()) == list(expected.items())
+    stepped = [
+        (customer, [s.touchpoint.event_id for s in steps]) for customer, steps in aggregate.customer_steps()
+    ]
+    assert stepped == sorted(expected.items())

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from journeys import store
 from journeys.fold import ClassifiedTouchpoint
 from journeys.phases import Classification
 from journeys.reconstruct import Admission, Reconstruction
-from journeys.store import TouchpointColumns
+from journeys.store import EventIds, TouchpointColumns
 from journeys.touchpoint import Channel, CompactTouchpoint, Phase, properties_json
 
 PROPERTY_VALUES = st.recursive(
@@ -144,7 +146,34 @@ def test_identical_identifier_sets_and_properties_are_kept_once() -> None:
         )  # fmt: skip
     first, second = columns.step(0).touchpoint, columns.step(2).touchpoint
     assert first.identifiers is second.identifiers
-    assert first.properties_json is second.properties_json
+    assert first.properties_json == second.properties_json == '{"path":"/p/7"}'
+    assert len(columns._property_texts) == 1  # the text is kept once, as UTF-8
+
+
+@settings(max_examples=100)
+@given(
+    texts=st.lists(st.sampled_from(['{"a":1}', '{"a":2}', "{}", '{"é":"\\ud800"}', '{"b":[]}']), max_size=30)
+)
+def test_properties_come_back_when_the_sharing_table_starts_again(texts: list[str]) -> None:
+    """A table of two: texts past it are kept again (memory, never a result)."""
+    columns = TouchpointColumns()
+    base = ClassifiedTouchpoint(
+        CompactTouchpoint(
+            "", datetime(2026, 1, 1, tzinfo=UTC), None, Channel.WEB, "segment", "Page Viewed",
+            (("anonymous_id", "a"),), "{}", None, None, None, None,
+        ),
+        Classification(),
+    )  # fmt: skip
+    original = store._MAX_SHARED_TEXTS
+    store._MAX_SHARED_TEXTS = 2
+    try:
+        for index, text in enumerate(texts):
+            columns.append(
+                base._replace(touchpoint=base.touchpoint._replace(event_id=f"e{index}", properties_json=text))
+            )
+    finally:
+        store._MAX_SHARED_TEXTS = original
+    assert [columns.step(row).touchpoint.properties_json for row in range(len(texts))] == texts
 
 
 @settings(max_examples=300)
@@ -195,3 +224,51 @@ def test_classifications_that_differ_only_in_the_sign_of_zero_are_kept_apart() -
         )
     kept = [columns.step(row).classification.sentiment for row in range(4)]
     assert [repr(value) for value in kept] == ["0.0", "-0.0", "0", "-0.0"]
+
+
+# Any str at all, lone surrogates and characters outside the BMP included (the model does not
+# restrict event ids), and long enough to span many probes of the table.
+EVENT_IDS = st.text(st.characters(codec=None, exclude_categories=()), max_size=30)
+
+
+@settings(max_examples=300)
+@given(event_ids=st.lists(EVENT_IDS, unique=True, max_size=40), absent=EVENT_IDS)
+def test_event_ids_come_back_as_given_and_are_found_by_row(event_ids: list[str], absent: str) -> None:
+    table = EventIds()
+    assert [table.append(event_id) for event_id in event_ids] == list(range(len(event_ids)))
+    assert len(table) == len(event_ids)
+    assert list(table) == event_ids
+    assert [table[row] for row in range(len(event_ids))] == event_ids
+    assert [table.row_of(event_id) for event_id in event_ids] == list(range(len(event_ids)))
+    if absent not in event_ids:
+        assert table.row_of(absent) is None and absent not in table
+
+
+@settings(max_examples=50)
+@given(
+    stems=st.lists(st.text(st.characters(codec=None, exclude_categories=()), max_size=4), min_size=1),
+    count=st.integers(1000, 3000),
+)
+def test_event_ids_sharing_prefixes_are_found_after_the_table_grows(stems: list[str], count: int) -> None:
+    """Ids alike but for their ends (and of equal length), past the first doubling (1,024 slots):
+    every lookup compares the whole encoded id, not a prefix or the length."""
+    event_ids = list(dict.fromkeys(f"{stems[index % len(stems)]}-{index:05d}" for index in range(count)))
+    table = EventIds()
+    for event_id in event_ids:
+        table.append(event_id)
+    assert [table.row_of(event_id) for event_id in event_ids] == list(range(len(event_ids)))
+    assert table.row_of(event_ids[-1] + "0") is None and table.row_of(event_ids[0][:-1]) is None
+    assert table[len(event_ids) - 1] == event_ids[-1] and table[0] == event_ids[0]
+
+
+def test_event_ids_past_the_narrow_offsets_keep_their_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Offsets are 4 bytes until the ids pass 4 GiB, 8 from then on (here: past 100 bytes)."""
+    monkeypatch.setattr(store, "_MAX_NARROW_END", 100)
+    event_ids = [f"event-{index:03d}" for index in range(40)]  # 9 bytes each
+    table = EventIds()
+    for event_id in event_ids:
+        table.append(event_id)
+    assert list(table) == event_ids
+    assert [table.row_of(event_id) for event_id in event_ids] == list(range(40))
+    assert table[11] == "event-011" and table[12] == "event-012"  # either side of the switch
+    assert table._ends.itemsize == 8  # an array('I') would wrap past 4 GiB

@@ -9,7 +9,7 @@ from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import DatabaseError
 
 from journeys.reconstruct import Reconstruction
-from journeys.touchpoint import Channel, Identifier, Touchpoint
+from journeys.touchpoint import Channel, CompactTouchpoint, Identifier, Touchpoint
 from processors.config import Settings
 from processors.sinks import clickhouse as sink
 from processors.sinks.clickhouse import BackgroundInserts
@@ -105,3 +105,28 @@ def test_state_written_in_small_chunks_is_the_state_written_at_once(
         states.append(_state(client))
     assert states[0] == states[1]
     assert len(states[0]["touchpoints"]) == 60 and states[0]["identity_merges"]
+
+
+def test_the_event_log_is_read_back_whole_as_a_stream(dsn: str) -> None:
+    """A replay reads the log block by block (never the whole log as rows at once): while it is
+    being read the connection is busy with it, and every event comes back as it was written."""
+    client = connect(dsn)
+    migrate(client)
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    written = [
+        Touchpoint(
+            event_id=f"e{index}", occurred_at=at + timedelta(seconds=index), received_at=at,
+            channel=Channel.WEB, source="segment", action="Page Viewed",
+            identifiers=(Identifier(type="anonymous_id", value=f"a{index % 2}"),),
+            properties={"path": f"/p/{index}"}, sentiment=-0.5 if index else None,
+        )
+        for index in range(3)
+    ]  # fmt: skip
+    sink.write_events(client, [CompactTouchpoint.of(touchpoint) for touchpoint in written])
+    events = sink.read_events(client)
+    first = next(events)
+    with pytest.raises(Exception, match="streaming"):  # chDB: one stream at a time, and it is open
+        client.query("SELECT 1")
+    read = sorted([first, *events], key=lambda touchpoint: touchpoint.event_id)
+    assert [CompactTouchpoint.of(tp) for tp in read] == [CompactTouchpoint.of(tp) for tp in written]
+    assert client.query("SELECT count() FROM events").result_rows == [(3,)]  # released at the end
