@@ -532,7 +532,7 @@ def _current_ids(client: Store, query: str) -> set:
     return {row[0] if len(row) == 1 else tuple(row) for row in client.query(query).result_rows}
 
 
-STATE_CHUNK_ROWS = 200_000  # touchpoint rows per insert: bounds the rows held in memory at once
+STATE_CHUNK_ROWS = 100_000  # touchpoint rows per insert: bounds the rows held in memory at once
 
 
 def write_state(client: Store, reconstruction: Reconstruction) -> tuple[int, int]:
