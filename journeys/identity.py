@@ -13,12 +13,9 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
-from typing import TYPE_CHECKING, TypeVar
+from typing import TypeVar
 
 from journeys.store import EventIds
-
-if TYPE_CHECKING:
-    from journeys.touchpoint import Touchpoint
 
 # Values that real trackers emit when they have no identity; linking on them would
 # merge thousands of strangers into one "customer".
@@ -439,10 +436,6 @@ class IdentityGraph:
             self._replay(rep, relink=False)
         else:
             self._apply(row, occurred_micros, nodes)
-
-    def observe_touchpoint(self, touchpoint: Touchpoint) -> None:
-        """`observe` for a canonical touchpoint."""
-        self.observe(touchpoint.event_id, touchpoint.occurred_at, touchpoint.identifier_keys())
 
     def unlink(self, identifier: Key) -> frozenset[str]:
         """Stop using `identifier` for linking, past and future (it stands alone).
