@@ -13,9 +13,11 @@ column instead:
   short mix have one), only where given: the rows that have one
   (`array('i')`, ascending, found by bisection) and the values
   (`array('d')`): 12 bytes a value instead of 8 bytes a row;
-- channel, source, action, persona, currency and the rule classification as
-  one code (`array('I')`, 4 bytes) into a table of the distinct combinations
-  (a few hundred on real data: they are low-cardinality by nature);
+- channel, source, action, persona, currency, the rule classification and
+  whether the row has a sentiment and a value as one code (`array('I')`,
+  4 bytes) into a table of the distinct combinations (a few hundred on real
+  data: they are low-cardinality by nature). The two flags spare the rows
+  without a sentiment or value (most) both bisections when read;
 - the identifier keys as references to shared tuples: a device or person
   sends the same identifier set again and again, so identical sets are kept
   once (the identity graph holds the same key tuples);
@@ -59,7 +61,8 @@ _new_tuple = tuple.__new__
 _timedelta = timedelta
 
 
-Kind = tuple[Channel, str, str, "str | None", "str | None", Classification]
+# channel, source, action, persona, currency, classification, has a sentiment, has a value
+Kind = tuple[Channel, str, str, "str | None", "str | None", Classification, bool, bool]
 
 
 class Utf8Strings:
@@ -248,7 +251,8 @@ class TouchpointColumns:
         if value is not None:
             self._value_rows.append(row)
             self._value.append(value)
-        kind = (channel, source, action, persona, currency, classification)
+        has_sentiment, has_value = sentiment is not None, value is not None
+        kind = (channel, source, action, persona, currency, classification, has_sentiment, has_value)
         key = kind
         if classification[5] == 0:  # 0.0 and -0.0 are equal keys, but storage writes "-0": tell them apart
             key = (*kind, repr(classification[5]))
@@ -289,14 +293,11 @@ class TouchpointColumns:
 
         Made once per event and fold: the named tuples are made with `tuple.__new__` directly
         (their own `__new__` is a Python function), the timestamps with positional arguments."""
-        channel, source, action, persona, currency, classification = self._kind_list[self._kinds[row]]
+        kind = self._kind_list[self._kinds[row]]
+        channel, source, action, persona, currency, classification, has_sentiment, has_value = kind
         received = self._received[row]
-        rows = self._sentiment_rows
-        at = bisect_left(rows, row)
-        sentiment = self._sentiment[at] if at < len(rows) and rows[at] == row else None
-        rows = self._value_rows
-        at = bisect_left(rows, row)
-        value = self._value[at] if at < len(rows) and rows[at] == row else None
+        sentiment = self._sentiment[bisect_left(self._sentiment_rows, row)] if has_sentiment else None
+        value = self._value[bisect_left(self._value_rows, row)] if has_value else None
         return _new_tuple(
             ClassifiedTouchpoint,
             (
