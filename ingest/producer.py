@@ -16,17 +16,21 @@ with the reason and its redacted first 64 KB.
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from journeys.touchpoint import Touchpoint
+
+from .context import IngestContext
 from .files import read_records
 from .kafka import ensure_topics, make_producer
 from .pii import PiiHasher, redact_record
-from .pipeline import record_format
+from .pipeline import parse_records, record_format
 from .records import DeadLetter, RawRecord
 from .topics import FORMAT_CHANNEL, Topics, dead_letter_headers, message_key, raw_headers
 
@@ -138,15 +142,48 @@ def produce_files(
     Raises `ProduceError` if any record was not acknowledged (the file can be
     replayed again: the workers drop duplicate event ids).
     """
-    ensure_topics(bootstrap, topics, timeout=timeout)
-    summary = ProduceSummary()
-    producer = make_producer(bootstrap, **(producer_options or {}))
-    try:
+    with _replaying(bootstrap, topics, producer_options, timeout) as (producer, summary):
         for path in paths:
             if on_file is not None:
                 on_file(path)
             records = read_records(path, format)
             produce_records(records, producer, topics, hasher, summary, file=str(path), progress=progress)
+    return summary
+
+
+def produce_sequence(
+    records: Iterable[RawRecord],
+    bootstrap: str,
+    topics: Topics,
+    hasher: PiiHasher,
+    *,
+    progress: Callable[[int], None] | None = None,
+    producer_options: dict[str, Any] | None = None,
+    timeout: float = 30.0,
+) -> ProduceSummary:
+    """`produce_files` for records already read, sent in the order given (e.g. `records_in_event_time`).
+
+    The summary counts them all under the file name `""`: they may come from
+    several files at once.
+    """
+    with _replaying(bootstrap, topics, producer_options, timeout) as (producer, summary):
+        produce_records(records, producer, topics, hasher, summary, progress=progress)
+    return summary
+
+
+@contextlib.contextmanager
+def _replaying(
+    bootstrap: str, topics: Topics, producer_options: dict[str, Any] | None, timeout: float
+) -> Iterator[tuple[Any, ProduceSummary]]:
+    """A producer and a summary for one replay; on leaving, waits for every acknowledgement.
+
+    Raises `ProduceError` if any record was not acknowledged.
+    """
+    ensure_topics(bootstrap, topics, timeout=timeout)
+    summary = ProduceSummary()
+    producer = make_producer(bootstrap, **(producer_options or {}))
+    try:
+        yield producer, summary
         producer.flush()
     finally:
         producer.close()
@@ -155,4 +192,37 @@ def produce_files(
             f"Kafka did not acknowledge {summary.failed:,} of {summary.records:,} records: "
             f"{summary.first_error}"
         ) from summary.first_error
-    return summary
+
+
+def records_in_event_time(paths: Iterable[Path], context: IngestContext) -> list[RawRecord]:
+    """Every record of `paths` in one list ordered by event time: what a live feed looks like.
+
+    Files exported one per provider hold each channel's whole history in turn;
+    a live feed interleaves the channels roughly as things happened. A record's
+    time is the earliest `occurred_at` of the touchpoints the pipeline makes of
+    it (`parse_records` under `context`, as ingest would: a SendGrid POST holds
+    several events). A record that makes none (broken: its every leaf is a dead
+    letter) takes the time of the record before it in its file, so it stays
+    right behind that record; one with none before it goes first. The sort is
+    stable: equal times keep the order of `paths`, then of the file.
+
+    Nothing is dropped or changed: the result holds exactly the records reading
+    the files one after another gives. Sorting needs them all at once: measured
+    on the 3,000-customer demo, 1.75 KB of memory a record (1.15 KB of it the
+    raw bytes) and 50 µs a record to parse, so some 850 MB and 25 s for the
+    1M-event benchmark's 490,000 records.
+    """
+    earliest = datetime.min.replace(tzinfo=UTC)
+    timed: list[tuple[datetime, RawRecord]] = []
+    for path in paths:
+        previous = earliest
+        for record in read_records(path):
+            times = [
+                outcome.occurred_at
+                for outcome in parse_records((record,), context)
+                if isinstance(outcome, Touchpoint)
+            ]
+            previous = min(times, default=previous)
+            timed.append((previous, record))
+    timed.sort(key=lambda pair: pair[0])
+    return [record for _, record in timed]

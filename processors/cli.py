@@ -582,6 +582,13 @@ def bench(
     quick: Annotated[
         bool, typer.Option(help="Tiny run for the test suite: two copies for queries, fewer repeats.")
     ] = False,
+    replay: Annotated[
+        str,
+        typer.Option(
+            help="Order the stream measurements produce the records in: time (merged by event time, "
+            "as a live feed) or files (one provider file after another)."
+        ),
+    ] = "time",
 ) -> None:
     """Benchmark: end-to-end throughput, analyst queries and the pm4py peer; writes bench/results.json."""
     from processors.bench.harness import parse_count, run_bench
@@ -601,6 +608,7 @@ def bench(
             mix=mix,
             quick=quick,
             query_touchpoints=touchpoints,
+            replay=replay,
             console=out,
         )
     except ValueError as exc:

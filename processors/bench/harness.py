@@ -35,6 +35,10 @@ from rich.table import Table
 from processors.bench.dataset import Dataset, mix_for, prepare
 
 SCHEMA = "journeys.bench/v1"
+# The orders the stream measurements produce the dataset in (`processors.bench.stream.replay_records`):
+# by event time, as a live feed arrives, or one provider file after another (every run before round 5).
+REPLAYS = ("time", "files")
+DEFAULT_REPLAY = "time"
 FULL_QUERY_TOUCHPOINTS = 10_000_000
 PACKAGES = (
     "journeys",
@@ -66,6 +70,7 @@ class BenchContext:
     pii_key: str
     quick: bool  # tiny run for the test suite
     mix: str = "demo"  # the demo generator's population mix (`ingest.demo.MIXES`)
+    replay: str = DEFAULT_REPLAY  # the order the stream measurements produce the records in (REPLAYS)
 
 
 Measure = Callable[[BenchContext], dict[str, Any]]
@@ -304,6 +309,7 @@ def run_bench(
     mix: str | None = None,
     quick: bool = False,
     query_touchpoints: int | None = None,
+    replay: str = DEFAULT_REPLAY,
     console: Console | None = None,
     repo: Path | None = None,
 ) -> BenchRun:
@@ -311,6 +317,7 @@ def run_bench(
 
     `mix` is the demo generator's population mix; None: `short` (about 10 events
     per customer) from 10M events on, as the scale target says, else `demo`.
+    `replay` is the order the stream measurements produce the records in (`REPLAYS`).
     """
     console = console or Console()
     available = measurements(query_touchpoints)
@@ -318,6 +325,8 @@ def run_bench(
     unknown = [name for name in selected if name not in available]
     if unknown:
         raise ValueError(f"unknown measurement(s) {unknown}; choose from {', '.join(available)}")
+    if replay not in REPLAYS:
+        raise ValueError(f"unknown replay order {replay!r}; choose one of {', '.join(REPLAYS)}")
     mix = mix_for(events, mix)
     started_at = datetime.now(UTC)
     machine_info = machine()
@@ -343,6 +352,7 @@ def run_bench(
         pii_key=secrets.token_hex(32),
         quick=quick,
         mix=mix,
+        replay=replay,
     )
     run = BenchRun(ctx=ctx, dataset=dataset)
     try:
@@ -365,7 +375,7 @@ def run_bench(
         "schema": SCHEMA,
         "started_at": started_at.isoformat(),
         "finished_at": datetime.now(UTC).isoformat(),
-        "command": _command(events, selected, quick, mix),
+        "command": _command(events, selected, quick, mix, replay),
         "git": git_commit(repo or Path(__file__).resolve().parents[2]),
         "machine": machine_info,
         "versions": versions(),
@@ -373,6 +383,7 @@ def run_bench(
             "events": events,
             "seed": seed,
             "mix": mix,
+            "replay": replay,
             "quick": quick,
             "measurements": selected,
             "workdir": str(workdir) if keep or not own_workdir else None,
@@ -402,10 +413,12 @@ def run_bench(
     return run
 
 
-def _command(events: int, selected: Sequence[str], quick: bool, mix: str) -> str:
+def _command(events: int, selected: Sequence[str], quick: bool, mix: str, replay: str) -> str:
     parts = ["journeys", "bench", "--events", str(events)]
     if mix != mix_for(events):
         parts += ["--mix", mix]
+    if replay != DEFAULT_REPLAY:
+        parts += ["--replay", replay]
     if selected != list(measurements()):
         parts += ["--only", ",".join(selected)]
     if quick:

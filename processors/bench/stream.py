@@ -5,8 +5,17 @@ a `journeys worker` process and a ClickHouse sink process, and read ClickHouse
 only inside that sink process: chDB lets one process hold a data path, and the
 process running the benchmark (pytest, `journeys bench`) may already hold one.
 
+The dataset's raw records are produced in one of two orders (`BenchContext.replay`,
+`--replay`), chosen and paid for before any clock starts (`replay_records`):
+
+- `time` (the default): every file's records merged into one sequence by event
+  time (`ingest.producer.records_in_event_time`), as a live feed arrives;
+- `files`: one file after another (web, email, phone, calls, social), as
+  `journeys produce` replays exports, so each customer's later channels arrive
+  behind its whole web history. Every figure before round 5 used this order.
+
 **stream** (`measure_stream`): the dataset is produced to the raw topics with
-the project's producer (`ingest.producer.produce_files`) before any clock
+the project's producer (`ingest.producer.produce_sequence`) before any clock
 starts. Then, in the same run:
 
 1. a bare aiokafka consumer (no group, partitions assigned) reads every raw
@@ -25,18 +34,19 @@ dead letter, and the ClickHouse `events` and `touchpoints` views hold exactly
 the events the reconstruct stage admitted (neither duplicates nor refusals).
 
 **latency** (`measure_latency`): with the worker and sink running and warmed
-up (a first slice of the dataset made visible), the rest is produced at a
-steady rate for a fixed time. The producer stamps each record's `received_at`
-header when it hands it to the Kafka client; that stamp travels with the
-touchpoint into ClickHouse. The sink process wraps its real ClickHouse client
-(`ObservedClient`) and, when an insert into `touchpoint_versions` (the rows of
-the `touchpoints` view, written together with their `journeys` rows) returns,
-takes `now - received_at` for each event seen there for the first time: the
-moment the insert returns the rows are visible to any query. This costs a set
-lookup per row, so the measurement itself does not poll ClickHouse or slow the
-sink. Producer and sink run on the same machine, so both stamps come from one
-clock. p50/p95/p99 are over every event produced in the steady window; events
-not visible by the end are reported (`missing`).
+up (a first slice of the records, in the replay order, made visible), the
+records after it are produced at a steady rate for a fixed time. The producer
+stamps each record's `received_at` header when it hands it to the Kafka
+client; that stamp travels with the touchpoint into ClickHouse. The sink
+process wraps its real ClickHouse client (`ObservedClient`) and, when an
+insert into `touchpoint_versions` (the rows of the `touchpoints` view, written
+together with their `journeys` rows) returns, takes `now - received_at` for
+each event seen there for the first time: the moment the insert returns the
+rows are visible to any query. This costs a set lookup per row, so the
+measurement itself does not poll ClickHouse or slow the sink. Producer and
+sink run on the same machine, so both stamps come from one clock. p50/p95/p99
+are over every event produced in the steady window; events not visible by the
+end are reported (`missing`).
 """
 
 from __future__ import annotations
@@ -60,11 +70,13 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from processors.bench.harness import DEFAULT_REPLAY, REPLAYS
 from processors.stream.metrics import parse_metrics
 
 if TYPE_CHECKING:
     from clickhouse_connect.driver.client import Client
 
+    from ingest.context import IngestContext
     from ingest.records import RawRecord
     from ingest.topics import Topics
     from processors.bench.harness import BenchContext
@@ -89,6 +101,38 @@ def dataset_inputs(dataset: Path) -> list[Path]:
     if not found:
         raise FileNotFoundError(f"no demo input files ({', '.join(DATASET_FILES)}) in {dataset}")
     return found
+
+
+def replay_records(ctx: BenchContext) -> Iterable[RawRecord]:
+    """The dataset's raw records in the order the measurements produce them (`ctx.replay`).
+
+    `files`: lazily, one file after another. `time`: ordered by event time, a
+    list: the sort reads and parses every record first (for 1M events about
+    850 MB and 25 s, `records_in_event_time`), so call this before any clock.
+    """
+    from ingest.files import read_records
+    from ingest.producer import records_in_event_time
+
+    paths = dataset_inputs(ctx.dataset)
+    if ctx.replay == "files":
+        return (record for path in paths for record in read_records(path))
+    if ctx.replay == "time":
+        return records_in_event_time(paths, worker_context(ctx.pii_key))
+    raise ValueError(f"unknown replay order {ctx.replay!r}; choose one of {', '.join(REPLAYS)}")
+
+
+def worker_context(pii_key: str) -> IngestContext:
+    """The ingest context the benchmark's worker parses with: the settings it loads, under `pii_key`."""
+    from ingest.context import IngestContext
+    from processors.config import Settings
+
+    settings = Settings.load(dsn="chdb://unused")
+    return IngestContext.with_key(
+        pii_key,
+        policy=settings.identity,
+        extra_identifier_types=settings.extra_identifier_types,
+        phone_region=settings.phone_region,
+    )
 
 
 # --------------------------------------------------------------------------- the bare consumer
@@ -465,13 +509,16 @@ def _stack(ctx: BenchContext, name: str) -> Iterator[tuple[Stack, Topics]]:
 def measure_stream(ctx: BenchContext) -> dict[str, Any]:
     """One worker's events/s from the broker into ClickHouse beside a bare consumer's on the same topics."""
     from ingest.pii import PiiHasher
-    from ingest.producer import produce_files
+    from ingest.producer import produce_sequence
 
-    inputs = dataset_inputs(ctx.dataset)
+    began = time.perf_counter()
+    records = replay_records(ctx)
+    order_seconds = time.perf_counter() - began
     with _stack(ctx, "throughput") as (stack, topics):
         began = time.perf_counter()
-        produced = produce_files(inputs, stack.bootstrap, topics, PiiHasher(ctx.pii_key))
+        produced = produce_sequence(records, stack.bootstrap, topics, PiiHasher(ctx.pii_key))
         produce_seconds = time.perf_counter() - began
+        del records  # a time-ordered list holds the whole dataset: not while the worker runs
         raw_records = sum(produced.by_topic.values())
         bare = bare_consumer_rate(stack.bootstrap, list(topics.all_raw), raw_records)
 
@@ -484,11 +531,13 @@ def measure_stream(ctx: BenchContext) -> dict[str, Any]:
     seconds = line["t"] - first
     records_per_s = raw_records / seconds
     return {
+        "replay": ctx.replay,
         "events": ctx.leaf_events,
         "records": raw_records,
         "touchpoints": int(counters["admitted"]),
         "duplicates": int(counters["duplicates"]),
         "dead_letters": int(counters["dead_letters"]),
+        "order_s": order_seconds,
         "produce_seconds": produce_seconds,
         "startup_s": first - stack.worker_started,
         "seconds": seconds,
@@ -535,14 +584,15 @@ def percentile(values: list[int], q: float) -> float:
 
 def measure_latency(ctx: BenchContext) -> dict[str, Any]:
     """Produced → visible in ClickHouse `journeys`: p50/p95/p99 at a steady rate (method: module doc)."""
-    from ingest.files import read_records
     from ingest.kafka import make_producer
     from ingest.pii import PiiHasher
     from ingest.producer import ProduceSummary, produce_records
 
     rate = float(os.environ.get(RATE_ENV) or (QUICK_RATE if ctx.quick else LATENCY_RATE))
     wanted_seconds = QUICK_SECONDS if ctx.quick else LATENCY_SECONDS
-    records = [record for path in dataset_inputs(ctx.dataset) for record in read_records(path)]
+    began = time.perf_counter()
+    records = list(replay_records(ctx))
+    order_seconds = time.perf_counter() - began
     warmup, steady = records[:WARMUP_RECORDS], records[WARMUP_RECORDS:]
     # The rate is in events; a raw record carries records/leaf_events of one on average.
     record_rate = rate * ctx.records / ctx.leaf_events
@@ -575,6 +625,8 @@ def measure_latency(ctx: BenchContext) -> dict[str, Any]:
         1 for received_at, _ in views["latencies"] if received_at < steady_from_ms - 1
     )
     return {
+        "replay": ctx.replay,
+        "order_s": order_seconds,
         "rate": rate,
         "achieved_rate": len(steady) / produce_seconds * ctx.leaf_events / ctx.records,
         "latency_seconds": produce_seconds,
@@ -603,9 +655,12 @@ class LocalContext:
     customers: int
     pii_key: str
     quick: bool
+    replay: str = DEFAULT_REPLAY
 
 
-def local_context(workdir: Path, customers: int, quick: bool = False, seed: int = 7) -> LocalContext:
+def local_context(
+    workdir: Path, customers: int, quick: bool = False, seed: int = 7, replay: str = DEFAULT_REPLAY
+) -> LocalContext:
     """A demo dataset of `customers` people under `workdir`, counted the way `journeys run` counts it."""
     from ingest.demo import generate
     from ingest.files import read_records
@@ -621,7 +676,9 @@ def local_context(workdir: Path, customers: int, quick: bool = False, seed: int 
         1
         for _ in parse_records(records, ingest_context(Settings.load(dsn="chdb://unused"), create_key=False))
     )
-    return LocalContext(leaves, workdir, files.directory, len(records), leaves, customers, pii_key, quick)
+    return LocalContext(
+        leaves, workdir, files.directory, len(records), leaves, customers, pii_key, quick, replay
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -634,6 +691,12 @@ def main(argv: list[str] | None = None) -> None:
     run.add_argument("--workdir", type=Path, default=Path(".journeys/bench-stream"))
     run.add_argument("--quick", action="store_true")
     run.add_argument("--only", choices=("stream", "latency"))
+    run.add_argument(
+        "--replay",
+        choices=REPLAYS,
+        default=DEFAULT_REPLAY,
+        help="the order the records are produced in: by event time, or one file after another",
+    )
     sink = commands.add_parser("probe-sink", help="(internal) the sink process of a measurement")
     sink.add_argument("--dsn", required=True)
     sink.add_argument("--bootstrap", required=True)
@@ -646,8 +709,11 @@ def main(argv: list[str] | None = None) -> None:
     import shutil
 
     shutil.rmtree(args.workdir, ignore_errors=True)
-    ctx = local_context(args.workdir, args.customers, args.quick)
-    print(f"dataset: {ctx.records:,} records, {ctx.leaf_events:,} events, {ctx.customers:,} customers")
+    ctx = local_context(args.workdir, args.customers, args.quick, replay=args.replay)
+    print(
+        f"dataset: {ctx.records:,} records, {ctx.leaf_events:,} events, {ctx.customers:,} customers; "
+        f"replay order: {ctx.replay}"
+    )
     results: dict[str, Any] = {}
     if args.only in (None, "stream"):
         results["stream"] = measure_stream(ctx)  # type: ignore[arg-type]

@@ -12,9 +12,10 @@ import orjson
 import pytest
 
 from ingest.context import IngestContext
+from ingest.files import read_records
 from ingest.pii import PiiHasher
 from ingest.pipeline import parse_records
-from ingest.producer import produce_files
+from ingest.producer import produce_files, records_in_event_time
 from ingest.records import DeadLetter
 from ingest.topics import Topics, message_key, record_from_message
 
@@ -145,3 +146,48 @@ def test_a_record_over_the_message_size_becomes_a_dead_letter(
         == summary.by_topic[social]
         > 0
     )
+
+
+def social(event_id: str, occurred_at: str) -> dict[str, str]:
+    return {
+        "schema": "journeys.social/v1",
+        "id": event_id,
+        "kind": "mention",
+        "platform": "x",
+        "handle": f"@{event_id}",
+        "occurred_at": occurred_at,
+    }
+
+
+def test_records_in_event_time_interleave_the_files_and_keep_broken_records_in_place(
+    tmp_path: Path, pii_key: str
+) -> None:
+    first, second = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    lines_a = [
+        "not json at all",  # broken, nothing before it: first
+        orjson.dumps(social("a2", "2024-03-05T10:00:00Z")),
+        orjson.dumps(social("a3", "2024-03-05T12:00:00Z")),
+        orjson.dumps({"schema": "journeys.social/v1", "id": "a4"}),  # broken: stays behind a3
+    ]
+    lines_b = [
+        orjson.dumps(social("b1", "2024-03-05T11:00:00Z")),
+        orjson.dumps(social("b2", "2024-03-05T12:00:00Z")),  # a3's time: after a.jsonl's records
+        orjson.dumps(social("b3", "2024-03-05T09:00:00+01:00")),  # 08:00 UTC
+        orjson.dumps([social("b4", "2024-03-05T13:00:00Z"), social("b5", "2024-03-05T07:00:00Z")]),
+    ]
+    for path, lines in ((first, lines_a), (second, lines_b)):
+        path.write_bytes(b"\n".join(line if isinstance(line, bytes) else line.encode() for line in lines))
+
+    ordered = records_in_event_time([first, second], IngestContext.with_key(pii_key))
+
+    assert [record.origin for record in ordered] == [
+        "a.jsonl:1",
+        "b.jsonl:4",  # by its earliest event, 07:00
+        "b.jsonl:3",
+        "a.jsonl:2",
+        "b.jsonl:1",
+        "a.jsonl:3",
+        "a.jsonl:4",
+        "b.jsonl:2",
+    ]
+    assert Counter(ordered) == Counter([*read_records(first), *read_records(second)])

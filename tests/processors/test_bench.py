@@ -50,6 +50,7 @@ def test_results_describe_the_machine_and_the_versions(bench_run: tuple[dict, st
         assert results["versions"][package], package
     assert results["dataset"]["leaf_events"] >= results["dataset"]["records"] > 0
     assert results["command"].startswith("journeys bench --events 2000")
+    assert results["config"]["replay"] == "time" and "--replay" not in results["command"]
 
 
 def test_embedded_counts_every_event_and_measures_the_limit(bench_run: tuple[dict, str]) -> None:
@@ -138,6 +139,11 @@ def test_an_unknown_measurement_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown measurement"):
         run_bench(10, only=["nope"], out=tmp_path / "r.json", cache=tmp_path / "data")
     assert list(measurements())[:1] == ["embedded"]
+
+
+def test_an_unknown_replay_order_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown replay order"):
+        run_bench(10, replay="random", out=tmp_path / "r.json", cache=tmp_path / "data")
 
 
 def test_the_query_measurement_brings_an_older_source_database_up_to_date(

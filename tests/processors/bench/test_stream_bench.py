@@ -8,13 +8,18 @@ records, independently of the worker's own counters the benchmark uses.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections import Counter
+from datetime import datetime
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
 
 from ingest.files import read_records
 from ingest.pipeline import parse_records
+from ingest.records import RawRecord
 from journeys.reconstruct import Admission, Reconstruction
 from journeys.touchpoint import Touchpoint
 from processors.bench.stream import (
@@ -23,6 +28,8 @@ from processors.bench.stream import (
     local_context,
     measure_latency,
     measure_stream,
+    replay_records,
+    worker_context,
 )
 from processors.config import Settings
 from processors.embedded import ingest_context
@@ -50,12 +57,47 @@ def new_events(ctx: LocalContext) -> int:
     return reconstruction.admit_all(touchpoints)[Admission.NEW]
 
 
+def test_the_time_replay_is_the_file_replay_in_event_time_order(ctx: LocalContext) -> None:
+    by_files = list(replay_records(dataclasses.replace(ctx, replay="files")))  # type: ignore[arg-type]
+    by_time = list(replay_records(dataclasses.replace(ctx, replay="time")))  # type: ignore[arg-type]
+
+    # The same records, broken ones included, each exactly once; in another order.
+    assert Counter(by_time) == Counter(by_files) and len(by_time) == ctx.records
+    assert by_time != by_files
+    context = worker_context(ctx.pii_key)
+
+    def event_time(record: RawRecord) -> datetime | None:
+        outcomes = parse_records([record], context)
+        return min((o.occurred_at for o in outcomes if isinstance(o, Touchpoint)), default=None)
+
+    times = [event_time(record) for record in by_time]
+    timed = [moment for moment in times if moment is not None]
+    assert timed == sorted(timed)
+    # The demo's broken records (no event time): each right behind the record before it in its
+    # file, or, first in its file, ahead of every timed record.
+    broken = [record for record, moment in zip(by_time, times, strict=True) if moment is None]
+    assert len(broken) >= 3
+    before = {
+        record: previous
+        for path in dataset_inputs(ctx.dataset)
+        for previous, record in pairwise(read_records(path))
+    }
+    first_timed = next(index for index, moment in enumerate(times) if moment is not None)
+    for record in broken:
+        index = by_time.index(record)
+        if record in before:
+            assert by_time[index - 1] == before[record], record.origin
+        else:
+            assert index < first_timed, record.origin
+
+
 def test_one_worker_streams_every_event_into_clickhouse(ctx: LocalContext, pii_key: str) -> None:
     figures = measure_stream(ctx)  # type: ignore[arg-type]
 
     expected = new_events(ctx)
     assert expected > 0
     assert figures["events_visible"] == figures["touchpoints_visible"] == figures["touchpoints"] == expected
+    assert figures["replay"] == "time" and figures["order_s"] > 0
     assert figures["accounted"] is True
     assert figures["journeys_visible"] > 0
     assert figures["records"] == ctx.records and figures["events"] == ctx.leaf_events
@@ -73,7 +115,7 @@ def test_latency_is_measured_for_every_event_produced_at_the_steady_rate(
 ) -> None:
     figures = measure_latency(ctx)  # type: ignore[arg-type]
 
-    assert figures["missing"] == 0
+    assert figures["missing"] == 0 and figures["replay"] == "time"
     assert figures["latency_records"] > 0 and figures["latency_events"] >= figures["latency_records"] // 2
     assert 0 < figures["p50_ms"] <= figures["p95_ms"] <= figures["p99_ms"] <= figures["max_ms"]
     assert figures["achieved_rate"] > 0
