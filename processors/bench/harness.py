@@ -170,10 +170,14 @@ LATENCY_RATE = 5_000
 def _at_latency_rate(target: BenchTarget, results: dict[str, dict[str, Any]], ctx: BenchContext) -> Verdict:
     figures = results.get("latency", {})
     rate = figures.get("rate")
+    achieved = figures.get("achieved_rate")
     value = figures.get(target.figure)
     if not isinstance(rate, int | float) or rate < LATENCY_RATE:
         return Verdict("n/a", value, f"measured at {rate or 0:,.0f} events/s; the target is at 5,000")
-    return target.compare(value, f"at {rate:,.0f} events/s")
+    # A producer that fell behind the pace measured a lighter load than the target's.
+    if isinstance(achieved, int | float) and achieved < 0.95 * LATENCY_RATE:
+        return Verdict("n/a", value, f"the producer held {achieved:,.0f} events/s; the target is at 5,000")
+    return target.compare(value, f"at {rate:,.0f} events/s (held {achieved or 0:,.0f})")
 
 
 QUERY_NAMES = ("funnel", "dropoff", "channel_switch", "path_variants", "moments_of_truth")

@@ -135,6 +135,19 @@ def test_the_scale_target_needs_a_million_customers(tmp_path: Path) -> None:
     assert verdict(325_000).status == "n/a" and "--mix short" in verdict(325_000).note
 
 
+def test_the_latency_target_is_judged_only_at_the_pace_the_producer_held(tmp_path: Path) -> None:
+    latency = next(t for t in TARGETS if t.name.startswith("p95 latency"))
+    ctx = BenchContext(1_000, tmp_path, tmp_path, 1, 1_000, 10, "k", False)
+
+    def verdict(rate: float, achieved: float, p95: float = 1_500.0) -> Verdict:
+        return latency.verdict({"latency": {"rate": rate, "achieved_rate": achieved, "p95_ms": p95}}, ctx)
+
+    assert verdict(5_000, 4_990).status == "pass"
+    assert verdict(5_000, 4_990, p95=2_500).status == "fail"
+    assert verdict(5_000, 3_470).status == "n/a" and "held 3,470" in verdict(5_000, 3_470).note
+    assert verdict(300, 300).status == "n/a"
+
+
 def test_an_unknown_measurement_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown measurement"):
         run_bench(10, only=["nope"], out=tmp_path / "r.json", cache=tmp_path / "data")

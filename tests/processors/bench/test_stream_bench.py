@@ -29,6 +29,7 @@ from processors.bench.stream import (
     measure_latency,
     measure_stream,
     replay_records,
+    steady_window,
     worker_context,
 )
 from processors.config import Settings
@@ -118,7 +119,19 @@ def test_latency_is_measured_for_every_event_produced_at_the_steady_rate(
     assert figures["missing"] == 0 and figures["replay"] == "time"
     assert figures["latency_records"] > 0 and figures["latency_events"] >= figures["latency_records"] // 2
     assert 0 < figures["p50_ms"] <= figures["p95_ms"] <= figures["p99_ms"] <= figures["max_ms"]
-    assert figures["achieved_rate"] > 0
+    # Paced in leaf events, not records: the producer holds the rate it was asked for.
+    assert figures["achieved_rate"] == pytest.approx(figures["rate"], rel=0.1)
+    assert figures["latency_events"] / figures["latency_seconds"] == pytest.approx(figures["rate"], rel=0.25)
+
+
+def test_the_latency_window_is_paced_in_events_not_records() -> None:
+    records = [RawRecord(raw=str(n).encode(), origin=f"t:{n}") for n in range(6)]
+    events = {b"0": 1, b"1": 5, b"2": 1, b"3": 1, b"4": 2, b"5": 1}
+
+    window, due, total = steady_window(records, rate=2.0, seconds=4.0, events_of=lambda r: events[r.raw])
+
+    assert [r.raw for r in window] == [b"0", b"1", b"2", b"3"]  # 8 events: 4 s at 2 events/s
+    assert due == [0.0, 0.5, 3.0, 3.5] and total == 8
 
 
 def test_the_dataset_files_are_read_in_ingest_order(tmp_path: Path) -> None:
