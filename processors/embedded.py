@@ -103,10 +103,15 @@ def open_reconstruction(client: Client, settings: Settings) -> tuple[Reconstruct
     return reconstruction, replayed
 
 
-def parse_recipe(settings: Settings, rules: PhaseRules, *, create_key: bool) -> ParseRecipe:
-    """How records are parsed and classified under `settings`, here or in a parsing process."""
+def parse_recipe(
+    settings: Settings, rules: PhaseRules, *, create_key: bool, pii_key: bytes | None = None
+) -> ParseRecipe:
+    """How records are parsed and classified under `settings`, here or in a parsing process.
+
+    `pii_key` stands in for the configured key where the caller holds it already (a benchmark
+    parsing as the worker it started will)."""
     return ParseRecipe(
-        pii_key=settings.pii_key(create_if_missing=create_key),
+        pii_key=pii_key if pii_key is not None else settings.pii_key(create_if_missing=create_key),
         policy=settings.identity,
         extra_identifier_types=frozenset(settings.extra_identifier_types),
         phone_region=settings.phone_region,
@@ -114,9 +119,9 @@ def parse_recipe(settings: Settings, rules: PhaseRules, *, create_key: bool) -> 
     )
 
 
-def ingest_context(settings: Settings, *, create_key: bool) -> IngestContext:
+def ingest_context(settings: Settings, *, create_key: bool, pii_key: bytes | None = None) -> IngestContext:
     """The ingest context under `settings` (where no classification follows: the stream's normalise stage)."""
-    return parse_recipe(settings, PhaseRules(), create_key=create_key).context()
+    return parse_recipe(settings, PhaseRules(), create_key=create_key, pii_key=pii_key).context()
 
 
 INPUT_SUFFIXES = (".jsonl", ".ndjson", ".jsonlines", ".json", ".csv", ".txt")

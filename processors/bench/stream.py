@@ -131,16 +131,10 @@ def leaf_events(record: RawRecord, context: IngestContext) -> int:
 
 def worker_context(pii_key: str) -> IngestContext:
     """The ingest context the benchmark's worker parses with: the settings it loads, under `pii_key`."""
-    from ingest.context import IngestContext
     from processors.config import Settings
+    from processors.embedded import ingest_context
 
-    settings = Settings.load(dsn="chdb://unused")
-    return IngestContext.with_key(
-        pii_key,
-        policy=settings.identity,
-        extra_identifier_types=settings.extra_identifier_types,
-        phone_region=settings.phone_region,
-    )
+    return ingest_context(Settings.load(dsn="chdb://unused"), create_key=False, pii_key=pii_key.encode())
 
 
 # --------------------------------------------------------------------------- the bare consumer
