@@ -11,11 +11,13 @@ a late identity link, a merge undone by an unlink) get a tombstone
 from __future__ import annotations
 
 import hashlib
+import logging
 import queue
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
+from itertools import islice
 from operator import itemgetter
 from types import TracebackType
 from typing import Any, Protocol
@@ -30,6 +32,8 @@ from journeys.fold import ClassifiedTouchpoint, Journey
 from journeys.identity import IdentityConflict, IdentityMerge
 from journeys.reconstruct import Reconstruction
 from journeys.touchpoint import Channel, CompactTouchpoint, Identifier, Touchpoint
+
+log = logging.getLogger("journeys.sink")
 
 EVENT_COLUMNS = (
     "event_id",
@@ -490,15 +494,17 @@ def touchpoint_values(
     at: datetime,
     bookkeeping: tuple = (),
     steps: Mapping[str, ClassifiedTouchpoint] | None = None,
+    start: int = 0,
 ) -> list[tuple]:
     """The placed touchpoints' columns, then `bookkeeping` (`touchpoint_rows`: version, written_at).
 
     `steps`, the journey's touchpoints by event id when the caller has them at hand (the
-    fold's input), saves making each again from the aggregate's columns."""
+    fold's input), saves making each again from the aggregate's columns. `start` skips the
+    journey's first touchpoints (those already written, when a journey grew at its end)."""
     rows = []
     step = reconstruction.step if steps is None else steps.__getitem__
     customer_id, journey_id, persona = journey.customer_id, journey.journey_id, journey.persona or ""
-    for event_id, seq, phase, sentiment in journey.touchpoints:
+    for event_id, seq, phase, sentiment in islice(journey.touchpoints, start, None):
         tp, cls = step(event_id)
         rows.append(
             (
@@ -706,17 +712,22 @@ def retire_missing(client: Store, journeys: set[str], merges: set[tuple], confli
 # -- the stream sink: changes, not whole snapshots ----------------------------------
 
 
-def write_customer_journeys(
-    client: Client, customers: dict[str, tuple[list[Sequence[Any]], list[Sequence[Any]], list[str]]]
-) -> tuple[int, int]:
+CustomerChanges = tuple[list[Sequence[Any]], list[Sequence[Any]], list[str], list[str]]
+"""What the state topic says about one customer (`processors.stream.messages`): journey values,
+touchpoint values, ids of journeys kept as stored, ids of the sent journeys that grew at their end."""
+
+
+def write_customer_journeys(client: Client, customers: dict[str, CustomerChanges]) -> tuple[int, int]:
     """Write the changed journeys of these customers with their touchpoints; delete the ones that vanished.
 
     `customers` maps a customer id to (journey values, touchpoint values, kept
-    journey ids): the values as `journey_values` / `touchpoint_values` give them
-    for the journeys that changed, and the ids of the customer's journeys that
-    did not change and stay as stored. Any other stored journey of the customer
-    is gone, so an empty triple means the customer no longer exists (absorbed by
-    a merge). Returns (written, deleted).
+    journey ids, extended journey ids): the values as `journey_values` /
+    `touchpoint_values` give them for the journeys that changed, the ids of the
+    customer's journeys that did not change and stay as stored, and the ids of
+    the changed journeys that only grew at their end, whose touchpoint values
+    are only the new ones (their earlier touchpoints stay as stored). Any other
+    stored journey of the customer is gone, so empty lists mean the customer no
+    longer exists (absorbed by a merge). Returns (written, deleted).
 
     `customers` is in the order the snapshots were made. A touchpoint that moved
     between two of them (a merge) appears in both; all rows share one version, and
@@ -727,22 +738,75 @@ def write_customer_journeys(
         return 0, 0
     version, now = _clock.next(), datetime.now(UTC)
     now_ms = _ms(now)
+    extended = {journey_id for *_, ids in customers.values() for journey_id in ids}
+    # A grown journey's row gets a version of its own: the one its carried point rollup gets.
+    grown_version = _clock.next() if extended else version
     journey_rows = [
-        (*values, version, 0, now_ms) for journeys, _, _ in customers.values() for values in journeys
+        (*values, grown_version if values[0] in extended else version, 0, now_ms)
+        for journeys, *_ in customers.values()
+        for values in journeys
     ]
-    last_placement = {values[0]: values for _, touchpoints, _ in customers.values() for values in touchpoints}
+    last_placement = {values[0]: values for _, rows, *_ in customers.values() for values in rows}
     # By journey (column 2), so that each journey's touchpoints go out in one insert (`_insert_touchpoints`).
     tp_rows = sorted(((*values, version, now_ms) for values in last_placement.values()), key=itemgetter(2))
-    current = client.query(
-        "SELECT journey_id FROM journeys WHERE customer_id IN {ids:Array(String)}",
-        parameters={"ids": sorted(customers)},
-    ).result_rows
-    kept = {journey_id for _, _, ids in customers.values() for journey_id in ids}
-    stale = {row[0] for row in current} - {row[0] for row in journey_rows} - kept
+    current = {
+        row[0]
+        for row in client.query(
+            "SELECT journey_id FROM journeys WHERE customer_id IN {ids:Array(String)}",
+            parameters={"ids": sorted(customers)},
+        ).result_rows
+    }
+    kept = {journey_id for _, _, ids, _ in customers.values() for journey_id in ids}
+    stale = current - {row[0] for row in journey_rows} - kept
     tombstones = _tombstones(client, stale, version, now)
-    _insert(client, "journey_versions", JOURNEY_COLUMNS, journey_rows + tombstones)
     _insert_touchpoints(client, tp_rows)
+    if extended:
+        unknown = extended - current
+        if unknown:
+            # Their earlier touchpoints are not here (a database replaced under a running stream):
+            # the journeys are written with what came, and the drop-off view counts only that.
+            log.warning(
+                "%d journeys grew whose earlier rows this database does not hold, e.g. %s",
+                len(unknown),
+                min(unknown),
+            )
+        _carry_points(client, sorted(extended), version, grown_version)
+    _insert(client, "journey_versions", JOURNEY_COLUMNS, journey_rows + tombstones)
     return len(journey_rows), len(tombstones)
+
+
+# A grown journey's drop-off points: the points of its stored version (the version of its current
+# row, read before the new row goes in) and of its new touchpoints (`written`), as one rollup row
+# of the new row's version (`grown`). `dropoff_points` (migration 0006) counts a journey's points
+# from the one rollup row of its current version, so the carried points and the new ones must be
+# in one row; the materialized view's row of the new touchpoints alone has an older version.
+_CARRY_POINTS = """
+INSERT INTO journey_point_ids (journey_id, version, points, last_move)
+SELECT
+    r.journey_id,
+    {grown:UInt64},
+    (arrayFilter((point, seen) -> seen = j.version OR seen = {written:UInt64}, r.points.1, r.points.2)
+        AS point_ids, arrayMap(point -> toUInt64({grown:UInt64}), point_ids)),
+    if(r.last_move.1 = j.version OR r.last_move.1 = {written:UInt64},
+        (toUInt64({grown:UInt64}), r.last_move.2, r.last_move.3), r.last_move)
+FROM
+(
+    SELECT journey_id, maxMap(points) AS points, max(last_move) AS last_move
+    FROM journey_point_ids
+    WHERE journey_id IN {ids:Array(String)}
+    GROUP BY journey_id
+) AS r
+LEFT JOIN
+(
+    SELECT journey_id, version FROM journey_versions FINAL
+    WHERE journey_id IN {ids:Array(String)} AND is_deleted = 0
+) AS j ON j.journey_id = r.journey_id
+"""
+
+
+def _carry_points(client: Client, journey_ids: list[str], written: int, grown: int) -> None:
+    """Roll grown journeys' stored points and new touchpoints' points up at their new version."""
+    client.command(_CARRY_POINTS, parameters={"ids": journey_ids, "written": written, "grown": grown})
 
 
 def _insert_touchpoints(client: Store, rows: list[tuple]) -> None:

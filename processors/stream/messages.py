@@ -7,14 +7,18 @@
   per message dominates otherwise (profiled: about a third of the worker's time).
 - `state`: what the reconstruct stage changed, as row values the ClickHouse sink
   writes unchanged (`processors.sinks.clickhouse.*_values`):
-  - `{"kind": "customers", "customers": [[customer_id, journeys, touchpoints, kept], ...]}`:
-    changed customers' changed journeys with all their touchpoints, and the ids
-    of the customer's journeys that did not change since they were last
-    published (`PublishedJourneys`); every other journey of the customer is gone
-    (all lists empty: the customer was absorbed by a merge). Packed up to about
-    256 KB a message, keyed by the first customer id. The sink also reads
-    entries without `kept` (every journey sent) and the older one-customer form
-    `{"kind": "customer", "customer_id", "journeys", "touchpoints"}`;
+  - `{"kind": "customers", "customers": [[customer_id, journeys, touchpoints, kept, extended], ...]}`:
+    changed customers' changed journeys with their touchpoints, the ids of the
+    customer's journeys that did not change since they were last published, and
+    the ids of the sent journeys that only grew at their end, whose touchpoints
+    here are only those after the published ones (`PublishedJourneys`); every
+    other journey of the customer is gone (all lists empty: the customer was
+    absorbed by a merge). Packed up to about 256 KB a message, keyed by the
+    first customer id. The sink also reads entries without `extended` or `kept`
+    (every journey sent whole) and the older one-customer form
+    `{"kind": "customer", "customer_id", "journeys", "touchpoints"}`; a sink
+    older than `extended` turns such entries into dead letters, so sinks are
+    upgraded before workers;
   - `{"kind": "events", "events": [canonical touchpoint JSON, ...]}`: new events;
   - `{"kind": "identity", "identities", "merges_added", "merges_removed",
     "conflicts_added", "conflicts_removed"}`;
@@ -210,43 +214,62 @@ _WATERMARK = JOURNEY_COLUMNS.index("watermark")
 
 
 class PublishedJourneys:
-    """What the state topic last said about each journey, so that only journeys that changed go out again.
+    """What the state topic last said about each journey, so that only what changed goes out again.
 
     A batch refolds each affected customer's whole history; sending all of it
     made the state topic and the sink's writes grow with the customer's history
-    instead of with what happened (a returning customer with many past journeys
-    changes only the current one). Per journey this keeps a digest of its row
-    and of its touchpoints' placement (`fingerprint`), without the watermark
-    (when processing had got there, not what happened: every fold moves it). A
-    journey whose digest is unchanged is named in the message as kept; the sink
-    leaves its stored rows as they are. Cleared when the stage is rebuilt: a
-    snapshot sends everything.
+    instead of with what happened. Per journey this keeps a digest of its row
+    without the watermark (when processing had got there, not what happened:
+    every fold moves it), how many touchpoints were published, and a digest of
+    their rows (`placement_digest`). Then a journey goes out as:
+
+    - kept (its id only) when both digests are unchanged: the sink leaves its
+      stored rows as they are;
+    - extended (its row and only the touchpoints after the published ones) when
+      the published touchpoints are still the first ones, placed the same: a
+      returning customer's current journey grows at its end, and sending all of
+      it on every batch made a long journey cost the square of its length;
+    - whole otherwise (a late event or a merge placed touchpoints differently).
+
+    Cleared when the stage is rebuilt: a snapshot sends everything.
     """
 
     def __init__(self) -> None:
-        self._customers: dict[str, dict[str, bytes]] = {}
+        self._customers: dict[str, dict[str, tuple[bytes, int, bytes]]] = {}
 
     def clear(self) -> None:
         self._customers.clear()
 
     def changes(
         self, customer_id: str, journeys: list[Journey], values: list[tuple]
-    ) -> tuple[list[int], list[str]] | None:
-        """(positions of the journeys that changed since last published, ids of those that did not),
-        remembered; None when the customer stands exactly as published (none changed or went away).
+    ) -> tuple[list[tuple[int, int]], list[str]] | None:
+        """(the journeys that changed since last published as (position, touchpoints already published:
+        0 for a journey to send whole), ids of those that did not), remembered; None when the customer
+        stands exactly as published (none changed or went away).
 
         `values` are the journeys' `journey_values`, made once for this and the message.
         """
         before = self._customers.get(customer_id, {})
-        now: dict[str, bytes] = {}
-        changed: list[int] = []
+        now: dict[str, tuple[bytes, int, bytes]] = {}
+        changed: list[tuple[int, int]] = []
         kept: list[str] = []
         for position, (journey, row) in enumerate(zip(journeys, values, strict=True)):
-            digest = now[journey.journey_id] = fingerprint(journey, row)
-            if before.get(journey.journey_id) == digest:
+            count = len(journey.touchpoints)
+            published = now[journey.journey_id] = (row_digest(row), count, placement_digest(journey, count))
+            earlier = before.get(journey.journey_id)
+            if earlier == published:
                 kept.append(journey.journey_id)
+            elif (
+                earlier is not None
+                and earlier[1] <= count
+                and (
+                    earlier[2]
+                    == (published[2] if earlier[1] == count else placement_digest(journey, earlier[1]))
+                )
+            ):
+                changed.append((position, earlier[1]))
             else:
-                changed.append(position)
+                changed.append((position, 0))
         if now:
             self._customers[customer_id] = now
         else:
@@ -259,17 +282,23 @@ class PublishedJourneys:
         return sum(len(journeys) for journeys in self._customers.values())
 
 
-def fingerprint(journey: Journey, row: tuple) -> bytes:
-    """A digest of what the sink writes for a journey (its `journey_values` row), but for its watermark.
-
-    The touchpoint rows are the journey's placement (event id, position, phase,
-    sentiment) of touchpoints that never change once admitted, with the
-    customer, journey and persona that the journey row carries.
-    """
+def row_digest(row: tuple) -> bytes:
+    """A digest of a journey's `journey_values` row but for its watermark."""
     values = list(row)
     del values[_WATERMARK]
-    placed = [tuple(placement) for placement in journey.touchpoints]
-    return hashlib.blake2b(orjson.dumps([values, placed]), digest_size=16).digest()
+    return hashlib.blake2b(orjson.dumps(values), digest_size=16).digest()
+
+
+def placement_digest(journey: Journey, count: int) -> bytes:
+    """A digest of what the sink writes for the journey's first `count` touchpoints.
+
+    A touchpoint row is the touchpoint (never changed once admitted) as placed
+    in the journey (event id, position, phase, sentiment), with the journey's
+    customer, id and persona (`touchpoint_values`); the customer and id are the
+    journey's key here, so the persona and the placements decide.
+    """
+    placed = [tuple(placement) for placement in journey.touchpoints[:count]]
+    return hashlib.blake2b(orjson.dumps([journey.persona, placed]), digest_size=16).digest()
 
 
 def state_messages(
@@ -283,7 +312,8 @@ def state_messages(
     """(key, value) messages for the state topic describing one batch's changes.
 
     With `published`, a changed customer's journeys that did not change go out
-    as kept ids only, and a customer none of whose journeys changed not at all.
+    as kept ids only, journeys that grew at their end with only their new
+    touchpoints, and a customer none of whose journeys changed not at all.
     `steps` holds the changed customers' touchpoints by event id when the caller
     has them (`LiveReconstruction.steps`); else they are made from the aggregate.
     """
@@ -313,16 +343,22 @@ def state_messages(
     for customer_id, journeys in result.journeys.items():
         values = [journey_values(j) for j in journeys]
         kept: list[str] = []
+        extended: list[str] = []
+        sent = [(journey, 0) for journey in journeys]
         if published is not None:
             changes = published.changes(customer_id, journeys, values)
             if changes is None:
                 continue  # every journey as published: nothing to write
             changed, kept = changes
-            journeys, values = [journeys[i] for i in changed], [values[i] for i in changed]
+            sent = [(journeys[i], start) for i, start in changed]
+            values = [values[i] for i, _ in changed]
+            extended = [journey.journey_id for journey, start in sent if start]
         touchpoints = [
-            row for j in journeys for row in touchpoint_values(reconstruction, j, now, steps=steps)
+            row
+            for journey, start in sent
+            for row in touchpoint_values(reconstruction, journey, now, steps=steps, start=start)
         ]
-        entry = orjson.dumps([customer_id, values, touchpoints, kept])
+        entry = orjson.dumps([customer_id, values, touchpoints, kept, extended])
         if packed and size + len(entry) > STATE_BYTES:
             yield key, orjson.dumps({"kind": "customers", "customers": packed})
             packed, size = [], 0

@@ -86,31 +86,43 @@ def _header_text(headers: Iterable[tuple[str, bytes]] | None, name: str, default
 
 
 def _latest_snapshot(
-    customers: dict[str, tuple[list, list, list]],
+    customers: dict[str, tables.CustomerChanges],
     customer_id: str,
     journeys: list,
     touchpoints: list,
     kept: list | None = None,
+    extended: list | None = None,
 ) -> None:
     """A later message about a customer supersedes its earlier one, and `customers` stays in message order.
 
     `kept` lists the customer's journeys the message leaves out because they did
     not change since the reconstruct stage last published them (None: the
-    message carries every journey). A kept journey that an earlier message of
-    this segment changed is still written, from that message; a journey the
-    later message neither carries nor keeps is gone, and its earlier rows are
-    not written. A touchpoint a merge moved to another customer is written
-    where it went last (see `write_customer_journeys`).
+    message carries every journey); `extended`, the journeys it carries that
+    grew at their end, with only their new touchpoints. A kept journey that an
+    earlier message of this segment changed is still written, from that
+    message; a grown one that an earlier message carried is written with the
+    earlier message's touchpoints and the new ones (whole, if the earlier
+    message had it whole); a journey the later message neither carries nor
+    keeps is gone, and its earlier rows are not written. A touchpoint a merge
+    moved to another customer is written where it went last (see
+    `write_customer_journeys`).
     """
     earlier = customers.pop(customer_id, None)
     kept = list(kept or ())
-    if kept and earlier is not None:
-        carried = {values[0] for values in earlier[0]} & set(kept)
-        if carried:
-            journeys = [values for values in earlier[0] if values[0] in carried] + journeys
-            touchpoints = [values for values in earlier[1] if values[2] in carried] + touchpoints
+    grown = set(extended or ())
+    if earlier is not None and (kept or grown):
+        earlier_journeys, earlier_touchpoints, _, earlier_grown = earlier
+        sent_before = {values[0] for values in earlier_journeys}
+        carried, regrown = sent_before & set(kept), sent_before & grown
+        if carried or regrown:
+            journeys = [values for values in earlier_journeys if values[0] in carried] + journeys
+            touchpoints = [
+                values for values in earlier_touchpoints if values[2] in carried or values[2] in regrown
+            ] + touchpoints
             kept = [journey_id for journey_id in kept if journey_id not in carried]
-    customers[customer_id] = (journeys, touchpoints, kept)
+            # Grown onto what is stored only if the earlier message did not send it whole.
+            grown = (grown - regrown) | ((carried | regrown) & set(earlier_grown))
+    customers[customer_id] = (journeys, touchpoints, kept, sorted(grown))
 
 
 @dataclass
@@ -142,7 +154,7 @@ class _Segment:
     events: list[CompactTouchpoint] = field(default_factory=list)
     letters: list[DeadLetter] = field(default_factory=list)
     identity_messages: list[dict[str, Any]] = field(default_factory=list)
-    customers: dict[str, tuple[list, list, list]] = field(default_factory=dict)
+    customers: dict[str, tables.CustomerChanges] = field(default_factory=dict)
 
 
 def write_batch(
@@ -189,11 +201,11 @@ def write_batch(
                     if kind == "customers"
                     else [(message["customer_id"], message["journeys"], message["touchpoints"])]
                 )
-                for customer_id, journeys, touchpoints, *kept in packed:
+                for customer_id, journeys, touchpoints, *kept in packed:  # then `extended`, if sent
                     _latest_snapshot(segment.customers, customer_id, journeys, touchpoints, *kept)
                     if snapshot is not None:
                         snapshot.journeys.update(values[0] for values in journeys)
-                        snapshot.journeys.update(*kept)
+                        snapshot.journeys.update(*kept[:1])
             elif kind == "snapshot":
                 phase = message["phase"]
                 if phase == "begin":

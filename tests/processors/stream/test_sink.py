@@ -22,7 +22,7 @@ from processors.config import load_rules
 from processors.storage import connect, migrate
 from processors.stream.messages import PublishedJourneys, encode_touchpoint, snapshot_messages, state_messages
 from processors.stream.metrics import Metrics
-from processors.stream.sink import SinkConfig, run_sink
+from processors.stream.sink import SinkConfig, _latest_snapshot, run_sink
 
 RULES = load_rules()
 T0 = datetime(2026, 9, 1, tzinfo=UTC)
@@ -244,7 +244,7 @@ def test_a_sink_restarted_inside_a_snapshot_reads_it_again_from_its_beginning(
 
 
 def customer_entries(messages: list[tuple[bytes, bytes]]) -> list[list[Any]]:
-    """Every [customer id, journeys, touchpoints, kept] entry of these state messages, in order."""
+    """Every [customer id, journeys, touchpoints, kept, extended] entry of these state messages, in order."""
     entries = []
     for _, value in messages:
         message = orjson.loads(value)
@@ -298,17 +298,20 @@ def test_only_changed_journeys_are_published_and_the_sink_ends_where_full_messag
 
     customer_a = live.reconstruction.graph.customer_of(("user_id", "u-a"))
     sent = [
-        ([values[0] for values in journeys], kept)
-        for customer, journeys, _, kept in customer_entries(messages[partial])
+        ([values[0] for values in journeys], kept, extended, [values[0] for values in touchpoints])
+        for customer, journeys, touchpoints, kept, extended in customer_entries(messages[partial])
         if customer == customer_a
     ]
     first, changed, closed, late, unlinked = sent
-    (old, current), kept_at_first = first
-    assert kept_at_first == [], "both journeys are new"
-    assert changed == closed == ([current], [old]), "the current journey changed, the old one is kept"
-    (earlier,), kept_at_late = late  # the old journey now starts with the late event: a new journey id
-    assert earlier != old and kept_at_late == [current]
-    assert unlinked == ([], [earlier]), "the current journey went away with the unlinked visitor"
+    (old, current), kept_at_first, grown_at_first, _ = first
+    assert kept_at_first == grown_at_first == [], "both journeys are new: sent whole"
+    assert changed == ([current], [old], [current], ["a-5"]), "the current journey grew: its new touchpoint"
+    assert closed == ([current], [old], [current], []), "closed by the watermark: its row alone"
+    (earlier,), kept_at_late, grown_at_late, touchpoints_at_late = late
+    # The old journey now starts with the late event: a new journey id, sent whole.
+    assert earlier != old and kept_at_late == [current] and grown_at_late == []
+    assert touchpoints_at_late == ["a-0", "a-1", "a-2", "a-3"]
+    assert unlinked == ([], [earlier], [], []), "the current journey went away with the unlinked visitor"
     journeys_sent = [len(entry[1]) for entry in customer_entries(messages[partial])]
     assert sum(journeys_sent) < sum(len(entry[1]) for entry in customer_entries(messages[full]))
 
@@ -342,3 +345,155 @@ def test_only_changed_journeys_are_published_and_the_sink_ends_where_full_messag
     )
     assert (customer_a, 4, "dropped") in journeys
     assert len(journeys) == 3, "a's old journey, the unlinked visitor's, b's"
+
+
+def test_a_journey_that_grows_is_sent_in_parts_and_mined_as_if_it_were_sent_whole(
+    kafka_bootstrap: str, topic_prefix: str, dsn: str
+) -> None:
+    """A shopper's journey grows over four batches, revisiting a page it saw before, and the watermark
+    then drops it; a second shopper's journey grows once. With `PublishedJourneys` the growing journeys
+    go out with only their new touchpoints. Written one message per batch (each growth carried onto the
+    stored rollup) and all in one batch (the parts joined in the sink), the journeys, touchpoints and
+    drop-off points must equal those of the same batches sent whole."""
+
+    def view(event_id: str, at: timedelta, action: str, path: str, user: str) -> Touchpoint:
+        return Touchpoint(
+            event_id=event_id,
+            occurred_at=T0 + at,
+            channel="web",
+            source="segment",
+            action=action,
+            identifiers=[{"type": "user_id", "value": user}],
+            properties={"path": path},
+        )
+
+    hour = timedelta(hours=1)
+    batches: list[list[Touchpoint]] = [
+        [
+            view("s-1", 0 * hour, "Products Searched", "/search", "u-s"),
+            view("t-1", 0 * hour, "Product Viewed", "/p/1", "u-t"),
+        ],
+        [
+            view("s-2", 1 * hour, "Product Viewed", "/p/7", "u-s"),
+            view("t-2", 1 * hour, "Product Added", "/cart", "u-t"),
+        ],
+        [view("s-3", 2 * hour, "Product Viewed", "/p/7", "u-s")],  # the same point again
+        [view("s-4", 3 * hour, "Checkout Started", "/checkout", "u-s")],
+        [view("z-1", 60 * 24 * hour, "Product Viewed", "/p/1", "u-z")],  # the watermark drops both
+    ]
+    raw = {tp.event_id: encode_touchpoint(tp) for batch in batches for tp in batch}
+    now = datetime.now(UTC)
+    partial, full = Topics(topic_prefix), Topics(f"{topic_prefix}-full")
+    messages: dict[Topics, list[tuple[bytes, bytes]]] = {partial: [], full: []}
+    first_batch = 0  # how many of the partial messages the first batch made
+    for topics, published in ((partial, PublishedJourneys()), (full, None)):
+        live = LiveReconstruction(Reconstruction(RULES, IdentityPolicy(), JourneyPolicy()))
+        for batch in batches:
+            result = live.admit_batch(batch)
+            messages[topics] += state_messages(result, live.reconstruction, raw, now, published)
+            if topics == partial and batch is batches[0]:
+                first_batch = len(messages[partial])
+
+    shopper = live.reconstruction.graph.customer_of(("user_id", "u-s"))
+    sent = [
+        (extended, [values[0] for values in touchpoints])
+        for customer, _, touchpoints, _, extended in customer_entries(messages[partial])
+        if customer == shopper
+    ]
+    (journey,) = {journey_id for extended, _ in sent for journey_id in extended}
+    assert sent == [
+        ([], ["s-1"]),
+        ([journey], ["s-2"]),
+        ([journey], ["s-3"]),
+        ([journey], ["s-4"]),
+        ([journey], []),  # dropped: its row alone
+    ]
+
+    # Three sinks of the partial messages: all in one batch (the parts joined into whole journeys),
+    # one message at a time (each growth carried onto the stored rollup), and the first batch's
+    # messages then the rest in one batch (the growths joined, then carried once).
+    one_by_one, split = Topics(f"{topic_prefix}-one"), Topics(f"{topic_prefix}-split")
+    messages[one_by_one] = messages[split] = messages[partial]
+    databases = {partial: "", one_by_one: "one_", split: "split_", full: "full_"}
+    clients = {
+        topics: connect(dsn.replace("database=", f"database={name}")) for topics, name in databases.items()
+    }
+
+    def send(topics: Topics, part: list[tuple[bytes, bytes]]) -> None:
+        producer = make_producer(kafka_bootstrap)
+        for key, value in part:
+            producer.send(topics.state, key=key, value=value)
+        producer.flush()
+        producer.close()
+
+    def sink(topics: Topics, **overrides: Any) -> int:
+        client = clients[topics]
+        return run_sink(
+            lambda: client, sink_config(kafka_bootstrap, topics, topics.prefix, **overrides)
+        ).batches
+
+    for topics, client in clients.items():
+        ensure_topics(kafka_bootstrap, topics, partitions=1)
+        migrate(client)
+        send(topics, messages[topics][:first_batch] if topics == split else messages[topics])
+    assert sink(partial) == 1
+    sink(one_by_one, max_messages=1)
+    sink(full, max_messages=1)
+    sink(split)
+    send(split, messages[split][first_batch:])
+    assert sink(split) == 1
+
+    def stored(client: Any) -> dict[str, list[tuple]]:
+        dropoff = (
+            "SELECT * EXCEPT (did_just_before) FROM dropoff_points ORDER BY phase, channel, action, detail"
+        )
+        return {
+            "journeys": client.query(
+                "SELECT * EXCEPT (watermark) FROM journeys ORDER BY journey_id"
+            ).result_rows,
+            "touchpoints": client.query("SELECT * FROM touchpoints ORDER BY event_id").result_rows,
+            "dropoff_points": client.query(dropoff).result_rows,
+        }
+
+    expected = stored(clients[full])
+    assert ("purchase", "web", "Checkout Started", "/checkout", 1, 1, 1.0) in expected["dropoff_points"]
+    assert ("consideration", "web", "Product Added", "/cart", 1, 1, 1.0) in expected["dropoff_points"]
+    assert stored(clients[partial]) == expected, "all in one batch"
+    assert stored(clients[one_by_one]) == expected, "one message at a time"
+    assert stored(clients[split]) == expected, "the first batch, then the rest in one"
+
+
+def test_a_segment_joins_a_journey_s_parts_and_keeps_it_grown_only_onto_what_is_stored() -> None:
+    """Parts of one journey in one segment: after a whole message, a growth makes it whole with both
+    messages' touchpoints (the stored rows are outdated); after a growth, still a growth onto what is
+    stored; a later message keeping it takes it from the earlier one as it was."""
+
+    def row(journey_id: str) -> list[Any]:
+        return [journey_id, "c"]
+
+    def touchpoint(event_id: str, journey_id: str) -> list[Any]:
+        return [event_id, "c", journey_id]
+
+    customers: dict[str, Any] = {}
+    _latest_snapshot(
+        customers, "c", [row("j1"), row("j2")], [touchpoint("a", "j1"), touchpoint("b", "j2")], [], ["j2"]
+    )
+    _latest_snapshot(
+        customers,
+        "c",
+        [row("j1"), row("j2")],
+        [touchpoint("c", "j1"), touchpoint("d", "j2")],
+        [],
+        ["j1", "j2"],
+    )
+    journeys, touchpoints, kept, grown = customers["c"]
+    assert [values[0] for values in touchpoints] == ["a", "b", "c", "d"]
+    assert (len(journeys), kept, grown) == (2, [], ["j2"]), "j1 was sent whole earlier: whole; j2 grows"
+
+    _latest_snapshot(customers, "c", [row("j1")], [], ["j2"], ["j1"])
+    journeys, touchpoints, kept, grown = customers["c"]
+    assert [values[0] for values in journeys] == ["j2", "j1"] and kept == [] and grown == ["j2"]
+    assert sorted(values[0] for values in touchpoints) == ["a", "b", "c", "d"]
+
+    _latest_snapshot(customers, "c", [], [], [], [])
+    assert customers["c"] == ([], [], [], []), "every journey gone"
