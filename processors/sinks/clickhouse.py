@@ -809,6 +809,32 @@ def _carry_points(client: Client, journey_ids: list[str], written: int, grown: i
     client.command(_CARRY_POINTS, parameters={"ids": journey_ids, "written": written, "grown": grown})
 
 
+# `journey_point_ids` from the stored rows, for when it is lost or was split (docs/schema.md, "How
+# corrections appear"): every live journey's current touchpoints (their newest rows) at the journey's
+# current version. Not the materialized view's query over every stored row: a grown journey's earlier
+# touchpoints keep the version they were first written with, older than the journey's.
+REBUILD_POINT_IDS = """
+INSERT INTO journey_point_ids (journey_id, version, points, last_move)
+SELECT
+    t.journey_id,
+    j.version,
+    maxMap(([cityHash64(t.phase, t.channel, t.action, t.detail)], [j.version])),
+    maxIf((j.version, t.seq, t.detail), t.is_passive = 0)
+FROM touchpoint_versions AS t FINAL
+INNER JOIN
+(
+    SELECT journey_id, version FROM journey_versions FINAL WHERE is_deleted = 0
+) AS j ON j.journey_id = t.journey_id
+GROUP BY t.journey_id, j.version
+"""
+
+
+def rebuild_point_ids(client: Client) -> None:
+    """Empty `journey_point_ids` and fill it again from the stored journeys and touchpoints."""
+    client.command("TRUNCATE TABLE journey_point_ids")
+    client.command(REBUILD_POINT_IDS)
+
+
 def _insert_touchpoints(client: Store, rows: list[tuple]) -> None:
     """Insert touchpoint rows grouped by journey in chunks that never split a journey.
 

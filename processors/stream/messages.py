@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -231,11 +231,14 @@ class PublishedJourneys:
       it on every batch made a long journey cost the square of its length;
     - whole otherwise (a late event or a merge placed touchpoints differently).
 
-    Cleared when the stage is rebuilt: a snapshot sends everything.
+    Cleared when the stage is rebuilt: a snapshot sends everything. `sent`
+    counts the journeys by how they went out (`whole`, `grown`, `kept`) and
+    the touchpoint rows sent (`touchpoint_rows`), for the worker's metrics.
     """
 
     def __init__(self) -> None:
         self._customers: dict[str, dict[str, tuple[bytes, int, bytes]]] = {}
+        self.sent: Counter[str] = Counter()
 
     def clear(self) -> None:
         self._customers.clear()
@@ -276,7 +279,14 @@ class PublishedJourneys:
             self._customers.pop(customer_id, None)
         if not changed and before.keys() == now.keys() and now:
             return None
+        grown = sum(1 for _, start in changed if start)
+        self.sent.update(whole=len(changed) - grown, grown=grown, kept=len(kept))
         return changed, kept
+
+    def take_sent(self) -> Counter[str]:
+        """What `sent` counted since the last call, and start counting again."""
+        sent, self.sent = self.sent, Counter()
+        return sent
 
     def __len__(self) -> int:
         return sum(len(journeys) for journeys in self._customers.values())
@@ -358,6 +368,8 @@ def state_messages(
             for journey, start in sent
             for row in touchpoint_values(reconstruction, journey, now, steps=steps, start=start)
         ]
+        if published is not None:
+            published.sent["touchpoint_rows"] += len(touchpoints)
         entry = orjson.dumps([customer_id, values, touchpoints, kept, extended])
         if packed and size + len(entry) > STATE_BYTES:
             yield key, orjson.dumps({"kind": "customers", "customers": packed})

@@ -19,6 +19,7 @@ from journeys.live import BatchResult, LiveReconstruction
 from journeys.reconstruct import Reconstruction
 from journeys.touchpoint import Touchpoint
 from processors.config import load_rules
+from processors.sinks.clickhouse import rebuild_point_ids
 from processors.storage import connect, migrate
 from processors.stream.messages import PublishedJourneys, encode_touchpoint, snapshot_messages, state_messages
 from processors.stream.metrics import Metrics
@@ -386,7 +387,8 @@ def test_a_journey_that_grows_is_sent_in_parts_and_mined_as_if_it_were_sent_whol
     partial, full = Topics(topic_prefix), Topics(f"{topic_prefix}-full")
     messages: dict[Topics, list[tuple[bytes, bytes]]] = {partial: [], full: []}
     first_batch = 0  # how many of the partial messages the first batch made
-    for topics, published in ((partial, PublishedJourneys()), (full, None)):
+    counted = PublishedJourneys()
+    for topics, published in ((partial, counted), (full, None)):
         live = LiveReconstruction(Reconstruction(RULES, IdentityPolicy(), JourneyPolicy()))
         for batch in batches:
             result = live.admit_batch(batch)
@@ -408,6 +410,9 @@ def test_a_journey_that_grows_is_sent_in_parts_and_mined_as_if_it_were_sent_whol
         ([journey], ["s-4"]),
         ([journey], []),  # dropped: its row alone
     ]
+    # The shopper's, the second shopper's and the last visitor's journeys whole once; 4 + 2 growths.
+    assert counted.take_sent() == {"whole": 3, "grown": 6, "kept": 0, "touchpoint_rows": 7}
+    assert counted.take_sent() == {}
 
     # Three sinks of the partial messages: all in one batch (the parts joined into whole journeys),
     # one message at a time (each growth carried onto the stored rollup), and the first batch's
@@ -461,6 +466,8 @@ def test_a_journey_that_grows_is_sent_in_parts_and_mined_as_if_it_were_sent_whol
     assert stored(clients[partial]) == expected, "all in one batch"
     assert stored(clients[one_by_one]) == expected, "one message at a time"
     assert stored(clients[split]) == expected, "the first batch, then the rest in one"
+    rebuild_point_ids(clients[one_by_one])  # grown journeys' earlier touchpoints have older versions
+    assert stored(clients[one_by_one]) == expected, "the rollup rebuilt from the stored rows"
 
 
 def test_a_segment_joins_a_journey_s_parts_and_keeps_it_grown_only_onto_what_is_stored() -> None:
