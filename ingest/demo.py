@@ -60,6 +60,8 @@ DROP_MARGIN = 16 * DAY
 # Thousands of customers on four channels, reconstructed in well under a minute on 2 cores.
 DEFAULT_CUSTOMERS = 3000
 WINDOW = 256  # people whose records are time-sorted and mixed together in the files
+POST_WINDOW_MS = 30 * 1_000  # SendGrid posts the events it gathered in about 30 seconds
+POST_EVENTS = 100  # events in one POST at most (SendGrid's bound is 768 KB of body)
 
 ORIENTATION = Phase.ORIENTATION.value
 CONSIDERATION = Phase.CONSIDERATION.value
@@ -2411,17 +2413,32 @@ class _Writer:
         self.duplicate_ids.append({"file": FILES[name], "event_id": event_id})
 
     def _write_email(self, records: list[DemoRecord], broken: list[BrokenRecord]) -> None:
-        rng = self.rng
+        """SendGrid Event Webhook POST bodies: the events of one flush window each.
+
+        SendGrid posts what it gathered in about 30 seconds (fewer events if the
+        body reaches 768 KB; here at most 100). A broken event rides in the POST
+        of the valid event it follows. Posts spanning hours, as an earlier
+        version wrote, put some events hours ahead of the rest of the feed, which
+        no live webhook does.
+        """
         payloads = [orjson.dumps(r.payload) for r in records]
         ids = [r.event_id for r in records]
+        times = [r.at_ms for r in records]
         if broken:
             middle = len(payloads) // 2
             for item in broken:
                 payloads.insert(middle, item.line)
                 ids.insert(middle, "")
+                times.insert(middle, times[middle - 1] if middle else 0)
         i = 0
         while i < len(payloads):
-            size = 1 + min(int(rng.expovariate(1 / 12)), 99)
+            size = 1
+            while (
+                i + size < len(payloads)
+                and size < POST_EVENTS
+                and times[i + size] - times[i] < POST_WINDOW_MS
+            ):
+                size += 1
             chunk = payloads[i : i + size]
             line = b"[" + b",".join(chunk) + b"]\n"
             self.email.write(line)
