@@ -232,8 +232,9 @@ class PublishedJourneys:
     - whole otherwise (a late event or a merge placed touchpoints differently).
 
     Cleared when the stage is rebuilt: a snapshot sends everything. `sent`
-    counts the journeys by how they went out (`whole`, `grown`, `kept`) and
-    the touchpoint rows sent (`touchpoint_rows`), for the worker's metrics.
+    counts the journeys by how they went out (`new`: whole, not published
+    before; `whole`: whole again; `grown`; `kept`) and the touchpoint rows
+    sent (`touchpoint_rows`), for the worker's metrics.
     """
 
     def __init__(self) -> None:
@@ -256,6 +257,7 @@ class PublishedJourneys:
         now: dict[str, tuple[bytes, int, bytes]] = {}
         changed: list[tuple[int, int]] = []
         kept: list[str] = []
+        new = 0
         for position, (journey, row) in enumerate(zip(journeys, values, strict=True)):
             count = len(journey.touchpoints)
             published = now[journey.journey_id] = (row_digest(row), count, placement_digest(journey, count))
@@ -273,6 +275,7 @@ class PublishedJourneys:
                 changed.append((position, earlier[1]))
             else:
                 changed.append((position, 0))
+                new += earlier is None
         if now:
             self._customers[customer_id] = now
         else:
@@ -280,7 +283,7 @@ class PublishedJourneys:
         if not changed and before.keys() == now.keys() and now:
             return None
         grown = sum(1 for _, start in changed if start)
-        self.sent.update(whole=len(changed) - grown, grown=grown, kept=len(kept))
+        self.sent.update(new=new, whole=len(changed) - grown - new, grown=grown, kept=len(kept))
         return changed, kept
 
     def take_sent(self) -> Counter[str]:

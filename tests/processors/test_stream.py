@@ -553,7 +553,8 @@ def test_a_poison_record_is_dead_lettered_and_its_partition_keeps_moving(
     assert worker_metrics['journeys_dead_letters_total{stage="reconstruct"}'] == 1
     assert worker_metrics['journeys_records_in_total{stage="normalise"}'] == 2
     assert worker_metrics["journeys_open_journeys"] == 1
-    assert worker_metrics['journeys_published_journeys_total{how="whole"}'] == 1
+    assert worker_metrics['journeys_published_journeys_total{how="new"}'] == 1
+    assert worker_metrics['journeys_published_journeys_total{how="whole"}'] == 0
     assert worker_metrics["journeys_published_touchpoint_rows_total"] == 1
     assert sink_metrics["journeys_sink_batches_total"] >= 1 and "journeys_sink_batch_seconds" in sink_metrics
     assert any(name.startswith("journeys_consumer_lag{") for name in sink_metrics)

@@ -1,4 +1,5 @@
-"""Touchpoint messages: batches of canonical touchpoints, split back element by element."""
+"""Touchpoint messages (batches of canonical touchpoints, split back element by element) and what a
+journey's state message carries."""
 
 from __future__ import annotations
 
@@ -11,15 +12,22 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from journeys.fold import ClassifiedTouchpoint
+from journeys.fold import ClassifiedTouchpoint, JourneyPolicy
+from journeys.identity import IdentityPolicy
+from journeys.live import LiveReconstruction
 from journeys.phases import PhaseRules
+from journeys.reconstruct import Reconstruction
 from journeys.touchpoint import Channel, CompactTouchpoint, Touchpoint, compact_touchpoint
+from processors.config import load_rules
 from processors.stream.messages import (
     CHUNK,
+    PublishedJourneys,
     classified_from_object,
     compact_from_object,
     decode_touchpoint,
+    encode_touchpoint,
     encode_touchpoints,
+    state_messages,
     touchpoint_elements,
     touchpoint_fields,
 )
@@ -182,3 +190,46 @@ def test_touchpoint_elements_decode_each_element_once_beside_its_encoding() -> N
     assert second == {"event_id": "x"} and orjson.loads(second_raw) == second
     one = visit(2).model_dump_json().encode()
     assert touchpoint_elements(one) == [(orjson.loads(one), one)]
+
+
+def test_a_journey_is_published_new_then_grown_whole_again_when_placed_anew_and_kept_when_unchanged() -> None:
+    """One visitor's journey: first sent whole; a later page grows it (only that page is sent); a late
+    page lands inside it, so the positions after it change and it goes whole again; an unchanged
+    customer is not sent; a persona learned changes every touchpoint row, so whole again."""
+
+    def page(event_id: str, minutes: int, persona: str | None = None) -> Touchpoint:
+        return Touchpoint(
+            event_id=event_id,
+            occurred_at=T0 + timedelta(minutes=minutes),
+            channel="web",
+            source="segment",
+            action="Page Viewed",
+            identifiers=[{"type": "anonymous_id", "value": "visitor"}],
+            properties={"path": f"/{event_id}"},
+            persona=persona,
+        )
+
+    batches = [
+        [page("a", 0), page("c", 20)],
+        [page("d", 30)],
+        [page("b", 10)],
+        [],
+        [page("e", 40, "barista")],
+    ]
+    raw = {tp.event_id: encode_touchpoint(tp) for batch in batches for tp in batch}
+    live = LiveReconstruction(Reconstruction(load_rules(), IdentityPolicy(), JourneyPolicy()))
+    published = PublishedJourneys()
+    sent = []
+    for batch in batches:
+        messages = state_messages(live.admit_batch(batch), live.reconstruction, raw, T0, published)
+        entries = [
+            e for _, v in messages if (m := orjson.loads(v))["kind"] == "customers" for e in m["customers"]
+        ]
+        sent.append(([row[0] for _, _, rows, _, _ in entries for row in rows], published.take_sent()))
+    assert sent == [
+        (["a", "c"], {"new": 1, "whole": 0, "grown": 0, "kept": 0, "touchpoint_rows": 2}),
+        (["d"], {"new": 0, "whole": 0, "grown": 1, "kept": 0, "touchpoint_rows": 1}),
+        (["a", "b", "c", "d"], {"new": 0, "whole": 1, "grown": 0, "kept": 0, "touchpoint_rows": 4}),
+        ([], {}),
+        (["a", "b", "c", "d", "e"], {"new": 0, "whole": 1, "grown": 0, "kept": 0, "touchpoint_rows": 5}),
+    ]

@@ -410,8 +410,8 @@ def test_a_journey_that_grows_is_sent_in_parts_and_mined_as_if_it_were_sent_whol
         ([journey], ["s-4"]),
         ([journey], []),  # dropped: its row alone
     ]
-    # The shopper's, the second shopper's and the last visitor's journeys whole once; 4 + 2 growths.
-    assert counted.take_sent() == {"whole": 3, "grown": 6, "kept": 0, "touchpoint_rows": 7}
+    # The shopper's, the second shopper's and the last visitor's journeys new; 4 + 2 growths.
+    assert counted.take_sent() == {"new": 3, "whole": 0, "grown": 6, "kept": 0, "touchpoint_rows": 7}
     assert counted.take_sent() == {}
 
     # Three sinks of the partial messages: all in one batch (the parts joined into whole journeys),
