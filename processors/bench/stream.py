@@ -200,7 +200,10 @@ class ObservedClient:
     rows are counted, a progress line is appended to `progress` (for the
     benchmark to see how far the stream has got without querying ClickHouse),
     and the latency of each event seen in `touchpoint_versions` for the first
-    time is taken from its `received_at` column.
+    time is taken from its `received_at` column, at the end of the next insert
+    into `journey_versions`: the sink writes a batch's touchpoints before the
+    journey rows that count them, and an event is visible in `journeys` once
+    both are in.
     """
 
     def __init__(self, client: Client, progress: Path) -> None:
@@ -210,6 +213,7 @@ class ObservedClient:
         self.touchpoints: set[str] = set()
         self.dead_letters = 0
         self.latencies: list[tuple[int, int]] = []  # (received_at ms, ms until visible), first sight only
+        self._unjourneyed: list[int] = []  # received_at ms of touchpoints whose journey rows are not in yet
 
     def insert(self, table: str, data: Any, column_names: Any = None, **kwargs: Any) -> Any:
         columns = list(column_names or ())
@@ -231,7 +235,11 @@ class ObservedClient:
             for event_id, received in zip(event_ids, received_at, strict=True):
                 if event_id not in seen:
                     seen.add(event_id)
-                    self.latencies.append((received, round(now_ms - received)))
+                    self._unjourneyed.append(received)
+        elif table == "journey_versions":
+            self.latencies += [(received, round(now_ms - received)) for received in self._unjourneyed]
+            self._unjourneyed.clear()
+            return result
         elif table == "dead_letter_log":
             self.dead_letters += rows
         else:

@@ -314,30 +314,31 @@ def run_sink(
     client = connect()
     progress = SinkProgress()
     pending: list[Any] = []
-    started = time.monotonic()
+    started = time.time()  # when the pending batch began to wait (wall clock: records carry theirs)
+    busy_since: float | None = None  # when the last write began
     last_message = time.monotonic()
     try:
         while True:
-            timeout = (
-                max(0.0, config.max_seconds - (time.monotonic() - started)) if pending else config.max_seconds
-            )
+            waited = time.time() - started
+            timeout = max(0.0, config.max_seconds - waited) if pending else config.max_seconds
             polled = consumer.poll(
                 timeout_ms=int(timeout * 1000), max_records=config.max_messages - len(pending)
             )
             for records in polled.values():
                 if not pending:
-                    started = time.monotonic()
+                    started = batch_began(time.time(), records, busy_since)
                 pending.extend(records)
             if polled or not consumer.assignment():
                 # Idle time counts from the group join: joining alone can take seconds.
                 last_message = time.monotonic()
             due = len(pending) >= config.max_messages or (
-                pending and time.monotonic() - started >= config.max_seconds
+                pending and time.time() - started >= config.max_seconds
             )
             stopping = stop.is_set() or (
                 config.idle_exit is not None and time.monotonic() - last_message >= config.idle_exit
             )
             if pending and (due or stopping):
+                busy_since = time.time()
                 _write_with_retries(client, pending, config, summary, metrics, stop, progress)
                 consumer.commit(offsets=_commit_offsets(consumer, progress))
                 pending = []
@@ -349,6 +350,25 @@ def run_sink(
         if server is not None:
             server.shutdown()
     return summary
+
+
+def batch_began(polled_at: float, records: Iterable[Any], busy_since: float | None) -> float:
+    """When a batch whose first records were polled at `polled_at` began to wait, for `max_seconds`.
+
+    Records produced while the sink was writing the previous batch (since
+    `busy_since`) have waited since they were produced: counting their wait from
+    the poll instead would hold each of them back by up to `max_seconds` more
+    whenever writes take longer than the wait, as under a steady stream. Records
+    from before the last write began (a backlog) count from when it began; before
+    any write, and for a producer whose clock runs ahead, from the poll. Record
+    timestamps are the producer's create times in ms (none: -1 or None).
+    """
+    if busy_since is None:
+        return polled_at
+    produced = [record.timestamp for record in records if (record.timestamp or 0) > 0]
+    if not produced:
+        return polled_at
+    return min(polled_at, max(min(produced) / 1000, busy_since))
 
 
 def _write_with_retries(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections import Counter
-from datetime import datetime
+from datetime import UTC, datetime
 from itertools import pairwise
 from pathlib import Path
 
@@ -20,10 +20,12 @@ import pytest
 from ingest.files import read_records
 from ingest.pipeline import parse_records
 from ingest.records import RawRecord
+from journeys.live import LiveReconstruction
 from journeys.reconstruct import Admission, Reconstruction
 from journeys.touchpoint import Touchpoint
 from processors.bench.stream import (
     LocalContext,
+    ObservedClient,
     dataset_inputs,
     local_context,
     measure_latency,
@@ -34,6 +36,8 @@ from processors.bench.stream import (
 )
 from processors.config import Settings
 from processors.embedded import ingest_context
+from processors.sinks import clickhouse as tables
+from processors.storage import connect, migrate
 
 pytestmark = pytest.mark.slow
 
@@ -140,3 +144,37 @@ def test_the_dataset_files_are_read_in_ingest_order(tmp_path: Path) -> None:
     assert [path.name for path in dataset_inputs(tmp_path)] == ["web.jsonl", "calls.csv", "social.jsonl"]
     with pytest.raises(FileNotFoundError):
         dataset_inputs(tmp_path / "nothing")
+
+
+def test_an_event_counts_as_visible_once_its_journey_row_is_in(dsn: str, tmp_path: Path) -> None:
+    """The sink writes a batch's touchpoints before the journey rows that count them: the latency of
+    an event is taken when the journey rows are in, not at its touchpoint row."""
+    visit = Touchpoint(
+        event_id="v-1",
+        occurred_at=datetime(2026, 9, 1, tzinfo=UTC),
+        received_at=datetime.now(UTC),
+        channel="web",
+        source="segment",
+        action="Page Viewed",
+        identifiers=[{"type": "anonymous_id", "value": "a-1"}],
+    )
+    settings = Settings.load(dsn="chdb://unused")
+    live = LiveReconstruction(Reconstruction(settings.rules(), settings.identity, settings.journey))
+    ((journey,),) = live.admit_batch([visit]).journeys.values()
+    now = datetime.now(UTC)
+    client = connect(dsn)
+    migrate(client)
+    observed = ObservedClient(client, tmp_path / "progress.jsonl")
+
+    tables._insert(
+        observed,
+        "touchpoint_versions",
+        tables.TOUCHPOINT_COLUMNS,
+        tables.touchpoint_rows(live.reconstruction, journey, 1, now),
+    )
+    assert observed.touchpoints == {"v-1"} and observed.latencies == []
+    tables._insert(
+        observed, "journey_versions", tables.JOURNEY_COLUMNS, [tables.journey_row(journey, 1, now)]
+    )
+    ((received_at, latency_ms),) = observed.latencies
+    assert received_at == tables._ms(visit.received_at) and latency_ms >= 0

@@ -23,7 +23,7 @@ from processors.sinks.clickhouse import rebuild_point_ids
 from processors.storage import connect, migrate
 from processors.stream.messages import PublishedJourneys, encode_touchpoint, snapshot_messages, state_messages
 from processors.stream.metrics import Metrics
-from processors.stream.sink import SinkConfig, _latest_snapshot, run_sink
+from processors.stream.sink import SinkConfig, _latest_snapshot, batch_began, run_sink
 
 RULES = load_rules()
 T0 = datetime(2026, 9, 1, tzinfo=UTC)
@@ -504,3 +504,21 @@ def test_a_segment_joins_a_journey_s_parts_and_keeps_it_grown_only_onto_what_is_
 
     _latest_snapshot(customers, "c", [], [], [], [])
     assert customers["c"] == ([], [], [], []), "every journey gone"
+
+
+def test_a_batch_waits_from_when_its_records_were_produced_while_the_sink_was_busy() -> None:
+    """`max_seconds` bounds how long a record waits in the sink: one produced during the last write has
+    waited since it was produced; one from before that write, since the write began; before any write,
+    or with a producer clock ahead of ours, a batch waits from the poll."""
+
+    def produced_at(*seconds: float | None) -> list[Any]:
+        return [
+            type("Record", (), {"timestamp": None if at is None else round(at * 1000)})() for at in seconds
+        ]
+
+    polled = 1_000.0
+    assert batch_began(polled, produced_at(990.0), None) == polled, "no write yet"
+    assert batch_began(polled, produced_at(999.6, 999.5), busy_since=999.2) == 999.5
+    assert batch_began(polled, produced_at(995.0, 999.5), busy_since=999.2) == 999.2, "a backlog"
+    assert batch_began(polled, produced_at(1_003.0), busy_since=999.2) == polled, "a clock ahead of ours"
+    assert batch_began(polled, produced_at(None, -0.001), busy_since=999.2) == polled, "no timestamps"
