@@ -17,7 +17,6 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
-from itertools import islice
 from operator import itemgetter
 from types import TracebackType
 from typing import Any, Protocol
@@ -494,17 +493,18 @@ def touchpoint_values(
     at: datetime,
     bookkeeping: tuple = (),
     steps: Mapping[str, ClassifiedTouchpoint] | None = None,
-    start: int = 0,
+    only: Sequence[int] | None = None,
 ) -> list[tuple]:
     """The placed touchpoints' columns, then `bookkeeping` (`touchpoint_rows`: version, written_at).
 
     `steps`, the journey's touchpoints by event id when the caller has them at hand (the
-    fold's input), saves making each again from the aggregate's columns. `start` skips the
-    journey's first touchpoints (those already written, when a journey grew at its end)."""
+    fold's input), saves making each again from the aggregate's columns. `only`: the positions
+    of the touchpoints wanted (a journey sent in part), instead of all."""
     rows = []
     step = reconstruction.step if steps is None else steps.__getitem__
     customer_id, journey_id, persona = journey.customer_id, journey.journey_id, journey.persona or ""
-    for event_id, seq, phase, sentiment in islice(journey.touchpoints, start, None):
+    placed = journey.touchpoints if only is None else [journey.touchpoints[index] for index in only]
+    for event_id, seq, phase, sentiment in placed:
         tp, cls = step(event_id)
         rows.append(
             (
@@ -714,18 +714,19 @@ def retire_missing(client: Store, journeys: set[str], merges: set[tuple], confli
 
 CustomerChanges = tuple[list[Sequence[Any]], list[Sequence[Any]], list[str], list[str]]
 """What the state topic says about one customer (`processors.stream.messages`): journey values,
-touchpoint values, ids of journeys kept as stored, ids of the sent journeys that grew at their end."""
+touchpoint values, ids of journeys kept as stored, ids of the sent journeys sent in part."""
 
 
 def write_customer_journeys(client: Client, customers: dict[str, CustomerChanges]) -> tuple[int, int]:
     """Write the changed journeys of these customers with their touchpoints; delete the ones that vanished.
 
     `customers` maps a customer id to (journey values, touchpoint values, kept
-    journey ids, extended journey ids): the values as `journey_values` /
+    journey ids, partial journey ids): the values as `journey_values` /
     `touchpoint_values` give them for the journeys that changed, the ids of the
     customer's journeys that did not change and stay as stored, and the ids of
-    the changed journeys that only grew at their end, whose touchpoint values
-    are only the new ones (their earlier touchpoints stay as stored). Any other
+    the changed journeys sent in part: their touchpoint values are only those
+    that are new or placed anew, the others stay as stored, and their drop-off
+    points are the stored ones and the new rows' (`_carry_points`). Any other
     stored journey of the customer is gone, so empty lists mean the customer no
     longer exists (absorbed by a merge). Returns (written, deleted).
 
@@ -738,11 +739,11 @@ def write_customer_journeys(client: Client, customers: dict[str, CustomerChanges
         return 0, 0
     version, now = _clock.next(), datetime.now(UTC)
     now_ms = _ms(now)
-    extended = {journey_id for *_, ids in customers.values() for journey_id in ids}
-    # A grown journey's row gets a version of its own: the one its carried point rollup gets.
-    grown_version = _clock.next() if extended else version
+    in_part = {journey_id for *_, ids in customers.values() for journey_id in ids}
+    # A journey sent in part gets a row version of its own: the one its carried point rollup gets.
+    carried_version = _clock.next() if in_part else version
     journey_rows = [
-        (*values, grown_version if values[0] in extended else version, 0, now_ms)
+        (*values, carried_version if values[0] in in_part else version, 0, now_ms)
         for journeys, *_ in customers.values()
         for values in journeys
     ]
@@ -760,35 +761,37 @@ def write_customer_journeys(client: Client, customers: dict[str, CustomerChanges
     stale = current - {row[0] for row in journey_rows} - kept
     tombstones = _tombstones(client, stale, version, now)
     _insert_touchpoints(client, tp_rows)
-    if extended:
-        unknown = extended - current
+    if in_part:
+        unknown = in_part - current
         if unknown:
-            # Their earlier touchpoints are not here (a database replaced under a running stream):
+            # Their other touchpoints are not here (a database replaced under a running stream):
             # the journeys are written with what came, and the drop-off view counts only that.
             log.warning(
-                "%d journeys grew whose earlier rows this database does not hold, e.g. %s",
+                "%d journeys came in part whose other rows this database does not hold, e.g. %s",
                 len(unknown),
                 min(unknown),
             )
-        _carry_points(client, sorted(extended), version, grown_version)
+        _carry_points(client, sorted(in_part), version, carried_version)
     _insert(client, "journey_versions", JOURNEY_COLUMNS, journey_rows + tombstones)
     return len(journey_rows), len(tombstones)
 
 
-# A grown journey's drop-off points: the points of its stored version (the version of its current
-# row, read before the new row goes in) and of its new touchpoints (`written`), as one rollup row
-# of the new row's version (`grown`). `dropoff_points` (migration 0006) counts a journey's points
-# from the one rollup row of its current version, so the carried points and the new ones must be
-# in one row; the materialized view's row of the new touchpoints alone has an older version.
+# The drop-off points of journeys sent in part: the points of their stored version (the version
+# of their current row, read before the new row goes in) and of their new rows (`written`), as one
+# rollup row of the new row's version (`carried`). `dropoff_points` (migration 0006) counts a
+# journey's points from the one rollup row of its current version, so the carried points and the
+# new ones must be in one row; the materialized view's row of the new touchpoints alone has an
+# older version. Exact because a journey is sent in part only when its stored touchpoints all
+# stay in it with their phase, so none of their points went away (`PublishedJourneys`).
 _CARRY_POINTS = """
 INSERT INTO journey_point_ids (journey_id, version, points, last_move)
 SELECT
     r.journey_id,
-    {grown:UInt64},
+    {carried:UInt64},
     (arrayFilter((point, seen) -> seen = j.version OR seen = {written:UInt64}, r.points.1, r.points.2)
-        AS point_ids, arrayMap(point -> toUInt64({grown:UInt64}), point_ids)),
+        AS point_ids, arrayMap(point -> toUInt64({carried:UInt64}), point_ids)),
     if(r.last_move.1 = j.version OR r.last_move.1 = {written:UInt64},
-        (toUInt64({grown:UInt64}), r.last_move.2, r.last_move.3), r.last_move)
+        (toUInt64({carried:UInt64}), r.last_move.2, r.last_move.3), r.last_move)
 FROM
 (
     SELECT journey_id, maxMap(points) AS points, max(last_move) AS last_move
@@ -804,15 +807,15 @@ LEFT JOIN
 """
 
 
-def _carry_points(client: Client, journey_ids: list[str], written: int, grown: int) -> None:
-    """Roll grown journeys' stored points and new touchpoints' points up at their new version."""
-    client.command(_CARRY_POINTS, parameters={"ids": journey_ids, "written": written, "grown": grown})
+def _carry_points(client: Client, journey_ids: list[str], written: int, carried: int) -> None:
+    """Roll the stored points of journeys sent in part and their new rows' points up at their new version."""
+    client.command(_CARRY_POINTS, parameters={"ids": journey_ids, "written": written, "carried": carried})
 
 
 # `journey_point_ids` from the stored rows, for when it is lost or was split (docs/schema.md, "How
 # corrections appear"): every live journey's current touchpoints (their newest rows) at the journey's
-# current version. Not the materialized view's query over every stored row: a grown journey's earlier
-# touchpoints keep the version they were first written with, older than the journey's.
+# current version. Not the materialized view's query over every stored row: the touchpoints a journey
+# sent in part did not resend keep the version they were written with, older than the journey's.
 REBUILD_POINT_IDS = """
 INSERT INTO journey_point_ids (journey_id, version, points, last_move)
 SELECT

@@ -455,13 +455,13 @@ def create_app(settings: Settings, config: StreamConfig) -> faust.App:
             fold_s, publish_s = folded - began, time.perf_counter() - folded
             sent = stage.published.take_sent()
             log.info(
-                "reconstruct: %d touchpoints -> %d messages (journeys: %d new, %d whole again, %d grown, "
+                "reconstruct: %d touchpoints -> %d messages (journeys: %d new, %d whole again, %d in part, "
                 "%d kept; %d touchpoint rows); fold %.3f s, publish %.3f s",
                 len(batch),
                 len(messages),
                 sent["new"],
                 sent["whole"],
-                sent["grown"],
+                sent["partial"],
                 sent["kept"],
                 sent["touchpoint_rows"],
                 fold_s,
@@ -471,11 +471,11 @@ def create_app(settings: Settings, config: StreamConfig) -> faust.App:
                     "messages": len(messages),
                     "fold_s": fold_s,
                     "publish_s": publish_s,
-                    **{f"journeys_{how}": sent[how] for how in ("new", "whole", "grown", "kept")},
+                    **{f"journeys_{how}": sent[how] for how in ("new", "whole", "partial", "kept")},
                     "touchpoint_rows": sent["touchpoint_rows"],
                 },
             )
-            for how in ("new", "whole", "grown", "kept"):
+            for how in ("new", "whole", "partial", "kept"):
                 metrics.inc("journeys_published_journeys_total", sent[how], how=how)
             metrics.inc("journeys_published_touchpoint_rows_total", sent["touchpoint_rows"])
             metrics.inc("journeys_records_out_total", len(messages), stage="reconstruct")

@@ -7,18 +7,18 @@
   per message dominates otherwise (profiled: about a third of the worker's time).
 - `state`: what the reconstruct stage changed, as row values the ClickHouse sink
   writes unchanged (`processors.sinks.clickhouse.*_values`):
-  - `{"kind": "customers", "customers": [[customer_id, journeys, touchpoints, kept, extended], ...]}`:
+  - `{"kind": "customers", "customers": [[customer_id, journeys, touchpoints, kept, partial], ...]}`:
     changed customers' changed journeys with their touchpoints, the ids of the
     customer's journeys that did not change since they were last published, and
-    the ids of the sent journeys that only grew at their end, whose touchpoints
-    here are only those after the published ones (`PublishedJourneys`); every
-    other journey of the customer is gone (all lists empty: the customer was
-    absorbed by a merge). Packed up to about 256 KB a message, keyed by the
-    first customer id. The sink also reads entries without `extended` or `kept`
-    (every journey sent whole) and the older one-customer form
-    `{"kind": "customer", "customer_id", "journeys", "touchpoints"}`; a sink
-    older than `extended` turns such entries into dead letters, so sinks are
-    upgraded before workers;
+    the ids of the sent journeys sent in part: their touchpoints here are only
+    those that are new or placed anew, the others stay as stored
+    (`PublishedJourneys`). Every other journey of the customer is gone (all
+    lists empty: the customer was absorbed by a merge). Packed up to about
+    256 KB a message, keyed by the first customer id. The sink also reads
+    entries without `partial` or `kept` (every journey sent whole) and the
+    older one-customer form `{"kind": "customer", "customer_id", "journeys",
+    "touchpoints"}`; a sink older than `partial` turns such entries into dead
+    letters, so sinks are upgraded before workers;
   - `{"kind": "events", "events": [canonical touchpoint JSON, ...]}`: new events;
   - `{"kind": "identity", "identities", "merges_added", "merges_removed",
     "conflicts_added", "conflicts_removed"}`;
@@ -38,7 +38,7 @@ from typing import Any
 
 import orjson
 
-from journeys.fold import ClassifiedTouchpoint, Journey
+from journeys.fold import ClassifiedTouchpoint, Journey, PlacedTouchpoint
 from journeys.live import BatchResult
 from journeys.phases import PhaseRules
 from journeys.reconstruct import Reconstruction
@@ -220,25 +220,36 @@ class PublishedJourneys:
     made the state topic and the sink's writes grow with the customer's history
     instead of with what happened. Per journey this keeps a digest of its row
     without the watermark (when processing had got there, not what happened:
-    every fold moves it), how many touchpoints were published, and a digest of
-    their rows (`placement_digest`). Then a journey goes out as:
+    every fold moves it), its persona, and its touchpoints as placed when
+    published (event id, position, phase, sentiment: with the journey's
+    customer, id and persona, what a touchpoint row holds besides the
+    touchpoint itself, which never changes once admitted). Then a journey goes
+    out as:
 
-    - kept (its id only) when both digests are unchanged: the sink leaves its
-      stored rows as they are;
-    - extended (its row and only the touchpoints after the published ones) when
-      the published touchpoints are still the first ones, placed the same: a
-      returning customer's current journey grows at its end, and sending all of
-      it on every batch made a long journey cost the square of its length;
-    - whole otherwise (a late event or a merge placed touchpoints differently).
+    - kept (its id only) when its row and placements are unchanged: the sink
+      leaves its stored rows as they are;
+    - in part (its row and only the touchpoints that are new or placed at
+      another position or with another sentiment) when every published
+      touchpoint is still in it with the same phase and the persona is the
+      same: its drop-off points, which are (phase, channel, action, detail) of
+      its touchpoints, then include the stored ones, and the sink carries those
+      over (`sinks.clickhouse.write_customer_journeys`). The usual case: a
+      journey grows at its end (only the new touchpoints go), or an event from
+      another channel's partition lands inside it (the touchpoints after it
+      move one position on). Sending all of a journey on every batch made a
+      long journey cost the square of its length;
+    - whole otherwise (a touchpoint left it or changed phase, a persona
+      learned), and the first time.
 
+    Holds each published journey's placements (tuples the fold made anyway).
     Cleared when the stage is rebuilt: a snapshot sends everything. `sent`
-    counts the journeys by how they went out (`new`: whole, not published
-    before; `whole`: whole again; `grown`; `kept`) and the touchpoint rows
-    sent (`touchpoint_rows`), for the worker's metrics.
+    counts the journeys by how they went out (`new`: whole, the first time;
+    `whole`: whole again; `partial`; `kept`) and the touchpoint rows sent
+    (`touchpoint_rows`), for the worker's metrics.
     """
 
     def __init__(self) -> None:
-        self._customers: dict[str, dict[str, tuple[bytes, int, bytes]]] = {}
+        self._customers: dict[str, dict[str, tuple[bytes, str | None, tuple[PlacedTouchpoint, ...]]]] = {}
         self.sent: Counter[str] = Counter()
 
     def clear(self) -> None:
@@ -246,44 +257,38 @@ class PublishedJourneys:
 
     def changes(
         self, customer_id: str, journeys: list[Journey], values: list[tuple]
-    ) -> tuple[list[tuple[int, int]], list[str]] | None:
-        """(the journeys that changed since last published as (position, touchpoints already published:
-        0 for a journey to send whole), ids of those that did not), remembered; None when the customer
-        stands exactly as published (none changed or went away).
+    ) -> tuple[list[tuple[int, list[int] | None]], list[str]] | None:
+        """(the journeys that changed since last published, as (position, positions of the touchpoints
+        to send, or None for all of them), ids of those that did not), remembered; None when the
+        customer stands exactly as published (none changed or went away).
 
         `values` are the journeys' `journey_values`, made once for this and the message.
         """
         before = self._customers.get(customer_id, {})
-        now: dict[str, tuple[bytes, int, bytes]] = {}
-        changed: list[tuple[int, int]] = []
+        now: dict[str, tuple[bytes, str | None, tuple[PlacedTouchpoint, ...]]] = {}
+        changed: list[tuple[int, list[int] | None]] = []
         kept: list[str] = []
         new = 0
         for position, (journey, row) in enumerate(zip(journeys, values, strict=True)):
-            count = len(journey.touchpoints)
-            published = now[journey.journey_id] = (row_digest(row), count, placement_digest(journey, count))
+            published = now[journey.journey_id] = (row_digest(row), journey.persona, journey.touchpoints)
             earlier = before.get(journey.journey_id)
-            if earlier == published:
+            if earlier is None:
+                changed.append((position, None))
+                new += 1
+            elif earlier == published:
                 kept.append(journey.journey_id)
-            elif (
-                earlier is not None
-                and earlier[1] <= count
-                and (
-                    earlier[2]
-                    == (published[2] if earlier[1] == count else placement_digest(journey, earlier[1]))
-                )
-            ):
-                changed.append((position, earlier[1]))
             else:
-                changed.append((position, 0))
-                new += earlier is None
+                changed.append(
+                    (position, placed_anew(earlier[2], journey) if earlier[1] == journey.persona else None)
+                )
         if now:
             self._customers[customer_id] = now
         else:
             self._customers.pop(customer_id, None)
         if not changed and before.keys() == now.keys() and now:
             return None
-        grown = sum(1 for _, start in changed if start)
-        self.sent.update(new=new, whole=len(changed) - grown - new, grown=grown, kept=len(kept))
+        partial = sum(1 for _, send in changed if send is not None)
+        self.sent.update(new=new, whole=len(changed) - partial - new, partial=partial, kept=len(kept))
         return changed, kept
 
     def take_sent(self) -> Counter[str]:
@@ -295,23 +300,29 @@ class PublishedJourneys:
         return sum(len(journeys) for journeys in self._customers.values())
 
 
+def placed_anew(published: tuple[PlacedTouchpoint, ...], journey: Journey) -> list[int] | None:
+    """Positions of the journey's touchpoints whose rows differ from the published ones (new, or at
+    another position or sentiment); None when a published touchpoint left the journey or changed
+    phase, so that the journey's drop-off points changed other than by addition."""
+    placed = journey.touchpoints
+    if placed[: len(published)] == published:  # grown at its end: the usual case, no lookup
+        return list(range(len(published), len(placed)))
+    before = {placement.event_id: placement for placement in published}
+    send = []
+    for index, placement in enumerate(placed):
+        earlier = before.pop(placement.event_id, None)
+        if earlier is None or earlier != placement:
+            if earlier is not None and earlier.phase != placement.phase:
+                return None
+            send.append(index)
+    return None if before else send
+
+
 def row_digest(row: tuple) -> bytes:
     """A digest of a journey's `journey_values` row but for its watermark."""
     values = list(row)
     del values[_WATERMARK]
     return hashlib.blake2b(orjson.dumps(values), digest_size=16).digest()
-
-
-def placement_digest(journey: Journey, count: int) -> bytes:
-    """A digest of what the sink writes for the journey's first `count` touchpoints.
-
-    A touchpoint row is the touchpoint (never changed once admitted) as placed
-    in the journey (event id, position, phase, sentiment), with the journey's
-    customer, id and persona (`touchpoint_values`); the customer and id are the
-    journey's key here, so the persona and the placements decide.
-    """
-    placed = [tuple(placement) for placement in journey.touchpoints[:count]]
-    return hashlib.blake2b(orjson.dumps([journey.persona, placed]), digest_size=16).digest()
 
 
 def state_messages(
@@ -325,8 +336,8 @@ def state_messages(
     """(key, value) messages for the state topic describing one batch's changes.
 
     With `published`, a changed customer's journeys that did not change go out
-    as kept ids only, journeys that grew at their end with only their new
-    touchpoints, and a customer none of whose journeys changed not at all.
+    as kept ids only, journeys sent in part with only their touchpoints that
+    are new or placed anew, and a customer none of whose journeys changed not at all.
     `steps` holds the changed customers' touchpoints by event id when the caller
     has them (`LiveReconstruction.steps`); else they are made from the aggregate.
     """
@@ -356,24 +367,24 @@ def state_messages(
     for customer_id, journeys in result.journeys.items():
         values = [journey_values(j) for j in journeys]
         kept: list[str] = []
-        extended: list[str] = []
-        sent = [(journey, 0) for journey in journeys]
+        partial: list[str] = []
+        sent: list[tuple[Journey, list[int] | None]] = [(journey, None) for journey in journeys]
         if published is not None:
             changes = published.changes(customer_id, journeys, values)
             if changes is None:
                 continue  # every journey as published: nothing to write
             changed, kept = changes
-            sent = [(journeys[i], start) for i, start in changed]
+            sent = [(journeys[i], only) for i, only in changed]
             values = [values[i] for i, _ in changed]
-            extended = [journey.journey_id for journey, start in sent if start]
+            partial = [journey.journey_id for journey, only in sent if only is not None]
         touchpoints = [
             row
-            for journey, start in sent
-            for row in touchpoint_values(reconstruction, journey, now, steps=steps, start=start)
+            for journey, only in sent
+            for row in touchpoint_values(reconstruction, journey, now, steps=steps, only=only)
         ]
         if published is not None:
             published.sent["touchpoint_rows"] += len(touchpoints)
-        entry = orjson.dumps([customer_id, values, touchpoints, kept, extended])
+        entry = orjson.dumps([customer_id, values, touchpoints, kept, partial])
         if packed and size + len(entry) > STATE_BYTES:
             yield key, orjson.dumps({"kind": "customers", "customers": packed})
             packed, size = [], 0

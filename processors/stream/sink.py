@@ -91,38 +91,38 @@ def _latest_snapshot(
     journeys: list,
     touchpoints: list,
     kept: list | None = None,
-    extended: list | None = None,
+    partial: list | None = None,
 ) -> None:
     """A later message about a customer supersedes its earlier one, and `customers` stays in message order.
 
     `kept` lists the customer's journeys the message leaves out because they did
     not change since the reconstruct stage last published them (None: the
-    message carries every journey); `extended`, the journeys it carries that
-    grew at their end, with only their new touchpoints. A kept journey that an
+    message carries every journey); `partial`, the journeys it carries in part
+    (only their touchpoints that are new or placed anew). A kept journey that an
     earlier message of this segment changed is still written, from that
-    message; a grown one that an earlier message carried is written with the
-    earlier message's touchpoints and the new ones (whole, if the earlier
-    message had it whole); a journey the later message neither carries nor
-    keeps is gone, and its earlier rows are not written. A touchpoint a merge
-    moved to another customer is written where it went last (see
-    `write_customer_journeys`).
+    message; one sent in part that an earlier message carried is written with
+    the earlier message's touchpoints and then the later ones (so a touchpoint
+    in both is written as placed last), whole if the earlier message had it
+    whole; a journey the later message neither carries nor keeps is gone, and
+    its earlier rows are not written. A touchpoint a merge moved to another
+    customer is written where it went last (see `write_customer_journeys`).
     """
     earlier = customers.pop(customer_id, None)
     kept = list(kept or ())
-    grown = set(extended or ())
-    if earlier is not None and (kept or grown):
-        earlier_journeys, earlier_touchpoints, _, earlier_grown = earlier
+    in_part = set(partial or ())
+    if earlier is not None and (kept or in_part):
+        earlier_journeys, earlier_touchpoints, _, earlier_in_part = earlier
         sent_before = {values[0] for values in earlier_journeys}
-        carried, regrown = sent_before & set(kept), sent_before & grown
-        if carried or regrown:
+        carried, joined = sent_before & set(kept), sent_before & in_part
+        if carried or joined:
             journeys = [values for values in earlier_journeys if values[0] in carried] + journeys
             touchpoints = [
-                values for values in earlier_touchpoints if values[2] in carried or values[2] in regrown
+                values for values in earlier_touchpoints if values[2] in carried or values[2] in joined
             ] + touchpoints
             kept = [journey_id for journey_id in kept if journey_id not in carried]
-            # Grown onto what is stored only if the earlier message did not send it whole.
-            grown = (grown - regrown) | ((carried | regrown) & set(earlier_grown))
-    customers[customer_id] = (journeys, touchpoints, kept, sorted(grown))
+            # In part (onto what is stored) only if the earlier message did not send it whole.
+            in_part = (in_part - joined) | ((carried | joined) & set(earlier_in_part))
+    customers[customer_id] = (journeys, touchpoints, kept, sorted(in_part))
 
 
 @dataclass
@@ -201,7 +201,7 @@ def write_batch(
                     if kind == "customers"
                     else [(message["customer_id"], message["journeys"], message["touchpoints"])]
                 )
-                for customer_id, journeys, touchpoints, *kept in packed:  # then `extended`, if sent
+                for customer_id, journeys, touchpoints, *kept in packed:  # then `partial`, if sent
                     _latest_snapshot(segment.customers, customer_id, journeys, touchpoints, *kept)
                     if snapshot is not None:
                         snapshot.journeys.update(values[0] for values in journeys)

@@ -4,6 +4,7 @@ journey's state message carries."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import orjson
 import pytest
@@ -12,10 +13,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from journeys.fold import ClassifiedTouchpoint, JourneyPolicy
+from journeys.fold import ClassifiedTouchpoint, JourneyPolicy, PlacedTouchpoint
 from journeys.identity import IdentityPolicy
 from journeys.live import LiveReconstruction
-from journeys.phases import PhaseRules
+from journeys.phases import Phase, PhaseRules
 from journeys.reconstruct import Reconstruction
 from journeys.touchpoint import Channel, CompactTouchpoint, Touchpoint, compact_touchpoint
 from processors.config import load_rules
@@ -27,6 +28,7 @@ from processors.stream.messages import (
     decode_touchpoint,
     encode_touchpoint,
     encode_touchpoints,
+    placed_anew,
     state_messages,
     touchpoint_elements,
     touchpoint_fields,
@@ -192,10 +194,10 @@ def test_touchpoint_elements_decode_each_element_once_beside_its_encoding() -> N
     assert touchpoint_elements(one) == [(orjson.loads(one), one)]
 
 
-def test_a_journey_is_published_new_then_grown_whole_again_when_placed_anew_and_kept_when_unchanged() -> None:
+def test_a_journey_is_published_new_then_in_part_and_whole_again_when_every_row_changed() -> None:
     """One visitor's journey: first sent whole; a later page grows it (only that page is sent); a late
-    page lands inside it, so the positions after it change and it goes whole again; an unchanged
-    customer is not sent; a persona learned changes every touchpoint row, so whole again."""
+    page lands inside it (it and the pages it moved on are sent); an unchanged customer is not sent; a
+    persona learned changes every touchpoint row, so whole again."""
 
     def page(event_id: str, minutes: int, persona: str | None = None) -> Touchpoint:
         return Touchpoint(
@@ -227,9 +229,25 @@ def test_a_journey_is_published_new_then_grown_whole_again_when_placed_anew_and_
         ]
         sent.append(([row[0] for _, _, rows, _, _ in entries for row in rows], published.take_sent()))
     assert sent == [
-        (["a", "c"], {"new": 1, "whole": 0, "grown": 0, "kept": 0, "touchpoint_rows": 2}),
-        (["d"], {"new": 0, "whole": 0, "grown": 1, "kept": 0, "touchpoint_rows": 1}),
-        (["a", "b", "c", "d"], {"new": 0, "whole": 1, "grown": 0, "kept": 0, "touchpoint_rows": 4}),
+        (["a", "c"], {"new": 1, "whole": 0, "partial": 0, "kept": 0, "touchpoint_rows": 2}),
+        (["d"], {"new": 0, "whole": 0, "partial": 1, "kept": 0, "touchpoint_rows": 1}),
+        (["b", "c", "d"], {"new": 0, "whole": 0, "partial": 1, "kept": 0, "touchpoint_rows": 3}),
         ([], {}),
-        (["a", "b", "c", "d", "e"], {"new": 0, "whole": 1, "grown": 0, "kept": 0, "touchpoint_rows": 5}),
+        (["a", "b", "c", "d", "e"], {"new": 0, "whole": 1, "partial": 0, "kept": 0, "touchpoint_rows": 5}),
     ]
+
+
+def test_a_journey_goes_in_part_only_while_its_published_touchpoints_stay_with_their_phase() -> None:
+    """`placed_anew`: the positions to send, or None when the stored drop-off points would be wrong."""
+
+    def journey(*placed: tuple[str, Phase, float | None]) -> Any:
+        touchpoints = tuple(PlacedTouchpoint(e, seq, phase, s) for seq, (e, phase, s) in enumerate(placed))
+        return type("Journey", (), {"touchpoints": touchpoints})()
+
+    o, c = Phase.ORIENTATION, Phase.CONSIDERATION
+    published = journey(("a", o, None), ("b", c, None)).touchpoints
+    assert placed_anew(published, journey(("a", o, None), ("b", c, None), ("x", c, 0.5))) == [2]
+    assert placed_anew(published, journey(("x", o, None), ("a", o, None), ("b", c, None))) == [0, 1, 2]
+    assert placed_anew(published, journey(("a", o, None), ("b", c, -0.5))) == [1], "another sentiment"
+    assert placed_anew(published, journey(("a", o, None), ("b", o, None))) is None, "b changed phase"
+    assert placed_anew(published, journey(("a", o, None), ("x", c, None))) is None, "b left"

@@ -348,14 +348,15 @@ def test_only_changed_journeys_are_published_and_the_sink_ends_where_full_messag
     assert len(journeys) == 3, "a's old journey, the unlinked visitor's, b's"
 
 
-def test_a_journey_that_grows_is_sent_in_parts_and_mined_as_if_it_were_sent_whole(
+def test_a_journey_sent_in_parts_is_mined_as_if_it_were_sent_whole(
     kafka_bootstrap: str, topic_prefix: str, dsn: str
 ) -> None:
-    """A shopper's journey grows over four batches, revisiting a page it saw before, and the watermark
-    then drops it; a second shopper's journey grows once. With `PublishedJourneys` the growing journeys
-    go out with only their new touchpoints. Written one message per batch (each growth carried onto the
-    stored rollup) and all in one batch (the parts joined in the sink), the journeys, touchpoints and
-    drop-off points must equal those of the same batches sent whole."""
+    """A shopper's journey grows over four batches, revisiting a page it saw before, then a late page
+    lands inside it, and the watermark drops it; a second shopper's journey grows once. With
+    `PublishedJourneys` these journeys go out in part: only the touchpoints that are new or moved on.
+    Written one message per batch (each part carried onto the stored rollup), all in one batch (the
+    parts joined in the sink) or in two batches, the journeys, touchpoints and drop-off points must
+    equal those of the same batches sent whole."""
 
     def view(event_id: str, at: timedelta, action: str, path: str, user: str) -> Touchpoint:
         return Touchpoint(
@@ -380,6 +381,7 @@ def test_a_journey_that_grows_is_sent_in_parts_and_mined_as_if_it_were_sent_whol
         ],
         [view("s-3", 2 * hour, "Product Viewed", "/p/7", "u-s")],  # the same point again
         [view("s-4", 3 * hour, "Checkout Started", "/checkout", "u-s")],
+        [view("s-5", hour + hour / 2, "Product Viewed", "/p/9", "u-s")],  # inside: s-3 and s-4 move on
         [view("z-1", 60 * 24 * hour, "Product Viewed", "/p/1", "u-z")],  # the watermark drops both
     ]
     raw = {tp.event_id: encode_touchpoint(tp) for batch in batches for tp in batch}
@@ -408,15 +410,16 @@ def test_a_journey_that_grows_is_sent_in_parts_and_mined_as_if_it_were_sent_whol
         ([journey], ["s-2"]),
         ([journey], ["s-3"]),
         ([journey], ["s-4"]),
+        ([journey], ["s-5", "s-3", "s-4"]),  # the late one and the two it moved on
         ([journey], []),  # dropped: its row alone
     ]
-    # The shopper's, the second shopper's and the last visitor's journeys new; 4 + 2 growths.
-    assert counted.take_sent() == {"new": 3, "whole": 0, "grown": 6, "kept": 0, "touchpoint_rows": 7}
+    # The shopper's, the second shopper's and the last visitor's journeys new; 5 + 2 sent in part.
+    assert counted.take_sent() == {"new": 3, "whole": 0, "partial": 7, "kept": 0, "touchpoint_rows": 10}
     assert counted.take_sent() == {}
 
     # Three sinks of the partial messages: all in one batch (the parts joined into whole journeys),
-    # one message at a time (each growth carried onto the stored rollup), and the first batch's
-    # messages then the rest in one batch (the growths joined, then carried once).
+    # one message at a time (each part carried onto the stored rollup), and the first batch's
+    # messages then the rest in one batch (the parts joined, then carried once).
     one_by_one, split = Topics(f"{topic_prefix}-one"), Topics(f"{topic_prefix}-split")
     messages[one_by_one] = messages[split] = messages[partial]
     databases = {partial: "", one_by_one: "one_", split: "split_", full: "full_"}
@@ -466,13 +469,13 @@ def test_a_journey_that_grows_is_sent_in_parts_and_mined_as_if_it_were_sent_whol
     assert stored(clients[partial]) == expected, "all in one batch"
     assert stored(clients[one_by_one]) == expected, "one message at a time"
     assert stored(clients[split]) == expected, "the first batch, then the rest in one"
-    rebuild_point_ids(clients[one_by_one])  # grown journeys' earlier touchpoints have older versions
+    rebuild_point_ids(clients[one_by_one])  # touchpoints not sent again keep older versions
     assert stored(clients[one_by_one]) == expected, "the rollup rebuilt from the stored rows"
 
 
-def test_a_segment_joins_a_journey_s_parts_and_keeps_it_grown_only_onto_what_is_stored() -> None:
-    """Parts of one journey in one segment: after a whole message, a growth makes it whole with both
-    messages' touchpoints (the stored rows are outdated); after a growth, still a growth onto what is
+def test_a_segment_joins_a_journey_s_parts_and_keeps_it_in_part_only_onto_what_is_stored() -> None:
+    """Parts of one journey in one segment: after a whole message, a part makes it whole with both
+    messages' touchpoints (the stored rows are outdated); after a part, still a part onto what is
     stored; a later message keeping it takes it from the earlier one as it was."""
 
     def row(journey_id: str) -> list[Any]:
@@ -495,7 +498,7 @@ def test_a_segment_joins_a_journey_s_parts_and_keeps_it_grown_only_onto_what_is_
     )
     journeys, touchpoints, kept, grown = customers["c"]
     assert [values[0] for values in touchpoints] == ["a", "b", "c", "d"]
-    assert (len(journeys), kept, grown) == (2, [], ["j2"]), "j1 was sent whole earlier: whole; j2 grows"
+    assert (len(journeys), kept, grown) == (2, [], ["j2"]), "j1 was sent whole earlier: whole; j2 in part"
 
     _latest_snapshot(customers, "c", [row("j1")], [], ["j2"], ["j1"])
     journeys, touchpoints, kept, grown = customers["c"]
