@@ -5,7 +5,9 @@ writes an embedded chDB database. The state topic has one partition (changes
 must be applied in the order the reconstruct stage made them), so one sink
 runs per deployment; a second one in the group stands by and takes over.
 
-- **Batches** are bounded by message count and by time, whichever comes first.
+- **Batches** are bounded by message count and by time, whichever comes first;
+  the time counts from when the oldest pending message was produced, if the
+  sink was busy writing then (`batch_began`).
 - **At least once**: offsets are committed only after a batch is written. A
   redelivered batch rewrites the same rows (ReplacingMergeTree keyed on event,
   journey and identifier ids), so nothing is counted twice.
@@ -60,6 +62,9 @@ class SinkConfig:
     session_timeout_ms: int = 10_000
     heartbeat_interval_ms: int = 3_000
     fetch_max_wait_ms: int = 100  # a broker that holds a fetch the full wait (Tansu) delays every batch
+    # State messages are up to 256 KB: at kafka-python's default 1 MB a poll returns a handful, and a
+    # backlog (written as soon as it is polled, `batch_began`) would go out in many small writes.
+    max_partition_fetch_bytes: int = 16 * 1024 * 1024
 
     @property
     def group(self) -> str:
@@ -308,6 +313,7 @@ def run_sink(
         session_timeout_ms=config.session_timeout_ms,
         heartbeat_interval_ms=config.heartbeat_interval_ms,
         fetch_max_wait_ms=config.fetch_max_wait_ms,
+        max_partition_fetch_bytes=config.max_partition_fetch_bytes,
     )
     ensure_topics(config.bootstrap, config.topics)
     consumer.subscribe([config.topics.state, config.topics.dead_letters])
