@@ -43,6 +43,21 @@ def visits(count: int) -> list[Touchpoint]:
     ]
 
 
+def web_touchpoint(
+    event_id: str, at: timedelta, action: str, properties: dict[str, Any] | None = None, **ids: str
+) -> Touchpoint:
+    """A Segment web touchpoint `at` after T0 with these identifiers (type=value)."""
+    return Touchpoint(
+        event_id=event_id,
+        occurred_at=T0 + at,
+        channel="web",
+        source="segment",
+        action=action,
+        identifiers=[{"type": kind, "value": value} for kind, value in ids.items()],
+        properties=properties or {},
+    )
+
+
 def visit_call_login() -> tuple[Touchpoint, Touchpoint, Touchpoint]:
     """A visitor browses; an hour later a call comes from an unknown phone; a login links the two."""
 
@@ -262,16 +277,7 @@ def test_only_changed_journeys_are_published_and_the_sink_ends_where_full_messag
     A late event then changes the old one. The same batches sent in full into another database must
     leave the same journeys and touchpoints."""
 
-    def touchpoint(event_id: str, at: timedelta, action: str, **ids: str) -> Touchpoint:
-        return Touchpoint(
-            event_id=event_id,
-            occurred_at=T0 + at,
-            channel="web",
-            source="segment",
-            action=action,
-            identifiers=[{"type": kind, "value": value} for kind, value in ids.items()],
-        )
-
+    touchpoint = web_touchpoint
     month = timedelta(days=30)
     first_journey = [
         touchpoint("a-1", timedelta(0), "Product Viewed", user_id="u-a"),
@@ -359,15 +365,7 @@ def test_a_journey_sent_in_parts_is_mined_as_if_it_were_sent_whole(
     equal those of the same batches sent whole."""
 
     def view(event_id: str, at: timedelta, action: str, path: str, user: str) -> Touchpoint:
-        return Touchpoint(
-            event_id=event_id,
-            occurred_at=T0 + at,
-            channel="web",
-            source="segment",
-            action=action,
-            identifiers=[{"type": "user_id", "value": user}],
-            properties={"path": path},
-        )
+        return web_touchpoint(event_id, at, action, {"path": path}, user_id=user)
 
     hour = timedelta(hours=1)
     batches: list[list[Touchpoint]] = [
