@@ -215,7 +215,13 @@ class ObservedClient:
         self.latencies: list[tuple[int, int]] = []  # (received_at ms, ms until visible), first sight only
         self._unjourneyed: list[int] = []  # received_at ms of touchpoints whose journey rows are not in yet
 
-    def insert(self, table: str, data: Any, column_names: Any = None, **kwargs: Any) -> Any:
+    def insert(
+        self, table: str | None = None, data: Any = None, column_names: Any = None, **kwargs: Any
+    ) -> Any:
+        context = kwargs.get("context")
+        if context is not None:  # the sink's reused insert context (`InsertContexts`) names the table, quoted
+            table, column_names = context.table.rsplit(".", 1)[-1].strip("`"), context.column_names
+            kwargs["column_oriented"] = context.column_oriented
         columns = list(column_names or ())
         # What to count, read before the insert (the sink hands over columns, which a store may empty).
         if kwargs.get("column_oriented"):
@@ -226,7 +232,10 @@ class ObservedClient:
             rows = len(data)
         event_ids = list(named.get("event_id", ()))
         received_at = list(named.get("received_at", ()))
-        result = self._client.insert(table, data, column_names=column_names, **kwargs)
+        if context is not None:
+            result = self._client.insert(data=data, context=context)
+        else:
+            result = self._client.insert(table, data, column_names=column_names, **kwargs)
         now_ms = time.time() * 1000
         if table == "events":
             self.events.update(event_ids)

@@ -76,7 +76,7 @@ TOUCHPOINT_COLUMNS = (
 
 
 class Store(Protocol):
-    """What the writers need of ClickHouse: a clickhouse-connect `Client` or `BackgroundInserts`."""
+    """What the writers need of ClickHouse: a `Client`, `InsertContexts` or `BackgroundInserts`."""
 
     def insert(
         self,
@@ -87,6 +87,51 @@ class Store(Protocol):
     ) -> Any: ...
 
     def query(self, query: str, parameters: dict[str, Any] | None = None) -> QueryResult: ...
+
+
+class InsertContexts:
+    """A `Store` over a client that makes each table's insert context once and reuses it.
+
+    Without a context clickhouse-connect asks ClickHouse for the table's column
+    types (a `DESCRIBE`) before every insert: a round trip per table per write,
+    which a sink writing several times a second pays over and over. Contexts are
+    keyed by table, columns and orientation. `forget` drops them: after a failed
+    insert (the retry starts from fresh contexts) or a schema change.
+    """
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+        self._contexts: dict[tuple[str, tuple[str, ...], bool], InsertContext] = {}
+
+    def insert(
+        self,
+        table: str,
+        data: Sequence[Sequence[Any]],
+        column_names: Sequence[str],
+        column_oriented: bool = False,
+    ) -> Any:
+        key = (table, tuple(column_names), column_oriented)
+        context = self._contexts.get(key)
+        if context is None:
+            context = self.client.create_insert_context(
+                table, column_names=list(column_names), column_oriented=column_oriented
+            )
+            self._contexts[key] = context
+        return self.client.insert(data=data, context=context)
+
+    def query(self, query: str, parameters: dict[str, Any] | None = None) -> QueryResult:
+        return self.client.query(query, parameters=parameters)
+
+    def command(self, command: str, parameters: dict[str, Any] | None = None) -> Any:
+        return self.client.command(command, parameters=parameters)
+
+    def forget(self) -> None:
+        """Drop the cached contexts; the next insert into each table makes a new one."""
+        self._contexts.clear()
+
+
+Writer = Client | InsertContexts
+"""What the stream sink's writers need: inserts, queries and commands (`INSERT … SELECT`), in order."""
 
 
 class BackgroundInserts:
@@ -104,19 +149,19 @@ class BackgroundInserts:
     The rows handed to `insert` must not be changed afterwards; column-oriented
     data is emptied once inserted (its column lists are cleared).
 
-    Each table's insert context is made once and reused: clickhouse-connect
-    then asks for the table's column types once, not before every insert, and
-    a context (a reference cycle: it holds a bound method of itself, and the
-    rows it inserted last) is left for the garbage collector once per table,
-    not once per insert — with the collector paused for a run, one cycle per
-    insert kept every inserted row alive to the end.
+    Each table's insert context is made once and reused (`InsertContexts`):
+    clickhouse-connect then asks for the table's column types once, not before
+    every insert, and a context (a reference cycle: it holds a bound method of
+    itself, and the rows it inserted last) is left for the garbage collector
+    once per table, not once per insert — with the collector paused for a run,
+    one cycle per insert kept every inserted row alive to the end.
     """
 
     def __init__(self, client: Client, depth: int = 1) -> None:
         self._client = client
         self._jobs: queue.Queue[tuple[str, Sequence[Sequence[Any]], tuple[str, ...], bool] | None]
         self._jobs = queue.Queue(depth)
-        self._contexts: dict[tuple[str, tuple[str, ...], bool], InsertContext] = {}
+        self._inserts = InsertContexts(client)
         self._failure: BaseException | None = None
         self._thread = threading.Thread(target=self._work, name="clickhouse-inserts", daemon=True)
         self._thread.start()
@@ -129,14 +174,7 @@ class BackgroundInserts:
                     return
                 if self._failure is None:
                     table, data, columns, column_oriented = job
-                    key = (table, columns, column_oriented)
-                    context = self._contexts.get(key)
-                    if context is None:
-                        context = self._client.create_insert_context(
-                            table, column_names=list(columns), column_oriented=column_oriented
-                        )
-                        self._contexts[key] = context
-                    self._client.insert(data=data, context=context)
+                    self._inserts.insert(table, data, columns, column_oriented)
                     if column_oriented:  # the context keeps its last data: leave it empty lists
                         for column in data:
                             if isinstance(column, list):
@@ -180,7 +218,7 @@ class BackgroundInserts:
         if self._thread.is_alive():
             self._jobs.put(None)
             self._thread.join()
-        self._contexts.clear()
+        self._inserts.forget()
 
     def __enter__(self) -> BackgroundInserts:
         return self
@@ -717,7 +755,7 @@ CustomerChanges = tuple[list[Sequence[Any]], list[Sequence[Any]], list[str], lis
 touchpoint values, ids of journeys kept as stored, ids of the sent journeys sent in part."""
 
 
-def write_customer_journeys(client: Client, customers: dict[str, CustomerChanges]) -> tuple[int, int]:
+def write_customer_journeys(client: Writer, customers: dict[str, CustomerChanges]) -> tuple[int, int]:
     """Write the changed journeys of these customers with their touchpoints; delete the ones that vanished.
 
     `customers` maps a customer id to (journey values, touchpoint values, kept
@@ -807,7 +845,7 @@ LEFT JOIN
 """
 
 
-def _carry_points(client: Client, journey_ids: list[str], written: int, carried: int) -> None:
+def _carry_points(client: Writer, journey_ids: list[str], written: int, carried: int) -> None:
     """Roll the stored points of journeys sent in part and their new rows' points up at their new version."""
     client.command(_CARRY_POINTS, parameters={"ids": journey_ids, "written": written, "carried": carried})
 
@@ -857,7 +895,7 @@ def _insert_touchpoints(client: Store, rows: list[tuple]) -> None:
 
 
 def write_identity_changes(
-    client: Client,
+    client: Writer,
     identities: Iterable[Sequence[str]],
     merges_added: Iterable[Sequence[Any]] = (),
     merges_removed: Iterable[Sequence[Any]] = (),

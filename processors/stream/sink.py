@@ -162,88 +162,112 @@ class _Segment:
     customers: dict[str, tables.CustomerChanges] = field(default_factory=dict)
 
 
-def write_batch(
-    client: Client, records: list[Any], topics: Topics, summary: SinkSummary, progress: SinkProgress
-) -> None:
-    """Write one batch of consumer records (state and dead-letter messages) to ClickHouse.
+class PendingBatch:
+    """State and dead-letter records decoded as they are polled, into the writes they make.
 
-    Written in segments: a snapshot's end marker first writes what came before
-    it, then deletes what the snapshot did not contain, then goes on.
+    Decoding a state message costs a good part of writing it (29% of the
+    sink's write time in a profiled latency run); done as the records arrive,
+    it runs while the batch waits out its `max_seconds`, not after. A
+    snapshot's end marker closes a segment: at write time what came before it
+    is written, then what the snapshot did not contain is deleted, then the
+    rest. Decoding moves `progress` on at once (a snapshot begun or ended), so
+    a write that failed is retried with the same segments, not decoded again.
     """
-    segment = _Segment()
-    for record in records:
-        if record.topic == topics.dead_letters:
-            headers = record.headers
-            segment.letters.append(
-                DeadLetter(
-                    raw=record.value or b"",
-                    reason=_header_text(headers, "reason", "no reason given"),
-                    format=_header_text(headers, "format", "unknown"),
-                    origin=_header_text(
-                        headers, "origin", f"{record.topic}[{record.partition}]@{record.offset}"
-                    ),
-                    received_at=received_at_of(headers) or datetime.now(UTC),
-                )
-            )
-            continue
-        snapshot = progress.snapshot
-        try:
-            message = orjson.loads(record.value)
-            kind = message.get("kind")
-            if kind == "events":
-                segment.events.extend(compact_from_object(raw) for raw in message["events"])
-            elif kind == "identity":
-                segment.identity_messages.append(message)
-                if snapshot is not None:
-                    snapshot.merges.update(tables.merge_key(m) for m in message.get("merges_added", []))
-                    snapshot.conflicts.update(
-                        tables.conflict_key(c) for c in message.get("conflicts_added", [])
+
+    def __init__(self, topics: Topics, progress: SinkProgress) -> None:
+        self.topics = topics
+        self.progress = progress
+        self.messages = 0
+        self._segment = _Segment()
+        # Segments ended by a snapshot's end marker, each with that snapshot (None: its begin was not seen).
+        self._closed: list[tuple[_Segment, Snapshot | None]] = []
+
+    def __len__(self) -> int:
+        return self.messages
+
+    def add(self, records: Iterable[Any]) -> None:
+        """Decode records of one partition, in offset order; a poison message becomes a dead letter."""
+        for record in records:
+            self.messages += 1
+            if record.topic == self.topics.dead_letters:
+                self._segment.letters.append(_dead_letter(record))
+                continue
+            try:
+                self._add_state(record)
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                # A poison message must not stall the partition: it becomes a dead letter.
+                self._segment.letters.append(
+                    DeadLetter(
+                        raw=record.value or b"",
+                        reason=f"unreadable state message: {type(exc).__name__}: {str(exc)[:200]}",
+                        format="state",
+                        origin=f"{record.topic}[{record.partition}]@{record.offset}",
+                        received_at=datetime.now(UTC),
                     )
-            elif kind in ("customers", "customer"):
-                # "customer": the one-customer form of earlier versions
-                packed = (
-                    message["customers"]
-                    if kind == "customers"
-                    else [(message["customer_id"], message["journeys"], message["touchpoints"])]
                 )
-                for customer_id, journeys, touchpoints, *kept in packed:  # then `partial`, if sent
-                    _latest_snapshot(segment.customers, customer_id, journeys, touchpoints, *kept)
-                    if snapshot is not None:
-                        snapshot.journeys.update(values[0] for values in journeys)
-                        snapshot.journeys.update(*kept[:1])
-            elif kind == "snapshot":
-                phase = message["phase"]
-                if phase == "begin":
-                    progress.snapshot = Snapshot(begin=(record.topic, record.partition, record.offset))
-                elif phase == "end":
-                    _write_segment(client, segment, summary)
-                    segment = _Segment()
-                    if snapshot is None:
-                        log.warning("a snapshot ended whose beginning this sink did not see; nothing retired")
-                    else:
-                        summary.journeys_deleted += tables.retire_missing(
-                            client, snapshot.journeys, snapshot.merges, snapshot.conflicts
-                        )
-                        progress.snapshot = None
-                else:
-                    raise ValueError(f"unknown snapshot phase {phase!r}")
-            else:
-                raise ValueError(f"unknown kind {kind!r}")
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            # A poison message must not stall the partition: it becomes a dead letter.
-            segment.letters.append(
-                DeadLetter(
-                    raw=record.value or b"",
-                    reason=f"unreadable state message: {type(exc).__name__}: {str(exc)[:200]}",
-                    format="state",
-                    origin=f"{record.topic}[{record.partition}]@{record.offset}",
-                    received_at=datetime.now(UTC),
-                )
+
+    def _add_state(self, record: Any) -> None:
+        segment, snapshot = self._segment, self.progress.snapshot
+        message = orjson.loads(record.value)
+        kind = message.get("kind")
+        if kind == "events":
+            segment.events.extend(compact_from_object(raw) for raw in message["events"])
+        elif kind == "identity":
+            segment.identity_messages.append(message)
+            if snapshot is not None:
+                snapshot.merges.update(tables.merge_key(m) for m in message.get("merges_added", []))
+                snapshot.conflicts.update(tables.conflict_key(c) for c in message.get("conflicts_added", []))
+        elif kind in ("customers", "customer"):
+            # "customer": the one-customer form of earlier versions
+            packed = (
+                message["customers"]
+                if kind == "customers"
+                else [(message["customer_id"], message["journeys"], message["touchpoints"])]
             )
-    _write_segment(client, segment, summary)
+            for customer_id, journeys, touchpoints, *kept in packed:  # then `partial`, if sent
+                _latest_snapshot(segment.customers, customer_id, journeys, touchpoints, *kept)
+                if snapshot is not None:
+                    snapshot.journeys.update(values[0] for values in journeys)
+                    snapshot.journeys.update(*kept[:1])
+        elif kind == "snapshot":
+            phase = message["phase"]
+            if phase == "begin":
+                self.progress.snapshot = Snapshot(begin=(record.topic, record.partition, record.offset))
+            elif phase == "end":
+                if snapshot is None:
+                    log.warning("a snapshot ended whose beginning this sink did not see; nothing retired")
+                self._closed.append((segment, snapshot))
+                self._segment = _Segment()
+                self.progress.snapshot = None
+            else:
+                raise ValueError(f"unknown snapshot phase {phase!r}")
+        else:
+            raise ValueError(f"unknown kind {kind!r}")
+
+    def write(self, client: tables.Writer, summary: SinkSummary) -> None:
+        """Write the batch to ClickHouse, segment by segment; safe to call again after a failure."""
+        for segment, snapshot in self._closed:
+            _write_segment(client, segment, summary)
+            if snapshot is not None:
+                summary.journeys_deleted += tables.retire_missing(
+                    client, snapshot.journeys, snapshot.merges, snapshot.conflicts
+                )
+        _write_segment(client, self._segment, summary)
 
 
-def _write_segment(client: Client, segment: _Segment, summary: SinkSummary) -> None:
+def _dead_letter(record: Any) -> DeadLetter:
+    """A record of the dead-letter topic, as the stage that refused it described it in its headers."""
+    headers = record.headers
+    return DeadLetter(
+        raw=record.value or b"",
+        reason=_header_text(headers, "reason", "no reason given"),
+        format=_header_text(headers, "format", "unknown"),
+        origin=_header_text(headers, "origin", f"{record.topic}[{record.partition}]@{record.offset}"),
+        received_at=received_at_of(headers) or datetime.now(UTC),
+    )
+
+
+def _write_segment(client: tables.Writer, segment: _Segment, summary: SinkSummary) -> None:
     if segment.events:
         summary.events += tables.write_events(client, segment.events)
     if segment.letters:
@@ -317,9 +341,9 @@ def run_sink(
     )
     ensure_topics(config.bootstrap, config.topics)
     consumer.subscribe([config.topics.state, config.topics.dead_letters])
-    client = connect()
+    client = tables.InsertContexts(connect())
     progress = SinkProgress()
-    pending: list[Any] = []
+    pending = PendingBatch(config.topics, progress)
     started = time.time()  # when the pending batch began to wait (wall clock: records carry theirs)
     busy_since: float | None = None  # when the last write began
     last_message = time.monotonic()
@@ -333,7 +357,7 @@ def run_sink(
             for records in polled.values():
                 if not pending:
                     started = batch_began(time.time(), records, busy_since)
-                pending.extend(records)
+                pending.add(records)
             if polled or not consumer.assignment():
                 # Idle time counts from the group join: joining alone can take seconds.
                 last_message = time.monotonic()
@@ -345,9 +369,9 @@ def run_sink(
             )
             if pending and (due or stopping):
                 busy_since = time.time()
-                _write_with_retries(client, pending, config, summary, metrics, stop, progress)
+                _write_with_retries(client, pending, config, summary, metrics, stop)
                 consumer.commit(offsets=_commit_offsets(consumer, progress))
-                pending = []
+                pending = PendingBatch(config.topics, progress)
                 _record_lag(consumer, metrics)
             if stopping:
                 break
@@ -378,24 +402,20 @@ def batch_began(polled_at: float, records: Iterable[Any], busy_since: float | No
 
 
 def _write_with_retries(
-    client: Client,
-    batch: list[Any],
+    client: tables.InsertContexts,
+    batch: PendingBatch,
     config: SinkConfig,
     summary: SinkSummary,
     metrics: Metrics,
     stop: Any,
-    progress: SinkProgress,
 ) -> None:
     delay = config.retry_initial
-    # Sort by partition then offset: messages of one key stay in order whatever poll returned.
-    batch.sort(key=lambda r: (r.topic, r.partition, r.offset))
     while True:
         began = time.monotonic()
-        snapshot = progress.snapshot
         try:
-            write_batch(client, batch, config.topics, summary, progress)
+            batch.write(client, summary)
         except Exception as exc:  # ClickHouse down, slow or refusing: hold the batch and retry
-            progress.snapshot = snapshot  # the retry reads the batch's snapshot markers again
+            client.forget()  # a context of the failed insert may be half used; the retry makes new ones
             summary.retries += 1
             metrics.inc("journeys_sink_retries_total")
             log.warning("ClickHouse write failed (%s); retrying in %.1f s", type(exc).__name__, delay)

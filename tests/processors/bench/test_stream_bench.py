@@ -165,16 +165,15 @@ def test_an_event_counts_as_visible_once_its_journey_row_is_in(dsn: str, tmp_pat
     client = connect(dsn)
     migrate(client)
     observed = ObservedClient(client, tmp_path / "progress.jsonl")
+    store = tables.InsertContexts(observed)  # as the sink inserts: through reused insert contexts
 
     tables._insert(
-        observed,
+        store,
         "touchpoint_versions",
         tables.TOUCHPOINT_COLUMNS,
         tables.touchpoint_rows(live.reconstruction, journey, 1, now),
     )
     assert observed.touchpoints == {"v-1"} and observed.latencies == []
-    tables._insert(
-        observed, "journey_versions", tables.JOURNEY_COLUMNS, [tables.journey_row(journey, 1, now)]
-    )
+    tables._insert(store, "journey_versions", tables.JOURNEY_COLUMNS, [tables.journey_row(journey, 1, now)])
     ((received_at, latency_ms),) = observed.latencies
     assert received_at == tables._ms(visit.received_at) and latency_ms >= 0

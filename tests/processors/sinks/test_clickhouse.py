@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from clickhouse_connect.driver.client import Client
-from clickhouse_connect.driver.exceptions import DatabaseError
+from clickhouse_connect.driver.exceptions import DatabaseError, DataError
 
 from journeys.reconstruct import Reconstruction
 from journeys.touchpoint import Channel, CompactTouchpoint, Identifier, Touchpoint
@@ -57,6 +58,36 @@ def test_the_caller_s_error_wins_and_the_thread_stops(client: Client) -> None:
         raise KeyError("the caller's")
     with pytest.raises(RuntimeError, match="closed"):
         store.insert("log", [(1, 1)], ["n", "at"])
+
+
+class _CountingContexts:
+    """A real client that counts the insert contexts made through it."""
+
+    def __init__(self, client: Client) -> None:
+        self.client, self.made = client, 0
+
+    def create_insert_context(self, *args: Any, **kwargs: Any) -> Any:
+        self.made += 1
+        return self.client.create_insert_context(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.client, name)
+
+
+def test_a_table_s_insert_context_is_made_once_and_made_again_after_a_failure(client: Client) -> None:
+    counting = _CountingContexts(client)
+    store = sink.InsertContexts(counting)  # type: ignore[arg-type]
+    for n in range(3):
+        store.insert("log", [[n], [n]], ["n", "at"], column_oriented=True)
+    assert counting.made == 1  # not a DESCRIBE before every insert
+    with pytest.raises((TypeError, ValueError, DataError)):
+        store.insert("log", [["not a number"], [3]], ["n", "at"], column_oriented=True)
+    store.forget()  # as the sink does before it retries
+    store.insert("log", [[4], [4]], ["n", "at"], column_oriented=True)
+    assert counting.made == 2
+    assert client.query("SELECT groupArray(n) FROM (SELECT n FROM log ORDER BY at)").result_rows == [
+        ([0, 1, 2, 4],)
+    ]
 
 
 def _state(client: Client) -> dict[str, list[tuple]]:
