@@ -755,6 +755,15 @@ CustomerChanges = tuple[list[Sequence[Any]], list[Sequence[Any]], list[str], lis
 touchpoint values, ids of journeys kept as stored, ids of the sent journeys sent in part."""
 
 
+# The live journeys of some customers: the `journeys` view's rule (a journey's newest row is not a
+# tombstone) without FINAL, so that it reads the projection by customer (migration 0007) and not
+# every journey's row.
+LIVE_JOURNEYS_OF = (
+    "SELECT journey_id FROM journey_versions WHERE customer_id IN {ids:Array(String)} "
+    "GROUP BY journey_id HAVING argMax(is_deleted, version) = 0"
+)
+
+
 def write_customer_journeys(client: Writer, customers: dict[str, CustomerChanges]) -> tuple[int, int]:
     """Write the changed journeys of these customers with their touchpoints; delete the ones that vanished.
 
@@ -789,11 +798,7 @@ def write_customer_journeys(client: Writer, customers: dict[str, CustomerChanges
     # By journey (column 2), so that each journey's touchpoints go out in one insert (`_insert_touchpoints`).
     tp_rows = sorted(((*values, version, now_ms) for values in last_placement.values()), key=itemgetter(2))
     current = {
-        row[0]
-        for row in client.query(
-            "SELECT journey_id FROM journeys WHERE customer_id IN {ids:Array(String)}",
-            parameters={"ids": sorted(customers)},
-        ).result_rows
+        row[0] for row in client.query(LIVE_JOURNEYS_OF, parameters={"ids": sorted(customers)}).result_rows
     }
     kept = {journey_id for _, _, ids, _ in customers.values() for journey_id in ids}
     stale = current - {row[0] for row in journey_rows} - kept

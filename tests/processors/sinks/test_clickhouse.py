@@ -161,3 +161,38 @@ def test_the_event_log_is_read_back_whole_as_a_stream(dsn: str) -> None:
     read = sorted([first, *events], key=lambda touchpoint: touchpoint.event_id)
     assert [CompactTouchpoint.of(tp) for tp in read] == [CompactTouchpoint.of(tp) for tp in written]
     assert client.query("SELECT count() FROM events").result_rows == [(3,)]  # released at the end
+
+
+def test_a_customer_s_live_journeys_are_read_by_customer_and_agree_with_the_view(dsn: str) -> None:
+    client = connect(dsn)
+    migrate(client)
+    # Per journey (customer, [(version, is_deleted), …]) in write order: kept, updated, tombstoned,
+    # tombstoned then written again, and other customers' journeys around them.
+    history = {
+        "j1": ("c1", [(1, 0)]),
+        "j2": ("c1", [(1, 0), (3, 0)]),
+        "j3": ("c1", [(1, 0), (2, 1)]),
+        "j4": ("c2", [(1, 0), (2, 1), (5, 0)]),
+        "j5": ("c3", [(4, 0)]),
+    }
+    for journey_id, (customer_id, versions) in history.items():
+        for version, deleted in versions:  # one insert each: rows in separate parts, as the sink leaves them
+            client.insert(
+                "journey_versions",
+                [(journey_id, customer_id, version, deleted)],
+                column_names=["journey_id", "customer_id", "version", "is_deleted"],
+            )
+    ids = {"ids": ["c1", "c2", "c9"]}
+    live = sorted(row[0] for row in client.query(sink.LIVE_JOURNEYS_OF, parameters=ids).result_rows)
+    view = client.query(
+        "SELECT journey_id FROM journeys WHERE customer_id IN {ids:Array(String)} ORDER BY journey_id",
+        parameters=ids,
+    ).result_rows
+    assert live == [row[0] for row in view] == ["j1", "j2", "j4"]
+    plan = "\n".join(
+        row[0]
+        for row in client.query(
+            "EXPLAIN projections = 1 " + sink.LIVE_JOURNEYS_OF.replace("{ids:Array(String)}", "['c1']")
+        ).result_rows
+    )
+    assert "journeys_by_customer" in plan  # read by customer, not the whole customer_id column
