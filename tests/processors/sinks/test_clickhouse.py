@@ -183,12 +183,17 @@ def test_a_customer_s_live_journeys_are_read_by_customer_and_agree_with_the_view
                 column_names=["journey_id", "customer_id", "version", "is_deleted"],
             )
     ids = {"ids": ["c1", "c2", "c9"]}
-    live = sorted(row[0] for row in client.query(sink.LIVE_JOURNEYS_OF, parameters=ids).result_rows)
+
+    def live() -> list[str]:
+        return sorted(row[0] for row in client.query(sink.LIVE_JOURNEYS_OF, parameters=ids).result_rows)
+
     view = client.query(
         "SELECT journey_id FROM journeys WHERE customer_id IN {ids:Array(String)} ORDER BY journey_id",
         parameters=ids,
     ).result_rows
-    assert live == [row[0] for row in view] == ["j1", "j2", "j4"]
+    assert live() == [row[0] for row in view] == ["j1", "j2", "j4"]
+    client.command("OPTIMIZE TABLE journey_versions FINAL")  # a merge rebuilds the projection's rows
+    assert live() == ["j1", "j2", "j4"]
     plan = "\n".join(
         row[0]
         for row in client.query(
