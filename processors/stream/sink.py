@@ -28,7 +28,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -158,8 +158,47 @@ class _Segment:
 
     events: list[CompactTouchpoint] = field(default_factory=list)
     letters: list[DeadLetter] = field(default_factory=list)
-    identity_messages: list[dict[str, Any]] = field(default_factory=list)
     customers: dict[str, tables.CustomerChanges] = field(default_factory=dict)
+    # The identity messages as one change, written in one call: each identifier's last assignment,
+    # and each merge or conflict (by its key) as the last message that named it left it.
+    identities: dict[tuple[str, str], tuple[str, str, str]] = field(default_factory=dict)
+    merges: dict[tuple, tuple[bool, Sequence[Any]]] = field(default_factory=dict)  # key: (added, values)
+    conflicts: dict[tuple, tuple[bool, Sequence[Any]]] = field(default_factory=dict)
+
+    def add_identity(self, message: dict[str, Any]) -> None:
+        """Fold one identity message in; a malformed one raises before it changes anything."""
+        identities = [(t, v, customer) for t, v, customer in message.get("identities", [])]
+        logs = [
+            (log, [(key(values), added, values) for added, values in entries])
+            for log, key, entries in (
+                (self.merges, tables.merge_key, _log_entries(message, "merges")),
+                (self.conflicts, tables.conflict_key, _log_entries(message, "conflicts")),
+            )
+        ]
+        self.identities.update(((t, v), (t, v, customer)) for t, v, customer in identities)
+        for log, changes in logs:
+            for key, added, values in changes:
+                log[key] = (added, values)
+
+    def write_identity(self, client: tables.Writer) -> None:
+        if not (self.identities or self.merges or self.conflicts):
+            return
+        tables.write_identity_changes(
+            client,
+            list(self.identities.values()),
+            [values for added, values in self.merges.values() if added],
+            [values for added, values in self.merges.values() if not added],
+            [values for added, values in self.conflicts.values() if added],
+            [values for added, values in self.conflicts.values() if not added],
+        )
+
+
+def _log_entries(message: dict[str, Any], log: str) -> list[tuple[bool, Sequence[Any]]]:
+    """A message's removed then added entries of one identity log: an entry removed and added again
+    in one message (same event, another survivor) is replaced, not deleted."""
+    return [(False, values) for values in message.get(f"{log}_removed", [])] + [
+        (True, values) for values in message.get(f"{log}_added", [])
+    ]
 
 
 class PendingBatch:
@@ -194,7 +233,7 @@ class PendingBatch:
                 continue
             try:
                 self._add_state(record)
-            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
                 # A poison message must not stall the partition: it becomes a dead letter.
                 self._segment.letters.append(
                     DeadLetter(
@@ -213,7 +252,7 @@ class PendingBatch:
         if kind == "events":
             segment.events.extend(compact_from_object(raw) for raw in message["events"])
         elif kind == "identity":
-            segment.identity_messages.append(message)
+            segment.add_identity(message)
             if snapshot is not None:
                 snapshot.merges.update(tables.merge_key(m) for m in message.get("merges_added", []))
                 snapshot.conflicts.update(tables.conflict_key(c) for c in message.get("conflicts_added", []))
@@ -272,15 +311,7 @@ def _write_segment(client: tables.Writer, segment: _Segment, summary: SinkSummar
         summary.events += tables.write_events(client, segment.events)
     if segment.letters:
         summary.dead_letters += tables.write_dead_letters(client, segment.letters, "stream")
-    for message in segment.identity_messages:
-        tables.write_identity_changes(
-            client,
-            message.get("identities", []),
-            message.get("merges_added", []),
-            message.get("merges_removed", []),
-            message.get("conflicts_added", []),
-            message.get("conflicts_removed", []),
-        )
+    segment.write_identity(client)
     written, deleted = tables.write_customer_journeys(client, segment.customers)
     summary.journeys_written += written
     summary.journeys_deleted += deleted

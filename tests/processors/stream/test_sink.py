@@ -23,7 +23,7 @@ from processors.sinks.clickhouse import rebuild_point_ids
 from processors.storage import connect, migrate
 from processors.stream.messages import PublishedJourneys, encode_touchpoint, snapshot_messages, state_messages
 from processors.stream.metrics import Metrics
-from processors.stream.sink import SinkConfig, _latest_snapshot, batch_began, run_sink
+from processors.stream.sink import SinkConfig, _latest_snapshot, _Segment, batch_began, run_sink
 
 RULES = load_rules()
 T0 = datetime(2026, 9, 1, tzinfo=UTC)
@@ -523,3 +523,78 @@ def test_a_batch_waits_from_when_its_records_were_produced_while_the_sink_was_bu
     assert batch_began(polled, produced_at(995.0, 999.5), busy_since=999.2) == 999.2, "a backlog"
     assert batch_began(polled, produced_at(1_003.0), busy_since=999.2) == polled, "a clock ahead of ours"
     assert batch_began(polled, produced_at(None, -0.001), busy_since=999.2) == polled, "no timestamps"
+
+
+def test_a_segment_s_identity_messages_are_written_as_one_as_if_one_by_one(chdb_path: Any) -> None:
+    """Each identifier's last assignment wins; a merge or conflict ends as the last message left it,
+    re-added in one message replaces, removed later deletes; the same rows as a write per message."""
+    at = int(T0.timestamp() * 1000)
+
+    def merge(event: str, survivor: str, absorbed: str) -> list[Any]:
+        return [event, at, survivor, absorbed, "email", "h1", "anonymous_id", "a1"]
+
+    def conflict(event: str, customers: list[str]) -> list[Any]:
+        return [event, at, "too many customers", "phone", "p1", "email", "h2", customers]
+
+    messages = [
+        {
+            "kind": "identity",
+            "identities": [["email", "h1", "c1"], ["anonymous_id", "a1", "c1"], ["phone", "p1", "c3"]],
+            "merges_added": [merge("e1", "c1", "c2"), merge("e2", "c1", "c4")],
+            "conflicts_added": [conflict("e3", ["c1", "c3"])],
+        },
+        {
+            "kind": "identity",
+            "identities": [["email", "h1", "c5"]],
+            "merges_removed": [merge("e1", "c1", "c2"), merge("e2", "c1", "c4")],
+            "merges_added": [merge("e1", "c5", "c2")],  # same key (event, absorbed): replaced
+            "conflicts_removed": [conflict("e3", ["c1", "c3"])],
+        },
+        {
+            "kind": "identity",
+            "identities": [["anonymous_id", "a1", "c5"]],
+            "merges_added": [merge("e6", "c5", "c7")],
+        },
+    ]
+
+    def stored(dsn: str) -> dict[str, list[tuple]]:
+        client = connect(dsn)
+        return {
+            view: sorted(client.query(f"SELECT * FROM {view}").result_rows)
+            for view in ("identities", "identity_merges", "identity_conflicts")
+        }
+
+    one_by_one, as_one = (f"chdb://{chdb_path}?database=identity_{name}" for name in ("each", "one"))
+    for dsn in (one_by_one, as_one):
+        migrate(connect(dsn))
+    for message in messages:
+        segment = _Segment()
+        segment.add_identity(message)
+        segment.write_identity(connect(one_by_one))
+    segment = _Segment()
+    for message in messages:
+        segment.add_identity(message)
+    segment.write_identity(connect(as_one))
+
+    written = stored(as_one)
+    assert written == stored(one_by_one)
+    assert written["identities"] == [
+        ("anonymous_id", "a1", "c5"),
+        ("email", "h1", "c5"),
+        ("phone", "p1", "c3"),
+    ]
+    merges = [(m[0], m[2], m[3]) for m in written["identity_merges"]]
+    assert merges == [("e1", "c5", "c2"), ("e6", "c5", "c7")]
+    assert written["identity_conflicts"] == []
+
+
+def test_a_malformed_identity_message_changes_nothing() -> None:
+    segment = _Segment()
+    segment.add_identity({"kind": "identity", "identities": [["email", "h1", "c1"]]})
+    try:
+        segment.add_identity({"identities": [["email", "h1", "c2"]], "merges_added": [["e1", 0]]})
+    except IndexError:
+        pass
+    else:
+        raise AssertionError("a merge without its absorbed customer must be refused")
+    assert list(segment.identities.values()) == [("email", "h1", "c1")] and segment.merges == {}
