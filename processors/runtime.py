@@ -44,3 +44,29 @@ def collector_paused() -> Iterator[None]:
     finally:
         if enabled:
             gc.enable()
+
+
+class CollectorPause:
+    """The cyclic collector paused from `pause` to `resume`, for a stretch that is not one block.
+
+    For the stream sink: a batch's decoded state messages are millions of
+    lists alive together until they are written, with no reference cycles, so
+    every collection while they pile up only rescans them. Measured on 500
+    state messages of 190 KB decoded and kept: 1.97 s with the default
+    thresholds, 0.50 s with `tune_gc_for_bulk`'s, 0.31 s paused. `resume`
+    restores the collector's state from before `pause`; both are idempotent.
+    """
+
+    def __init__(self) -> None:
+        self._enabled_before: bool | None = None
+
+    def pause(self) -> None:
+        if self._enabled_before is None:
+            self._enabled_before = gc.isenabled()
+            gc.disable()
+
+    def resume(self) -> None:
+        if self._enabled_before is not None:
+            if self._enabled_before:
+                gc.enable()
+            self._enabled_before = None

@@ -24,6 +24,7 @@ runs per deployment; a second one in the group stands by and takes over.
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import threading
@@ -41,6 +42,7 @@ from ingest.kafka import ensure_topics
 from ingest.records import DeadLetter
 from ingest.topics import Topics, received_at_of
 from journeys.touchpoint import CompactTouchpoint
+from processors.runtime import CollectorPause
 from processors.sinks import clickhouse as tables
 from processors.stream.messages import compact_from_object
 from processors.stream.metrics import Metrics
@@ -355,7 +357,8 @@ def run_sink(
     stop = stop or threading.Event()
     metrics = metrics or Metrics()
     summary = SinkSummary()
-    if threading.current_thread() is threading.main_thread():
+    own_process = threading.current_thread() is threading.main_thread()
+    if own_process:
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: stop.set())
     server = serve_metrics(metrics, config.metrics_port) if config.metrics_port is not None else None
@@ -373,6 +376,9 @@ def run_sink(
     ensure_topics(config.bootstrap, config.topics)
     consumer.subscribe([config.topics.state, config.topics.dead_letters])
     client = tables.InsertContexts(connect())
+    if own_process:
+        gc.freeze()  # the start-up objects (modules, client, consumer) out of every collection's scan
+    collector = CollectorPause()  # paused while a batch is held: its decoded messages hold no cycles
     progress = SinkProgress()
     pending = PendingBatch(config.topics, progress)
     started = time.time()  # when the pending batch began to wait (wall clock: records carry theirs)
@@ -388,6 +394,7 @@ def run_sink(
             for records in polled.values():
                 if not pending:
                     started = batch_began(time.time(), records, busy_since)
+                    collector.pause()
                 pending.add(records)
             if polled or not consumer.assignment():
                 # Idle time counts from the group join: joining alone can take seconds.
@@ -403,10 +410,12 @@ def run_sink(
                 _write_with_retries(client, pending, config, summary, metrics, stop)
                 consumer.commit(offsets=_commit_offsets(consumer, progress))
                 pending = PendingBatch(config.topics, progress)
+                collector.resume()
                 _record_lag(consumer, metrics)
             if stopping:
                 break
     finally:
+        collector.resume()
         consumer.close()
         if server is not None:
             server.shutdown()
