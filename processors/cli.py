@@ -362,6 +362,9 @@ def sink(
         typer.Option(help="Port of /metrics (Prometheus); default $JOURNEYS_METRICS_PORT or 9109."),
     ] = None,
     max_messages: Annotated[int, typer.Option(help="Most messages per ClickHouse write.", min=1)] = 5000,
+    max_megabytes: Annotated[
+        int, typer.Option(help="Most megabytes of messages per ClickHouse write (decoded: about 5x).", min=1)
+    ] = 64,
     max_seconds: Annotated[float, typer.Option(help="Longest wait before a partial batch is written.")] = 1.0,
     idle_exit: Annotated[
         float | None, typer.Option(help="Stop after this many seconds without messages (replays).")
@@ -387,6 +390,7 @@ def sink(
         bootstrap=kafka or bootstrap_from_env(),
         topics=Topics.from_env(),
         max_messages=max_messages,
+        max_bytes=max_megabytes * 1024 * 1024,
         max_seconds=max_seconds,
         idle_exit=idle_exit,
         metrics_port=port or None,

@@ -5,9 +5,9 @@ writes an embedded chDB database. The state topic has one partition (changes
 must be applied in the order the reconstruct stage made them), so one sink
 runs per deployment; a second one in the group stands by and takes over.
 
-- **Batches** are bounded by message count and by time, whichever comes first;
-  the time counts from when the oldest pending message was produced, if the
-  sink was busy writing then (`batch_began`).
+- **Batches** are bounded by message count, by bytes and by time, whichever
+  comes first; the time counts from when the oldest pending message was
+  produced, if the sink was busy writing then (`batch_began`).
 - **At least once**: offsets are committed only after a batch is written. A
   redelivered batch rewrites the same rows (ReplacingMergeTree keyed on event,
   journey and identifier ids), so nothing is counted twice.
@@ -56,6 +56,9 @@ class SinkConfig:
     topics: Topics = field(default_factory=Topics)
     group_id: str | None = None  # default: "<topic prefix>-sink", one group per deployment
     max_messages: int = 5000
+    # A batch is written once its messages' raw bytes reach this (a poll may add one fetch more): decoded,
+    # it takes about five times as much. Only a backlog comes near it (a steady stream writes a few MB).
+    max_bytes: int = 64 * 1024 * 1024
     max_seconds: float = 1.0
     idle_exit: float | None = None  # stop after this many seconds without a message (replays, tests)
     metrics_port: int | None = 9109
@@ -219,6 +222,7 @@ class PendingBatch:
         self.topics = topics
         self.progress = progress
         self.messages = 0
+        self.bytes = 0  # raw message bytes decoded into the batch
         self._segment = _Segment()
         # Segments ended by a snapshot's end marker, each with that snapshot (None: its begin was not seen).
         self._closed: list[tuple[_Segment, Snapshot | None]] = []
@@ -226,10 +230,19 @@ class PendingBatch:
     def __len__(self) -> int:
         return self.messages
 
-    def add(self, records: Iterable[Any]) -> None:
-        """Decode records of one partition, in offset order; a poison message becomes a dead letter."""
+    def add(self, records: Sequence[Any], max_bytes: int | None = None) -> int:
+        """Decode records (each partition's in offset order); returns how many were taken.
+
+        Stops after the record that brings the batch to `max_bytes` (the rest
+        wait for the next batch). A poison message becomes a dead letter.
+        """
+        taken = 0
         for record in records:
+            if max_bytes is not None and self.bytes >= max_bytes:
+                break
+            taken += 1
             self.messages += 1
+            self.bytes += len(record.value or b"")
             if record.topic == self.topics.dead_letters:
                 self._segment.letters.append(_dead_letter(record))
                 continue
@@ -246,6 +259,7 @@ class PendingBatch:
                         received_at=datetime.now(UTC),
                     )
                 )
+        return taken
 
     def _add_state(self, record: Any) -> None:
         segment, snapshot = self._segment, self.progress.snapshot
@@ -384,23 +398,29 @@ def run_sink(
     started = time.time()  # when the pending batch began to wait (wall clock: records carry theirs)
     busy_since: float | None = None  # when the last write began
     last_message = time.monotonic()
+    # Records polled but not yet in a batch: the byte bound closed the batch before them. The next
+    # batch takes them before anything is polled again, and no offset is committed past them.
+    unbatched: list[Any] = []
     try:
         while True:
-            waited = time.time() - started
-            timeout = max(0.0, config.max_seconds - waited) if pending else config.max_seconds
-            polled = consumer.poll(
-                timeout_ms=int(timeout * 1000), max_records=config.max_messages - len(pending)
-            )
-            for records in polled.values():
-                if not pending:
-                    started = batch_began(time.time(), records, busy_since)
-                    collector.pause()
-                pending.add(records)
-            if polled or not consumer.assignment():
-                # Idle time counts from the group join: joining alone can take seconds.
-                last_message = time.monotonic()
-            due = len(pending) >= config.max_messages or (
-                pending and time.time() - started >= config.max_seconds
+            if not unbatched:
+                waited = time.time() - started
+                timeout = max(0.0, config.max_seconds - waited) if pending else config.max_seconds
+                polled = consumer.poll(
+                    timeout_ms=int(timeout * 1000), max_records=config.max_messages - len(pending)
+                )
+                unbatched = [record for records in polled.values() for record in records]
+                if polled or not consumer.assignment():
+                    # Idle time counts from the group join: joining alone can take seconds.
+                    last_message = time.monotonic()
+            if unbatched and not pending:
+                started = batch_began(time.time(), unbatched, busy_since)
+                collector.pause()
+            del unbatched[: pending.add(unbatched, config.max_bytes)]
+            due = (
+                len(pending) >= config.max_messages
+                or pending.bytes >= config.max_bytes
+                or (pending and time.time() - started >= config.max_seconds)
             )
             stopping = stop.is_set() or (
                 config.idle_exit is not None and time.monotonic() - last_message >= config.idle_exit
@@ -408,11 +428,11 @@ def run_sink(
             if pending and (due or stopping):
                 busy_since = time.time()
                 _write_with_retries(client, pending, config, summary, metrics, stop)
-                consumer.commit(offsets=_commit_offsets(consumer, progress))
+                consumer.commit(offsets=_commit_offsets(consumer, progress, unbatched))
                 pending = PendingBatch(config.topics, progress)
                 collector.resume()
                 _record_lag(consumer, metrics)
-            if stopping:
+            if stopping and not unbatched:
                 break
     finally:
         collector.resume()
@@ -474,12 +494,15 @@ def _write_with_retries(
         return
 
 
-def _commit_offsets(consumer: Any, progress: SinkProgress) -> dict[Any, Any]:
-    """What the sink has written, per assigned partition; inside a snapshot, no further than its begin."""
+def _commit_offsets(consumer: Any, progress: SinkProgress, unbatched: Sequence[Any] = ()) -> dict[Any, Any]:
+    """What the sink has written, per assigned partition: no further than a record polled but not yet
+    written (`unbatched`), and inside a snapshot, no further than its begin."""
     from kafka import TopicPartition
     from kafka.structs import OffsetAndMetadata
 
     offsets = {tp: OffsetAndMetadata(consumer.position(tp), "", -1) for tp in consumer.assignment()}
+    for record in reversed(unbatched):  # each partition's first unwritten record wins
+        offsets[TopicPartition(record.topic, record.partition)] = OffsetAndMetadata(record.offset, "", -1)
     begin = progress.snapshot.begin if progress.snapshot is not None else None
     if begin is not None:
         topic, partition, offset = begin

@@ -23,7 +23,15 @@ from processors.sinks.clickhouse import rebuild_point_ids
 from processors.storage import connect, migrate
 from processors.stream.messages import PublishedJourneys, encode_touchpoint, snapshot_messages, state_messages
 from processors.stream.metrics import Metrics
-from processors.stream.sink import SinkConfig, _latest_snapshot, _Segment, batch_began, run_sink
+from processors.stream.sink import (
+    SinkConfig,
+    SinkProgress,
+    _commit_offsets,
+    _latest_snapshot,
+    _Segment,
+    batch_began,
+    run_sink,
+)
 
 RULES = load_rules()
 T0 = datetime(2026, 9, 1, tzinfo=UTC)
@@ -598,3 +606,61 @@ def test_a_malformed_identity_message_changes_nothing() -> None:
     else:
         raise AssertionError("a merge without its absorbed customer must be refused")
     assert list(segment.identities.values()) == [("email", "h1", "c1")] and segment.merges == {}
+
+
+def test_a_batch_is_written_once_its_messages_reach_the_byte_bound(
+    kafka_bootstrap: str, topic_prefix: str, dsn: str
+) -> None:
+    """A backlog must not pile up in memory until `max_messages`: bytes bound a batch too."""
+    topics = Topics(topic_prefix)
+    ensure_topics(kafka_bootstrap, topics, partitions=1)
+    live = LiveReconstruction(Reconstruction(RULES, IdentityPolicy(), JourneyPolicy()))
+    producer = make_producer(kafka_bootstrap)
+    sent = 0
+    for n in range(3):  # three folds of ten visits each: each fold's messages are a few KB
+        batch = [tp.model_copy(update={"event_id": f"{tp.event_id}-{n}"}) for tp in visits(10)]
+        raw = {tp.event_id: encode_touchpoint(tp) for tp in batch}
+        result = live.admit_batch(batch)
+        for key, value in state_messages(result, live.reconstruction, raw, datetime.now(UTC)):
+            producer.send(topics.state, key=key, value=value)
+            sent += 1
+    producer.flush()
+    producer.close()
+    client = connect(dsn)
+    migrate(client)
+    # Each message is over the bound on its own; the wait would otherwise gather all in one write.
+    config = sink_config(kafka_bootstrap, topics, topic_prefix, max_bytes=1, max_seconds=5.0, idle_exit=7.0)
+
+    summary = run_sink(lambda: client, config)
+
+    assert summary.messages == sent and summary.batches == sent
+    assert client.query("SELECT count() FROM touchpoints").result_rows == [(30,)]
+    consumer = KafkaConsumer(bootstrap_servers=kafka_bootstrap, group_id=config.group_id)
+    assert consumer.committed(TopicPartition(topics.state, 0)) == sent
+    consumer.close()
+
+
+def test_no_offset_is_committed_past_a_record_polled_but_not_yet_written(
+    kafka_bootstrap: str, topic_prefix: str
+) -> None:
+    topics = Topics(topic_prefix)
+    ensure_topics(kafka_bootstrap, topics, partitions=1)
+    producer = make_producer(kafka_bootstrap)
+    for n in range(5):
+        producer.send(topics.state, key=b"k", value=orjson.dumps({"kind": "events", "events": [], "n": n}))
+    producer.flush()
+    producer.close()
+    consumer = KafkaConsumer(bootstrap_servers=kafka_bootstrap, enable_auto_commit=False)
+    partition = TopicPartition(topics.state, 0)
+    consumer.assign([partition])
+    consumer.seek_to_beginning(partition)
+    records: list[Any] = []
+    deadline = time.monotonic() + 10
+    while len(records) < 5 and time.monotonic() < deadline:
+        for polled in consumer.poll(timeout_ms=500).values():
+            records += polled
+    assert consumer.position(partition) == 5
+
+    assert _commit_offsets(consumer, SinkProgress(), records[2:])[partition].offset == 2
+    assert _commit_offsets(consumer, SinkProgress(), [])[partition].offset == 5
+    consumer.close()
