@@ -99,21 +99,28 @@ def sink_config(bootstrap: str, topics: Topics, topic_prefix: str, **overrides: 
     return SinkConfig(bootstrap=bootstrap, topics=topics, **{**defaults, **overrides})
 
 
+def publish_folds(bootstrap: str, topic_prefix: str, folds: list[list[Touchpoint]]) -> tuple[Topics, int]:
+    """The state messages a reconstruct stage publishes for these folds, on fresh topics; and their number."""
+    topics = Topics(topic_prefix)
+    ensure_topics(bootstrap, topics, partitions=1)
+    live = LiveReconstruction(Reconstruction(RULES, IdentityPolicy(), JourneyPolicy()))
+    producer = make_producer(bootstrap)
+    sent = 0
+    for batch in folds:
+        raw = {tp.event_id: encode_touchpoint(tp) for tp in batch}
+        result = live.admit_batch(batch)
+        for key, value in state_messages(result, live.reconstruction, raw, datetime.now(UTC)):
+            producer.send(topics.state, key=key, value=value)
+            sent += 1
+    producer.flush()
+    producer.close()
+    return topics, sent
+
+
 def test_the_sink_holds_its_batch_while_clickhouse_refuses_and_commits_after_writing(
     kafka_bootstrap: str, topic_prefix: str, dsn: str
 ) -> None:
-    topics = Topics(topic_prefix)
-    ensure_topics(kafka_bootstrap, topics, partitions=1)
-    live = LiveReconstruction(Reconstruction(RULES, IdentityPolicy(), JourneyPolicy()))
-    batch = visits(20)
-    result = live.admit_batch(batch)
-    raw = {tp.event_id: encode_touchpoint(tp) for tp in batch}
-    producer = make_producer(kafka_bootstrap)
-    messages = list(state_messages(result, live.reconstruction, raw, datetime.now(UTC)))
-    for key, value in messages:
-        producer.send(topics.state, key=key, value=value)
-    producer.flush()
-    producer.close()
+    topics, sent = publish_folds(kafka_bootstrap, topic_prefix, [visits(20)])
 
     client = connect(dsn)
     migrate(client)
@@ -138,7 +145,7 @@ def test_the_sink_holds_its_batch_while_clickhouse_refuses_and_commits_after_wri
     # Offsets were committed only once the batch was written: nothing left for the group.
     consumer = KafkaConsumer(bootstrap_servers=kafka_bootstrap, group_id=config.group_id)
     partition = TopicPartition(topics.state, 0)
-    assert consumer.committed(partition) == len(messages)
+    assert consumer.committed(partition) == sent
     consumer.close()
 
 
@@ -612,20 +619,10 @@ def test_a_batch_is_written_once_its_messages_reach_the_byte_bound(
     kafka_bootstrap: str, topic_prefix: str, dsn: str
 ) -> None:
     """A backlog must not pile up in memory until `max_messages`: bytes bound a batch too."""
-    topics = Topics(topic_prefix)
-    ensure_topics(kafka_bootstrap, topics, partitions=1)
-    live = LiveReconstruction(Reconstruction(RULES, IdentityPolicy(), JourneyPolicy()))
-    producer = make_producer(kafka_bootstrap)
-    sent = 0
-    for n in range(3):  # three folds of ten visits each: each fold's messages are a few KB
-        batch = [tp.model_copy(update={"event_id": f"{tp.event_id}-{n}"}) for tp in visits(10)]
-        raw = {tp.event_id: encode_touchpoint(tp) for tp in batch}
-        result = live.admit_batch(batch)
-        for key, value in state_messages(result, live.reconstruction, raw, datetime.now(UTC)):
-            producer.send(topics.state, key=key, value=value)
-            sent += 1
-    producer.flush()
-    producer.close()
+    folds = [  # three folds of ten visits each: each fold's messages are a few KB
+        [tp.model_copy(update={"event_id": f"{tp.event_id}-{n}"}) for tp in visits(10)] for n in range(3)
+    ]
+    topics, sent = publish_folds(kafka_bootstrap, topic_prefix, folds)
     client = connect(dsn)
     migrate(client)
     # Each message is over the bound on its own; the wait would otherwise gather all in one write.
