@@ -37,13 +37,12 @@ def collector_paused() -> Iterator[None]:
     a 1M-event run (8.3 s of 91 s), growing with the state. Any cycle made
     inside is collected after, once the collector runs again.
     """
-    enabled = gc.isenabled()
-    gc.disable()
+    pause = CollectorPause()
+    pause.pause()
     try:
         yield
     finally:
-        if enabled:
-            gc.enable()
+        pause.resume()
 
 
 class CollectorPause:
