@@ -31,6 +31,13 @@ contiguous); a first record beyond the base, a commit held for
 for `STUCK_SECONDS`, make the stage read the partition again from its base
 (`skipped`, `held`, `stuck`). What is read twice is harmless downstream: touchpoints
 are deduplicated by event id, dead letters by fingerprint.
+
+A stage may keep a record on purpose and acknowledge it later (the reconstruct
+stage holds touchpoints for event-time alignment, `alignment.py`): such
+offsets are *deferred* (`defer` / `undefer`), and a head made only of them
+holds the commit without counting as missing. A partition paused on purpose
+is left out of the stuck check while paused (the caller leaves it out of
+`positions`) and watched afresh once it is back.
 """
 
 from __future__ import annotations
@@ -63,6 +70,9 @@ class CommitGuard:
         self._held_since: dict[Partition, float] = {}
         self._unknown: set[Partition] = set()
         self._stuck: dict[Partition, tuple[int, float, int]] = {}  # (next offset taken, since, ticks)
+        # Offsets a stage took and deliberately acknowledges later (touchpoints the reconstruct
+        # stage holds for event-time alignment): a head made of these is not missing.
+        self._deferred: dict[Partition, set[int]] = {}
 
     def guards(self, topic: str) -> bool:
         return topic in self.topics
@@ -75,6 +85,7 @@ class CommitGuard:
         self._held_since.clear()
         self._stuck.clear()
         self._taken.clear()
+        self._deferred.clear()
 
     def learn(self, starts: Mapping[Partition, int]) -> None:
         """Where assigned partitions start (`start_offsets`, read from the broker)."""
@@ -82,6 +93,20 @@ class CommitGuard:
             if tp in self._unknown and offset >= 0:
                 self._unknown.discard(tp)
                 self._base[tp] = self._first[tp] = offset
+
+    def base(self, tp: Partition) -> int | None:
+        """Where the partition's offsets start at this assignment (its committed offset once known)."""
+        return self._base.get(tp)
+
+    def defer(self, tp: Partition, offset: int) -> None:
+        """A stage keeps this record and acknowledges it later: it must not count as missing meanwhile."""
+        self._deferred.setdefault(tp, set()).add(offset)
+
+    def undefer(self, tp: Partition, offset: int) -> None:
+        """A deferred record is done with (acknowledged now)."""
+        deferred = self._deferred.get(tp)
+        if deferred is not None:
+            deferred.discard(offset)
 
     @property
     def unknown(self) -> set[Partition]:
@@ -119,6 +144,10 @@ class CommitGuard:
         if base is not None and lowest_acked <= base:
             self._held_since.pop(tp, None)
             return True
+        deferred = self._deferred.get(tp)
+        if base is not None and deferred and all(o in deferred for o in range(base, lowest_acked)):
+            self._held_since.pop(tp, None)  # held by records a stage keeps on purpose, none missing
+            return False
         self._held_since.setdefault(tp, now)
         return False
 
@@ -145,6 +174,8 @@ class CommitGuard:
         not read it until the next rebalance. Asked every few seconds.
         """
         rewind: dict[Partition, int] = {}
+        for tp in self._stuck.keys() - positions.keys():
+            del self._stuck[tp]  # not asked about (paused on purpose): watched afresh when it is again
         for tp, (taken, highwater, committed) in positions.items():
             base = committed if committed is not None and committed >= 0 else self._base.get(tp)
             if base is None or highwater <= max(taken, base):

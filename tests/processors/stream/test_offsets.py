@@ -79,6 +79,25 @@ def test_a_commit_held_for_long_reads_the_partition_again_from_its_base() -> Non
     assert guard.held(now=200.0) == {}
 
 
+def test_records_kept_on_purpose_hold_the_commit_without_counting_as_missing() -> None:
+    guard = _guard({("raw.web", 0): 6})
+    tp = ("raw.web", 0)
+    guard.defer(tp, 6)
+    guard.defer(tp, 7)
+    # 6 and 7 are held by the reconstruct stage (alignment): the commit waits, nothing is read again.
+    assert not guard.may_commit(tp, None, 8, now=100.0)
+    assert guard.held(now=100.0 + 10 * HOLD_SECONDS) == {}
+    # A missing record among them is still missing.
+    guard.undefer(tp, 7)
+    assert not guard.may_commit(tp, None, 8, now=200.0)
+    assert guard.held(now=200.0 + HOLD_SECONDS) == {tp: 6}
+    # A new assignment forgets what was kept: the records are read again.
+    guard.assigned([tp])
+    guard.learn({tp: 6})
+    assert not guard.may_commit(tp, None, 7, now=300.0)
+    assert guard.held(now=300.0 + HOLD_SECONDS) == {tp: 6}
+
+
 def test_records_on_the_broker_that_stop_arriving_are_read_again_from_the_commit() -> None:
     """The partition's last record was dropped in flight: no gap, no held commit, only the broker shows it."""
     guard = _guard({("raw.phone", 0): 0, ("raw.web", 0): 0})
@@ -99,6 +118,12 @@ def test_records_on_the_broker_that_stop_arriving_are_read_again_from_the_commit
     # Records arriving, however slowly, are not stuck.
     guard = _guard({phone: 0})
     assert all(guard.stuck(2.0 * n, {phone: (n, 500, 0)}) == {} for n in range(40))
+    # A partition paused on purpose is left out while paused, and watched afresh once it is back.
+    guard = _guard({phone: 0})
+    assert all(guard.stuck(2.0 * n, {phone: (14, 15, 14)}) == {} for n in range(4))
+    assert guard.stuck(100.0, {}) == {}  # paused for 90 s
+    assert all(guard.stuck(100.0 + 2 * n, {phone: (14, 15, 14)}) == {} for n in range(10))
+    assert guard.stuck(100.0 + STUCK_SECONDS, {phone: (14, 15, 14)}) == {phone: 14}
 
 
 def test_faust_s_consumer_commits_no_record_its_stages_did_not_take(dsn: str) -> None:
