@@ -1,0 +1,220 @@
+"""Event-time alignment: touchpoints come out of the hold in event-time order, and all of them do."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from processors.stream.alignment import (
+    Alignment,
+    PartitionReport,
+    ReadProgress,
+    decode_progress,
+    encode_progress,
+)
+
+T0 = datetime(2026, 9, 1, tzinfo=UTC)
+
+
+def at(minutes: int) -> datetime:
+    return T0 + timedelta(minutes=minutes)
+
+
+def report(partition: int, minutes: int | None, caught_up: bool = False) -> PartitionReport:
+    return PartitionReport("raw.web", partition, None if minutes is None else at(minutes), caught_up)
+
+
+times = st.datetimes(min_value=datetime(1990, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC))
+
+
+@given(
+    st.lists(
+        st.builds(
+            PartitionReport,
+            st.text(min_size=1, max_size=20),
+            st.integers(0, 10_000),
+            st.none() | times,
+            st.booleans(),
+        ),
+        max_size=30,
+    )
+)
+def test_a_progress_header_reads_back_as_written(reports: list[PartitionReport]) -> None:
+    assert decode_progress(encode_progress(reports)) == reports
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        (b"{not json", "not JSON"),
+        (b'{"raw.web": 1}', "not a list of partition reports"),
+        (b'[["raw.web", 0, 1]]', "not a [topic, partition, latest, caught_up] report"),
+        (b'[["raw.web", "0", 1, false]]', "not a [topic, partition, latest, caught_up] report"),
+        (b'[["raw.web", 0, 1.5, false]]', "not a [topic, partition, latest, caught_up] report"),
+        (b'[["raw.web", 0, 1, 0]]', "not a [topic, partition, latest, caught_up] report"),
+        (b'[["raw.web", 0, 999999999999999999, false]]', "latest event time out of range"),
+    ],
+)
+def test_a_malformed_progress_header_is_refused_with_the_reason(value: bytes, reason: str) -> None:
+    with pytest.raises(ValueError, match=reason.replace("[", r"\[").replace("]", r"\]")):
+        decode_progress(value)
+
+
+def test_read_progress_reports_each_partitions_latest_time_and_whether_all_was_read() -> None:
+    progress = ReadProgress()
+    progress.saw(("raw.web", 0), [at(5), at(3)])
+    progress.saw(("raw.web", 0), [at(4)])  # an earlier one later: the latest stays
+    progress.saw(("raw.web", 1), [])  # records that made no touchpoint (dead letters)
+    reports = progress.reports(
+        {("raw.web", 0): (10, 12), ("raw.web", 1): (7, 7), ("raw.phone", 0): (0, None)}, now=1e9
+    )
+    assert reports == [
+        PartitionReport("raw.phone", 0, None, False),
+        PartitionReport("raw.web", 0, at(5), False),
+        PartitionReport("raw.web", 1, None, True),
+        # raw.phone[0] was not fetched yet: it may hold anything, so it holds the others back
+    ]
+
+
+def test_a_partition_read_within_seconds_of_its_writing_counts_as_caught_up() -> None:
+    """A live feed: the reader is seconds behind the head, so nobody waits for its few unread records."""
+    progress = ReadProgress(live_seconds=5)
+    progress.saw(("raw.web", 0), [at(5)], written_at=1000.0)
+    positions = {("raw.web", 0): (10, 12)}  # two records fetched and not read yet
+    assert progress.reports(positions, now=1004.9) == [PartitionReport("raw.web", 0, at(5), True)]
+    # Working through a backlog: the records being read were written long ago.
+    assert progress.reports(positions, now=1005.0) == [PartitionReport("raw.web", 0, at(5), False)]
+    progress.forget(("raw.web", 0))
+    assert progress.reports(positions, now=1001.0) == [PartitionReport("raw.web", 0, None, False)]
+
+
+def test_the_frontier_is_the_earliest_time_among_partitions_still_being_read() -> None:
+    alignment: Alignment[str] = Alignment(idle_seconds=5)
+    assert alignment.frontier(0) is None  # nothing reported: nothing waits
+    alignment.report([report(0, 10), report(1, 4), report(2, 1, caught_up=True)], now=0)
+    assert alignment.frontier(0) == at(4)  # partition 2 has read everything: it holds nothing back
+    for minutes, name in ((1, "a"), (4, "b"), (5, "c"), (9, "d")):
+        alignment.hold(at(minutes), name)
+    assert alignment.release(0) == ["a", "b"]
+    alignment.report([report(1, 9)], now=1)
+    assert alignment.release(1) == ["c", "d"]
+    assert len(alignment) == 0
+
+
+def test_a_partition_without_a_time_yet_holds_everything_until_it_has_one() -> None:
+    alignment: Alignment[str] = Alignment(idle_seconds=5)
+    alignment.report([report(0, 10), report(1, None)], now=0)
+    alignment.hold(at(1), "a")
+    assert alignment.release(0) == []
+    alignment.report([report(1, 2)], now=1)
+    assert alignment.release(1) == ["a"]
+
+
+def test_a_partition_no_longer_reported_stops_holding_the_others_back() -> None:
+    alignment: Alignment[str] = Alignment(idle_seconds=5, stall_seconds=60)
+    alignment.report([report(0, 10), report(1, 2)], now=0)
+    alignment.hold(at(8), "a")
+    alignment.report([report(0, 11)], now=3)  # partition 1's reader is gone
+    assert alignment.release(4.9) == []
+    assert alignment.release(5.0) == ["a"]
+    alignment.report([report(1, 3)], now=6)  # reported again: it holds again
+    alignment.hold(at(9), "b")
+    assert alignment.release(6) == []
+
+
+def test_a_reported_partition_is_waited_for_however_slow_until_it_stalls() -> None:
+    alignment: Alignment[str] = Alignment(idle_seconds=5, stall_seconds=60)
+    alignment.hold(at(8), "a")
+    for now in range(0, 60, 3):  # reported all along, its time moving only once
+        alignment.report([report(0, 10 + now), report(1, 2 if now < 30 else 3)], now=now)
+        assert alignment.release(now) == []
+    assert alignment.partition_states(59) == {"waiting": 2, "caught_up": 0, "idle": 0}
+    alignment.report([report(0, 99), report(1, 3)], now=89)
+    assert alignment.release(89) == []
+    alignment.report([report(0, 100), report(1, 3)], now=90)  # stood still for stall_seconds
+    assert alignment.release(90) == ["a"]
+    assert alignment.partition_states(90) == {"waiting": 1, "caught_up": 0, "idle": 1}
+
+
+def test_new_records_on_a_caught_up_partition_are_waited_for_again() -> None:
+    alignment: Alignment[str] = Alignment(idle_seconds=5, stall_seconds=10)
+    alignment.report([report(0, 10), report(1, 2, caught_up=True)], now=0)
+    alignment.hold(at(5), "a")
+    alignment.report([report(0, 10), report(1, 2, caught_up=False)], now=20)  # records arrived, none read
+    assert alignment.release(20) == []  # its time did not move, but it has something new to read
+    alignment.report([report(0, 10), report(1, 2, caught_up=False)], now=30)
+    assert alignment.release(30) == ["a"]  # and then it stalled
+
+
+def test_a_partition_read_again_from_an_earlier_offset_holds_from_its_earlier_time() -> None:
+    progress = ReadProgress()
+    progress.saw(("raw.web", 0), [at(50)])
+    progress.forget(("raw.web", 0))  # rewound: its time starts over
+    assert progress.reports({("raw.web", 0): (0, 90)}) == [PartitionReport("raw.web", 0, None, False)]
+    alignment: Alignment[str] = Alignment(idle_seconds=5)
+    alignment.report([report(0, 50), report(1, 60)], now=0)
+    alignment.report([report(0, 10)], now=1)  # its reader went back
+    alignment.hold(at(20), "a")
+    assert alignment.release(1) == []
+    alignment.report([report(0, 30)], now=2)
+    assert alignment.release(2) == ["a"]
+
+
+def test_the_hold_is_bounded_and_the_earliest_go_first() -> None:
+    alignment: Alignment[str] = Alignment(idle_seconds=5, max_held=2)
+    alignment.report([report(0, 0)], now=0)
+    for minutes, name in ((3, "c"), (1, "a"), (2, "b"), (4, "d")):
+        alignment.hold(at(minutes), name)
+    assert alignment.release(0) == ["a", "b"]
+    assert alignment.overflowed == 2 and len(alignment) == 2
+
+
+def test_items_at_the_same_time_come_out_in_the_order_held() -> None:
+    alignment: Alignment[str] = Alignment()
+    for name in "xyz":
+        alignment.hold(at(1), name)
+    assert alignment.release(0) == ["x", "y", "z"]
+
+
+def test_clearing_forgets_the_held_items_and_the_partitions() -> None:
+    alignment: Alignment[str] = Alignment()
+    alignment.report([report(0, 0)], now=0)
+    alignment.hold(at(1), "a")
+    alignment.clear()
+    assert len(alignment) == 0 and alignment.frontier(0) is None
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.data())
+def test_partitions_read_at_any_speeds_fold_in_event_time_order_and_all_of_them(data: st.DataObject) -> None:
+    """Each partition in event-time order, read in any interleaving, reported after each read (as
+    normalise does): the touchpoints come out in event-time order, and every one by the end."""
+    partitions = data.draw(
+        st.lists(st.lists(st.integers(0, 500), min_size=0, max_size=15).map(sorted), min_size=1, max_size=5)
+    )
+    alignment: Alignment[tuple[int, int, int]] = Alignment(idle_seconds=1_000)
+    read = [0] * len(partitions)
+    released: list[tuple[int, int, int]] = []
+    pending = [p for p, events in enumerate(partitions) if events]
+    # Every partition is reported before anything is read: the first fetch tells the high-water marks.
+    alignment.report([report(p, None, caught_up=not events) for p, events in enumerate(partitions)], now=0)
+    while pending:
+        p = data.draw(st.sampled_from(pending))
+        take = data.draw(st.integers(1, len(partitions[p]) - read[p]))
+        for i in range(read[p], read[p] + take):
+            alignment.hold(at(partitions[p][i]), (partitions[p][i], p, i))
+        read[p] += take
+        if read[p] == len(partitions[p]):
+            pending.remove(p)
+        alignment.report(
+            [report(p, partitions[p][read[p] - 1], caught_up=read[p] == len(partitions[p]))], now=0
+        )
+        released += alignment.release(0)
+    assert [minutes for minutes, _, _ in released] == sorted(minutes for minutes, _, _ in released)
+    assert sorted(released) == sorted(
+        (m, p, i) for p, events in enumerate(partitions) for i, m in enumerate(events)
+    )
+    assert len(alignment) == 0
