@@ -301,6 +301,18 @@ def worker(
     batch_seconds: Annotated[
         float, typer.Option(help="Longest wait for a batch to fill (latency at low rates).", min=0.01)
     ] = 0.25,
+    align: Annotated[
+        bool,
+        typer.Option(
+            help="Fold touchpoints in event-time order across raw partitions (docs/stream.md, alignment)."
+        ),
+    ] = True,
+    align_idle_seconds: Annotated[
+        float, typer.Option(help="A raw partition not reported this long holds nothing back.", min=0.1)
+    ] = 5.0,
+    align_max_held: Annotated[
+        int, typer.Option(help="Most touchpoints held for alignment; past it the earliest go.", min=0)
+    ] = 100_000,
     session_timeout: Annotated[float | None, typer.Option(help="Kafka group session timeout, s.")] = None,
     heartbeat_interval: Annotated[float | None, typer.Option(help="Kafka group heartbeat, s.")] = None,
     rebalance_timeout: Annotated[float | None, typer.Option(help="Kafka group rebalance timeout, s.")] = None,
@@ -332,6 +344,9 @@ def worker(
         batch_size=batch_size,
         batch_seconds=batch_seconds,
         fold_size=fold_size,
+        align=align,
+        align_idle_seconds=align_idle_seconds,
+        align_max_held=align_max_held,
         web_port=port or None,
         data_dir=str(data_dir),
         group_timeouts=None if None in timeouts else timeouts,  # type: ignore[arg-type]

@@ -13,6 +13,12 @@ a one-record-at-a-time agent is about 40 times slower than the broker.
   partition assignment — and publishes each batch's changed customers, identity
   changes and new events to the state topic for the ClickHouse sink.
 
+The two align on event time across raw partitions (`alignment.py`): normalise
+reports how far it has read each partition with its touchpoints messages and
+pauses partitions that ran ahead; reconstruct holds touchpoints until every
+partition still being read has passed them, and acknowledges a touchpoints
+message once all it carried is folded.
+
 The touchpoints topic has one partition: identity stitching is a connected-
 components problem over all identifiers, and one owner of the whole graph is
 what makes merges across any two customers exact. Normalising (the expensive,
@@ -26,15 +32,15 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import Any, NamedTuple
 
 import faust
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from pydantic import ValidationError
 
 from ingest.pipeline import parse_records_with
-from ingest.records import DeadLetter
+from ingest.records import DeadLetter, RawRecord
 from ingest.topics import Topics, dead_letter_headers, record_from_message
 from journeys.fold import ClassifiedTouchpoint, JourneyStatus
 from journeys.live import BatchResult, LiveReconstruction
@@ -43,6 +49,13 @@ from journeys.reconstruct import Admission, Reconstruction
 from processors.config import Settings
 from processors.embedded import ingest_context, refusal_letter
 from processors.parsing import classifier
+from processors.stream.alignment import (
+    PROGRESS_HEADER,
+    Alignment,
+    ReadProgress,
+    decode_progress,
+    encode_progress,
+)
 from processors.stream.messages import (
     CHUNK,
     Handoff,
@@ -82,6 +95,17 @@ class StreamConfig:
     data_dir: str = ".journeys/worker"
     group_timeouts: tuple[float, float, float] | None = None  # (session, heartbeat, rebalance) seconds
     fetch_max_wait: float = 0.1  # seconds a fetch may wait for data at the broker (Faust fixes 1.5)
+    # Event-time alignment across raw partitions (alignment.py): normalise reports how far it has
+    # read each partition, reconstruct folds only what every partition still being read has passed.
+    align: bool = True
+    align_idle_seconds: float = 5.0  # a partition not reported this long holds nothing back
+    align_stall_seconds: float = 60.0  # nor one reported whose time has not moved this long
+    # nor one whose last record read was written to Kafka less than this ago: a live feed
+    align_live_seconds: float = 5.0
+    align_max_held: int = 100_000  # most touchpoints held; past it the earliest are folded anyway
+    # How far (event time) a raw partition may be read ahead of the slowest one still being read
+    # here before it is paused: bounds what reconstruct holds to about a fetch per partition.
+    align_window: timedelta = timedelta(hours=1)
 
 
 Message = tuple[bytes | str, bytes | DeadLetter]  # a state-topic message, or a dead letter to send
@@ -116,15 +140,54 @@ class EventLogTable(faust.Table):
         return 0
 
 
-class ReconstructStage:
-    """The reconstruct stage's in-memory aggregate, rebuilt from the event-log table when needed."""
+@dataclass(slots=True)
+class _Carrier:
+    """A touchpoints message whose touchpoints are not all folded yet: acknowledged once they are."""
 
-    def __init__(self, settings: Settings, rules: PhaseRules) -> None:
+    message: Any
+    waiting: int = 0
+    deferred: bool = False  # its acknowledgement was put off past its batch (`ReconstructStage.defer`)
+
+
+class _Held(NamedTuple):
+    step: ClassifiedTouchpoint
+    raw: bytes
+    carrier: _Carrier
+
+
+class ReconstructStage:
+    """The reconstruct stage's in-memory aggregate, rebuilt from the event-log table when needed,
+    and the touchpoints it holds for event-time alignment (`alignment.Alignment`)."""
+
+    def __init__(
+        self, settings: Settings, rules: PhaseRules, alignment: Alignment[_Held] | None = None
+    ) -> None:
         self.settings = settings
         self.rules = rules  # the normalise stage classifies with the same rules
         self.live: LiveReconstruction | None = None
         self.published = PublishedJourneys()  # so that only changed journeys go out again
         self._open: dict[str, int] = {}  # customer id -> open journeys, for the gauge
+        self.alignment: Alignment[_Held] = alignment or Alignment()
+        self._held_at: dict[str, datetime] = {}  # event id -> the time its first held copy waits at
+
+    def hold(self, step: ClassifiedTouchpoint, raw: bytes, carrier: _Carrier) -> None:
+        """Hold an arrived touchpoint; a second copy of a held event comes out right behind the first."""
+        event_id = step.touchpoint.event_id
+        at = self._held_at.setdefault(event_id, step.touchpoint.occurred_at)
+        carrier.waiting += 1
+        self.alignment.hold(at, _Held(step, raw, carrier))
+
+    def release(self, now: float) -> tuple[list[_Held], list[_Carrier]]:
+        """The held touchpoints to fold now (event-time order), and the deferred messages they complete."""
+        released = self.alignment.release(now)
+        done = []
+        for item in released:
+            self._held_at.pop(item.step.touchpoint.event_id, None)
+            carrier = item.carrier
+            carrier.waiting -= 1
+            if carrier.waiting == 0 and carrier.deferred:
+                done.append(carrier)
+        return released, done
 
     @property
     def open_journeys(self) -> int:
@@ -134,11 +197,18 @@ class ReconstructStage:
         for customer, journeys in result.journeys.items():
             self._open[customer] = sum(1 for j in journeys if j.status is JourneyStatus.OPEN)
 
-    def reset(self) -> None:
-        """Partitions moved: the table is restored again, so the aggregate must be rebuilt from it."""
+    def forget_aggregate(self) -> None:
+        """The aggregate must be rebuilt from the event log (held touchpoints stay held)."""
         self.live = None
         self.published.clear()
         self._open.clear()
+
+    def reset(self) -> None:
+        """Partitions moved: the table is restored again, so the aggregate must be rebuilt from it,
+        and held touchpoints are read again from the committed offset (never acknowledged)."""
+        self.forget_aggregate()
+        self.alignment.clear()
+        self._held_at.clear()
 
     def rebuild(self, stored: Sequence[ClassifiedTouchpoint]) -> tuple[LiveReconstruction, BatchResult]:
         """The aggregate as a fold over the stored event log; the result re-reports everything."""
@@ -178,7 +248,8 @@ def _transport_class(fetch_max_wait: float) -> type[faust_aiokafka.Transport]:
     thread = type("ConsumerThread", (_ConsumerThread,), {"fetch_max_wait_ms": int(fetch_max_wait * 1000)})
 
     class Consumer(faust_aiokafka.Consumer):
-        """Faust's consumer with the commit guard (offsets.py) on its acknowledgements and commits."""
+        """Faust's consumer with the commit guard (offsets.py) on its acknowledgements and commits,
+        delivering every record fetched for a partition alignment paused since."""
 
         def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
             return thread(self, loop=self.loop, beacon=self.beacon)
@@ -205,6 +276,17 @@ def _transport_class(fetch_max_wait: float) -> type[faust_aiokafka.Transport]:
             ):
                 return None
             return super()._new_offset(tp)
+
+        async def _wait_next_records(self, timeout: float) -> Any:
+            records, active = await super()._wait_next_records(timeout)
+            paused = getattr(self.app, "aligned_paused", None)
+            if records and active is not None and paused is not None:
+                # Faust delivers a fetch's records only for partitions in its live set of active
+                # ones, read while it hands them out (and the stages run), and drops the rest:
+                # a partition alignment paused meanwhile would lose them. A snapshot that keeps
+                # the fetched paused partitions delivers every record fetched.
+                active = set(active) | paused.intersection(records)
+            return records, active
 
         async def _add_gap(self, tp: Any, offset_from: int, offset_to: int) -> None:
             guard = self._guard
@@ -271,7 +353,20 @@ def create_app(settings: Settings, config: StreamConfig) -> faust.App:
             help="Accepted touchpoints in chunks keyed by their first event id: the log the fold replays.",
         )
     )
-    stage = ReconstructStage(settings, rules)
+    stage = ReconstructStage(
+        settings,
+        rules,
+        Alignment(config.align_idle_seconds, config.align_max_held, config.align_stall_seconds),
+    )
+    progress = ReadProgress(config.align_live_seconds)  # the normalise stage's, reported to reconstruct
+    fold_lock = asyncio.Lock()  # one fold and its publishing at a time: the agent's, or the idle timer's
+    raw_topics = set(topics.all_raw)
+    # The frontier of the raw partitions read here, for pausing: a partition whose time stands still
+    # for the idle time stops holding the others paused (wrongly so costs only a wider hold).
+    reads: Alignment[None] = Alignment(config.align_idle_seconds, stall_seconds=config.align_idle_seconds)
+    last_batch = [0.0]  # when (monotonic) the reconstruct agent last took or finished a batch
+    paused: set[Any] = set()  # raw partitions this process paused for running ahead (`align_reads`)
+    app.aligned_paused = paused  # type: ignore[attr-defined]  # read by the consumer (_transport_class)
     handoff = Handoff()
     streamed = {*topics.all_raw, topics.touchpoints}
     guard = CommitGuard(streamed)
@@ -312,6 +407,7 @@ def create_app(settings: Settings, config: StreamConfig) -> faust.App:
     ) -> None:
         for key, offset in rewind.items():
             log.warning("%s on %s[%d]: reading again from %d", why, *key, offset)
+            progress.forget(key)  # its time starts over (alignment): what it reads again may be older
             metrics.inc("journeys_rebalance_rewinds_total", topic=key[0])
             await app.consumer.seek(partitions[key], offset)
 
@@ -323,50 +419,120 @@ def create_app(settings: Settings, config: StreamConfig) -> faust.App:
             headers=dead_letter_headers(letter, stage_name),
         )
 
+    def raw_positions() -> dict[tuple[str, int], tuple[int, int | None]]:
+        """Per raw partition assigned here: (next offset to read, the broker's high-water mark or None)."""
+        positions: dict[tuple[str, int], tuple[int, int | None]] = {}
+        for tp in app.consumer.assignment():
+            if tp.topic not in raw_topics:
+                continue
+            key = (tp.topic, tp.partition)
+            try:
+                highwater = app.consumer.highwater(tp)
+            except Exception:  # not fetched yet
+                highwater = None
+            positions[key] = (max(read_up_to.get(tp, 0), guard.base(key) or 0), highwater)
+        return positions
+
+    def align_reads() -> None:
+        """Pause the raw partitions read here that ran `align_window` ahead (event time) of the slowest
+        one still being read, and resume those back within it: the Flink-style watermark alignment
+        that keeps what reconstruct must hold small. Live traffic has every partition caught up, so
+        nothing is paused then."""
+        if not config.align or app.rebalancing:
+            return
+        now = time.monotonic()
+        reports = progress.reports(raw_positions())
+        reads.report(reports, now)
+        frontier = reads.frontier(now)
+        ahead: set[tuple[str, int]] = set()
+        if frontier is not None:
+            limit = frontier + config.align_window
+            ahead = {(r.topic, r.partition) for r in reports if r.latest is not None and r.latest > limit}
+        pause = {tp for tp in app.consumer.assignment() if (tp.topic, tp.partition) in ahead}
+        resume = [tp for tp in paused if tp not in pause]
+        if pause:
+            # Every time: Faust resumes its whole assignment after a recovery, ours included.
+            app.consumer.pause_partitions(pause)
+            metrics.inc("journeys_alignment_pauses_total", len(pause - paused))
+            paused.update(pause)
+        if resume:
+            app.consumer.resume_partitions(resume)
+            paused.difference_update(resume)
+        metrics.set("journeys_paused_partitions", len(paused))
+
     @app.agent(raw_topic)
     async def normalise(stream: faust.StreamT) -> None:
         async for events in stream.take_events(config.batch_size, within=config.batch_seconds):
+            before = encode_progress(progress.reports(raw_positions())) if config.align else b""
             await note_read(events)
-            records = [
-                record_from_message(
-                    event.value,
-                    _headers(event),
-                    topic=event.message.topic,
-                    partition=event.message.partition,
-                    offset=event.message.offset,
+            by_partition: dict[tuple[str, int], list[RawRecord]] = {}
+            # Per partition, the Kafka timestamp of the last record read (is its reader live?).
+            written: dict[tuple[str, int], float] = {}
+            for event in events:
+                message = event.message
+                written[(message.topic, message.partition)] = message.timestamp
+                by_partition.setdefault((message.topic, message.partition), []).append(
+                    record_from_message(
+                        event.value,
+                        _headers(event),
+                        topic=message.topic,
+                        partition=message.partition,
+                        offset=message.offset,
+                    )
                 )
-                for event in events
-            ]
-            metrics.inc("journeys_records_in_total", len(records), stage="normalise")
+            metrics.inc("journeys_records_in_total", len(events), stage="normalise")
             touchpoints: list[ClassifiedTouchpoint] = []
-            for outcome in parse_records_with(records, context, classify):
-                if isinstance(outcome, DeadLetter):
-                    await send_dead_letter(outcome, "normalise")
-                else:
-                    touchpoints.append(outcome)
-            for key, value in handoff.encode(touchpoints):
-                await touchpoints_topic.send(key=key, value=value)
+            for partition, records in by_partition.items():
+                made = len(touchpoints)
+                for outcome in parse_records_with(records, context, classify):
+                    if isinstance(outcome, DeadLetter):
+                        await send_dead_letter(outcome, "normalise")
+                    else:
+                        touchpoints.append(outcome)
+                progress.saw(
+                    partition,
+                    (step.touchpoint.occurred_at for step in touchpoints[made:]),
+                    written[partition],
+                )
+            messages = list(handoff.encode(touchpoints))
+            if not config.align:
+                for key, value in messages:
+                    await touchpoints_topic.send(key=key, value=value)
+            else:
+                # Each message reports how far the partitions had been read when it was sent: the
+                # batch's last after this batch, the others as before it (their batch is not all out).
+                after = encode_progress(progress.reports(raw_positions()))
+                # A batch of dead letters only still reports, in an empty message.
+                messages = messages or [(b"progress", join_touchpoints([]))]
+                for index, (key, value) in enumerate(messages):
+                    report = after if index == len(messages) - 1 else before
+                    await touchpoints_topic.send(key=key, value=value, headers=[(PROGRESS_HEADER, report)])
             metrics.inc("journeys_records_out_total", len(touchpoints), stage="normalise")
+            align_reads()
+
+    def ensure_live(now: datetime) -> tuple[LiveReconstruction, list[Message]]:
+        """The aggregate, rebuilt from the event log first if needed (with the snapshot that says so)."""
+        live = stage.live
+        if live is not None:
+            return live, []
+        stored: dict[str, bytes] = {}
+        steps: list[ClassifiedTouchpoint] = []
+        for entry in event_log.values():
+            for obj, raw in touchpoint_elements(entry):
+                step = classified_from_object(obj, rules)  # each stored event is decoded once
+                stored[step.touchpoint.event_id] = raw
+                steps.append(step)
+        live, rebuilt = stage.rebuild(steps)
+        log.info("reconstruct: rebuilt from %d stored events", len(stored))
+        return live, list(
+            snapshot_messages(rebuilt, live.reconstruction, stored, now, stage.published, live.steps)
+        )
 
     def fold_batch(
         batch: list[ClassifiedTouchpoint], raw_events: dict[str, bytes], now: datetime
     ) -> list[Message]:
         """Admit one batch into the aggregate (rebuilt from the event log first if needed)."""
-        messages: list[Message] = []
-        live = stage.live
-        if live is None:
-            stored: dict[str, bytes] = {}
-            steps: list[ClassifiedTouchpoint] = []
-            for entry in event_log.values():
-                for obj, raw in touchpoint_elements(entry):
-                    step = classified_from_object(obj, rules)  # each stored event is decoded once
-                    stored[step.touchpoint.event_id] = raw
-                    steps.append(step)
-            live, rebuilt = stage.rebuild(steps)
-            log.info("reconstruct: rebuilt from %d stored events", len(stored))
-            messages += snapshot_messages(
-                rebuilt, live.reconstruction, stored, now, stage.published, live.steps
-            )
+        live, messages = ensure_live(now)
         result = live.admit_classified_batch(batch)
         duplicates = 0
         for touchpoint, admission in result.admissions:
@@ -388,6 +554,31 @@ def create_app(settings: Settings, config: StreamConfig) -> faust.App:
         stage.count_open(result)
         return messages
 
+    def fold_safely(
+        batch: list[ClassifiedTouchpoint], raw_events: dict[str, bytes], now: datetime
+    ) -> list[Message]:
+        """`fold_batch`, falling back to one touchpoint at a time when the core fails on the batch."""
+        try:
+            return fold_batch(batch, raw_events, now)
+        except Exception:
+            # A fault in the core must not stall the log or lose the batch: rebuild
+            # from the event log, then admit one touchpoint at a time so only the
+            # touchpoint that fails again is dead-lettered.
+            log.exception("reconstruct: batch of %d failed; retrying one at a time", len(batch))
+            stage.forget_aggregate()
+            messages: list[Message] = []
+            for step in batch:
+                try:
+                    messages += fold_batch([step], raw_events, now)
+                except Exception as exc:
+                    stage.forget_aggregate()
+                    reason = f"reconstruction failed: {type(exc).__name__}: {exc}"
+                    event_id = step.touchpoint.event_id
+                    messages.append(
+                        ("letter", DeadLetter(raw_events[event_id], reason, "touchpoint", event_id, now))
+                    )
+            return messages
+
     async def publish(messages: list[Message]) -> None:
         for key, value in messages:
             if isinstance(value, DeadLetter):
@@ -395,91 +586,147 @@ def create_app(settings: Settings, config: StreamConfig) -> faust.App:
             else:
                 await state_topic.send(key=key, value=value)
 
+    def take_progress(event: Any) -> None:
+        """The normalise stage's partition reports on a touchpoints message, if it carries any."""
+        for name, value in _headers(event):
+            if name != PROGRESS_HEADER:
+                continue
+            try:
+                stage.alignment.report(decode_progress(value), time.monotonic())
+            except ValueError as exc:  # the touchpoints still count; only this report is ignored
+                metrics.inc("journeys_bad_progress_reports_total")
+                log.warning("ignored a malformed %s header on %s: %s", PROGRESS_HEADER, _origin(event), exc)
+
+    async def fold_released(arrived: int = 0) -> None:
+        """Fold what the alignment releases now, publish it, and acknowledge the messages it completes.
+
+        Run under `fold_lock`: by the agent after each batch, by the idle timer in between.
+        """
+        now, clock = datetime.now(UTC), time.monotonic()
+        frontier = stage.alignment.frontier(clock)  # for the log, as the release saw it
+        partitions = stage.alignment.partition_states(clock)
+        released, done = stage.release(clock)
+        messages: list[Message] = []
+        fold_s = 0.0
+        if released or stage.live is None:
+            began = time.perf_counter()
+            for start in range(0, max(1, len(released)), config.fold_size):
+                chunk = released[start : start + config.fold_size]
+                raw_events = {item.step.touchpoint.event_id: item.raw for item in chunk}
+                messages += fold_safely([item.step for item in chunk], raw_events, now)
+            fold_s = time.perf_counter() - began
+        folded = time.perf_counter()
+        await publish(messages)
+        publish_s = time.perf_counter() - folded
+        for carrier in done:  # everything they carried is folded (and in the event log) now
+            message = carrier.message
+            guard.undefer((message.topic, message.partition), message.offset)
+            message.ack(app.consumer)
+        sent = stage.published.take_sent()
+        held = len(stage.alignment)
+        overflowed, stage.alignment.overflowed = stage.alignment.overflowed, 0
+        if not (arrived or released or messages):
+            return
+        log.info(
+            "reconstruct: %d touchpoints in, %d folded, %d held -> %d messages (journeys: %d new, "
+            "%d whole again, %d in part, %d kept; %d touchpoint rows); fold %.3f s, publish %.3f s",
+            arrived,
+            len(released),
+            held,
+            len(messages),
+            sent["new"],
+            sent["whole"],
+            sent["partial"],
+            sent["kept"],
+            sent["touchpoint_rows"],
+            fold_s,
+            publish_s,
+            extra={
+                "touchpoints": len(released),
+                "arrived": arrived,
+                "held": held,
+                "frontier": None if frontier is None else frontier.isoformat(),
+                **{f"partitions_{state}": n for state, n in partitions.items()},
+                "messages": len(messages),
+                "fold_s": fold_s,
+                "publish_s": publish_s,
+                **{f"journeys_{how}": sent[how] for how in ("new", "whole", "partial", "kept")},
+                "touchpoint_rows": sent["touchpoint_rows"],
+            },
+        )
+        metrics.inc("journeys_records_in_total", len(released), stage="reconstruct")
+        for how in ("new", "whole", "partial", "kept"):
+            metrics.inc("journeys_published_journeys_total", sent[how], how=how)
+        metrics.inc("journeys_published_touchpoint_rows_total", sent["touchpoint_rows"])
+        metrics.inc("journeys_records_out_total", len(messages), stage="reconstruct")
+        metrics.inc("journeys_alignment_overflow_total", overflowed)
+        metrics.set("journeys_held_touchpoints", held)
+        metrics.set("journeys_open_journeys", stage.open_journeys)
+
     # Touchpoint messages carry up to CHUNK touchpoints: take up to fold_size touchpoints per fold.
     fold_messages = max(1, config.fold_size // CHUNK)
 
     @app.agent(touchpoints_topic)
     async def reconstruct(stream: faust.StreamT) -> None:
         async for events in stream.take_events(fold_messages, within=config.batch_seconds):
+            last_batch[0] = time.monotonic()
             await note_read(events)
             now = datetime.now(UTC)
-            batch: list[ClassifiedTouchpoint] = []
-            raw_events: dict[str, bytes] = {}
-            for event in events:
-                handed = handoff.take(event.value)
-                if handed is not None:  # from this process's normalise stage: validated, classified
-                    for step, raw in zip(*handed, strict=True):
-                        batch.append(step)
-                        raw_events[step.touchpoint.event_id] = raw
-                    continue
-                try:
-                    elements = touchpoint_elements(event.value)
-                except ValueError as exc:
-                    reason = f"not a canonical touchpoint: {exc}"
-                    letter = DeadLetter(event.value or b"", reason, "touchpoint", _origin(event), now)
-                    await send_dead_letter(letter, "reconstruct")
-                    continue
-                for index, (obj, raw) in enumerate(elements):
+            async with fold_lock:
+                carriers = []
+                arrived = 0
+                for event in events:
+                    if config.align:
+                        take_progress(event)
+                    carrier = _Carrier(event.message)
+                    carriers.append(carrier)
+                    handed = handoff.take(event.value)
+                    if handed is not None:  # from this process's normalise stage: validated, classified
+                        for step, raw in zip(*handed, strict=True):
+                            stage.hold(step, raw, carrier)
+                        arrived += len(handed[0])
+                        continue
                     try:
-                        step = classified_from_object(obj, rules)
-                    except ValidationError as exc:
-                        reason = f"not a canonical touchpoint: {_first_error(exc)}"
-                        letter = DeadLetter(raw, reason, "touchpoint", f"{_origin(event)}#[{index}]", now)
+                        elements = touchpoint_elements(event.value)
+                    except ValueError as exc:
+                        reason = f"not a canonical touchpoint: {exc}"
+                        letter = DeadLetter(event.value or b"", reason, "touchpoint", _origin(event), now)
                         await send_dead_letter(letter, "reconstruct")
                         continue
-                    batch.append(step)
-                    raw_events[step.touchpoint.event_id] = raw
-            metrics.inc("journeys_records_in_total", len(batch), stage="reconstruct")
-            began = time.perf_counter()
-            try:
-                messages = fold_batch(batch, raw_events, now)
-            except Exception:
-                # A fault in the core must not stall the log or lose the batch: rebuild
-                # from the event log, then admit one touchpoint at a time so only the
-                # touchpoint that fails again is dead-lettered.
-                log.exception("reconstruct: batch of %d failed; retrying one at a time", len(batch))
-                stage.reset()
-                messages = []
-                for step in batch:
-                    try:
-                        messages += fold_batch([step], raw_events, now)
-                    except Exception as exc:
-                        stage.reset()
-                        reason = f"reconstruction failed: {type(exc).__name__}: {exc}"
-                        event_id = step.touchpoint.event_id
-                        messages.append(
-                            ("letter", DeadLetter(raw_events[event_id], reason, "touchpoint", event_id, now))
-                        )
-            folded = time.perf_counter()
-            await publish(messages)
-            fold_s, publish_s = folded - began, time.perf_counter() - folded
-            sent = stage.published.take_sent()
-            log.info(
-                "reconstruct: %d touchpoints -> %d messages (journeys: %d new, %d whole again, %d in part, "
-                "%d kept; %d touchpoint rows); fold %.3f s, publish %.3f s",
-                len(batch),
-                len(messages),
-                sent["new"],
-                sent["whole"],
-                sent["partial"],
-                sent["kept"],
-                sent["touchpoint_rows"],
-                fold_s,
-                publish_s,
-                extra={
-                    "touchpoints": len(batch),
-                    "messages": len(messages),
-                    "fold_s": fold_s,
-                    "publish_s": publish_s,
-                    **{f"journeys_{how}": sent[how] for how in ("new", "whole", "partial", "kept")},
-                    "touchpoint_rows": sent["touchpoint_rows"],
-                },
-            )
-            for how in ("new", "whole", "partial", "kept"):
-                metrics.inc("journeys_published_journeys_total", sent[how], how=how)
-            metrics.inc("journeys_published_touchpoint_rows_total", sent["touchpoint_rows"])
-            metrics.inc("journeys_records_out_total", len(messages), stage="reconstruct")
-            metrics.set("journeys_open_journeys", stage.open_journeys)
+                    for index, (obj, raw) in enumerate(elements):
+                        try:
+                            step = classified_from_object(obj, rules)
+                        except ValidationError as exc:
+                            reason = f"not a canonical touchpoint: {_first_error(exc)}"
+                            letter = DeadLetter(raw, reason, "touchpoint", f"{_origin(event)}#[{index}]", now)
+                            await send_dead_letter(letter, "reconstruct")
+                            continue
+                        stage.hold(step, raw, carrier)
+                        arrived += 1
+                await fold_released(arrived)
+                for carrier in carriers:
+                    if carrier.waiting:  # still holding touchpoints: acknowledged when they are folded
+                        message = carrier.message
+                        message.incref()  # so that this batch's acknowledgement is not the final one
+                        guard.defer((message.topic, message.partition), message.offset)
+                        carrier.deferred = True
+                last_batch[0] = time.monotonic()
+
+    @app.timer(1.0)
+    async def align() -> None:
+        """Between batches: resume raw partitions once the slowest caught up or went idle; and once
+        no touchpoints message came for the idle time (the feed went quiet), fold what its last
+        reports held. Not while messages come: their reports are read only when the agent runs,
+        so a long fold would make every partition look unreported."""
+        align_reads()
+
+        def quiet() -> bool:
+            return time.monotonic() - last_batch[0] >= config.align_idle_seconds
+
+        if len(stage.alignment) and quiet():
+            async with fold_lock:
+                if quiet():  # the agent may have taken a batch while this waited for the lock
+                    await fold_released()
 
     @app.timer(5.0)
     async def record_lag() -> None:
@@ -521,6 +768,8 @@ def create_app(settings: Settings, config: StreamConfig) -> faust.App:
         await rewind_partitions(held, assigned, "a commit held by a missing record")
         positions = {}
         for key, tp in assigned.items():
+            if tp in paused:
+                continue  # not fetched on purpose: its records are not stuck
             try:
                 highwater = app.consumer.highwater(tp) if guard.guards(tp.topic) else None
             except Exception:  # not fetched yet
@@ -533,6 +782,8 @@ def create_app(settings: Settings, config: StreamConfig) -> faust.App:
     @app.on_partitions_assigned.connect
     async def on_assigned(app: faust.App, assigned: set, **kwargs: Any) -> None:
         stage.reset()
+        paused.clear()  # Faust pauses and resumes the whole assignment around a rebalance itself
+        reads.clear()
         names = sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned)
         log.info("assigned partitions: %s", ", ".join(names) or "none")
         wanted = sorted((tp.topic, tp.partition) for tp in assigned if tp.topic in streamed)

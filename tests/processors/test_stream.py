@@ -38,9 +38,10 @@ from ingest.demo import generate
 from ingest.files import read_records
 from ingest.kafka import ensure_topics, make_producer
 from ingest.pii import PiiHasher
-from ingest.producer import ProduceSummary, produce_files, produce_records
+from ingest.producer import ProduceSummary, produce_files, produce_records, records_in_event_time
 from ingest.records import RawRecord
 from ingest.topics import Topics
+from processors.bench.stream import worker_context
 from processors.config import Settings
 from processors.embedded import RunSummary, expand_inputs, run
 from processors.storage import connect, migrate
@@ -80,7 +81,9 @@ def stream_env(kafka_bootstrap: str, topic_prefix: str, tmp_path: Path, pii_key:
 def start_worker(stream_env: dict[str, str], tmp_path: Path) -> Iterator[Callable[[str], subprocess.Popen]]:
     workers: list[subprocess.Popen] = []
 
-    def start(name: str, metrics_port: int = 0, bootstrap: str | None = None) -> subprocess.Popen:
+    def start(
+        name: str, metrics_port: int = 0, bootstrap: str | None = None, extra: tuple[str, ...] = ()
+    ) -> subprocess.Popen:
         log = (tmp_path / f"{name}.log").open("wb")
         process = subprocess.Popen(
             [
@@ -94,6 +97,7 @@ def start_worker(stream_env: dict[str, str], tmp_path: Path) -> Iterator[Callabl
                 "--log-format",
                 "json",
                 *(["--kafka", bootstrap] if bootstrap else []),
+                *extra,
             ],
             env=stream_env,
             stdout=log,
@@ -564,6 +568,64 @@ def test_a_poison_record_is_dead_lettered_and_its_partition_keeps_moving(
     assert reasons["state"].startswith("unreadable state message")
 
 
+def test_a_backlog_read_at_different_speeds_is_folded_in_event_time_order(
+    tmp_path: Path,
+    chdb_path: Path,
+    kafka_bootstrap: str,
+    topic_prefix: str,
+    pii_key: str,
+    start_worker: Callable,
+) -> None:
+    """A backlog's partitions are read at different speeds: the dense web partition takes several
+    fetches, the sparse phone and email ones one each and run weeks ahead in event time. Aligned
+    (docs/stream.md), the worker pauses the ones ahead and folds in event-time order: no touchpoint
+    is late, each is published about once, and every held touchpoint's message is committed."""
+    topics = Topics(topic_prefix)
+    ensure_topics(kafka_bootstrap, topics, partitions=1)
+    files = generate(customers=400, seed=11, days=60).write(tmp_path / "demo")
+    records = records_in_event_time(expand_inputs([*files.inputs()]), worker_context(pii_key))
+    send(kafka_bootstrap, topics, records, pii_key)
+
+    dsn = f"chdb://{chdb_path}?database={topic_prefix.replace('-', '_')}"
+    migrate(connect(dsn))
+    port = free_port()
+    sink = SinkThread(dsn, kafka_bootstrap, topics)
+    # JOURNEYS_TEST_WORKER_ARGS=--no-align shows what this test guards against (late touchpoints).
+    start_worker(
+        "w1", metrics_port=port, extra=tuple(os.environ.get("JOURNEYS_TEST_WORKER_ARGS", "").split())
+    )
+    group = topic_prefix  # the worker's group is its topic prefix
+
+    def all_folded() -> bool:
+        metrics = worker_metrics(port)
+        return (
+            metrics.get(READ, 0) >= len(records)
+            and metrics.get(FOLDED, -1) >= metrics.get(MADE, 0)
+            and metrics.get("journeys_held_touchpoints", -1) == 0
+        )
+
+    try:
+        wait_until(all_folded, 180, "every record read and every touchpoint folded", tmp_path)
+        metrics = worker_metrics(port)
+        refused = metrics.get(DUPLICATES, 0) + metrics.get(
+            'journeys_dead_letters_total{stage="reconstruct"}', 0
+        )
+        admitted = metrics[FOLDED] - refused
+        stored = "SELECT count() FROM touchpoints"
+        wait_until(lambda: count(dsn, stored) == admitted, 120, "every touchpoint stored", tmp_path)
+        wait_until(
+            lambda: not backlog(kafka_bootstrap, group, topics.touchpoints), 60, "touchpoints committed"
+        )
+        metrics = worker_metrics(port)
+    finally:
+        sink.join()
+    assert metrics[FOLDED] == metrics[MADE] and admitted > 5_000
+    assert metrics["journeys_alignment_pauses_total"] > 0, "the partitions were read at one speed: no test"
+    assert metrics.get('journeys_late_events_total{stage="reconstruct"}', 0) == 0
+    assert metrics["journeys_published_touchpoint_rows_total"] <= 1.2 * admitted
+    assert metrics.get("journeys_alignment_overflow_total", 0) == 0
+
+
 def committed(bootstrap: str, group: str) -> dict[TopicPartition, int]:
     """The group's committed offsets, as the broker has them."""
     admin = KafkaAdminClient(bootstrap_servers=bootstrap)
@@ -754,6 +816,7 @@ def rewind(bootstrap: str, group: str, *topics: str, protocol: str = "range") ->
 
 READ = 'journeys_records_in_total{stage="normalise"}'
 FOLDED = 'journeys_records_in_total{stage="reconstruct"}'
+DUPLICATES = 'journeys_duplicates_total{stage="reconstruct"}'
 MADE = 'journeys_records_out_total{stage="normalise"}'
 
 
