@@ -277,6 +277,19 @@ def _transport_class(fetch_max_wait: float) -> type[faust_aiokafka.Transport]:
                 return None
             return super()._new_offset(tp)
 
+        def keep_for_later(self, message: Any) -> None:
+            """A stage keeps this message past its batch and acknowledges it later (alignment).
+
+            Faust waits for every message it delivered to be acknowledged before
+            a rebalance or a stop completes, which for a held touchpoint would be
+            never. It need not: an unacknowledged offset is never committed, so a
+            message dropped by a rebalance or a stop is read again.
+            """
+            self._unacked_messages.discard(message)
+            guard = self._guard
+            if guard is not None:
+                guard.defer((message.topic, message.partition), message.offset)
+
         async def _wait_next_records(self, timeout: float) -> Any:
             records, active = await super()._wait_next_records(timeout)
             paused = getattr(self.app, "aligned_paused", None)
@@ -708,7 +721,7 @@ def create_app(settings: Settings, config: StreamConfig) -> faust.App:
                     if carrier.waiting:  # still holding touchpoints: acknowledged when they are folded
                         message = carrier.message
                         message.incref()  # so that this batch's acknowledgement is not the final one
-                        guard.defer((message.topic, message.partition), message.offset)
+                        app.consumer.keep_for_later(message)
                         carrier.deferred = True
                 last_batch[0] = time.monotonic()
 

@@ -568,6 +568,16 @@ def test_a_poison_record_is_dead_lettered_and_its_partition_keeps_moving(
     assert reasons["state"].startswith("unreadable state message")
 
 
+def skewed_backlog(tmp_path: Path, bootstrap: str, topics: Topics, pii_key: str) -> list[RawRecord]:
+    """The demo's records produced by event time to one partition per raw topic, before any worker
+    reads them: the web partition is dense (several fetches), the others sparse (one each)."""
+    ensure_topics(bootstrap, topics, partitions=1)
+    files = generate(customers=400, seed=11, days=60).write(tmp_path / "demo")
+    records = records_in_event_time(expand_inputs([*files.inputs()]), worker_context(pii_key))
+    send(bootstrap, topics, records, pii_key)
+    return records
+
+
 def test_a_backlog_read_at_different_speeds_is_folded_in_event_time_order(
     tmp_path: Path,
     chdb_path: Path,
@@ -581,10 +591,7 @@ def test_a_backlog_read_at_different_speeds_is_folded_in_event_time_order(
     (docs/stream.md), the worker pauses the ones ahead and folds in event-time order: no touchpoint
     is late, each is published about once, and every held touchpoint's message is committed."""
     topics = Topics(topic_prefix)
-    ensure_topics(kafka_bootstrap, topics, partitions=1)
-    files = generate(customers=400, seed=11, days=60).write(tmp_path / "demo")
-    records = records_in_event_time(expand_inputs([*files.inputs()]), worker_context(pii_key))
-    send(kafka_bootstrap, topics, records, pii_key)
+    records = skewed_backlog(tmp_path, kafka_bootstrap, topics, pii_key)
 
     dsn = f"chdb://{chdb_path}?database={topic_prefix.replace('-', '_')}"
     migrate(connect(dsn))
@@ -624,6 +631,49 @@ def test_a_backlog_read_at_different_speeds_is_folded_in_event_time_order(
     assert metrics.get('journeys_late_events_total{stage="reconstruct"}', 0) == 0
     assert metrics["journeys_published_touchpoint_rows_total"] <= 1.2 * admitted
     assert metrics.get("journeys_alignment_overflow_total", 0) == 0
+
+
+def test_a_worker_stopped_while_holding_touchpoints_stops_at_once_and_loses_none(
+    tmp_path: Path,
+    chdb_path: Path,
+    kafka_bootstrap: str,
+    topic_prefix: str,
+    pii_key: str,
+    start_worker: Callable,
+) -> None:
+    """Faust waits for every delivered message to be acknowledged before a stop or a rebalance
+    completes; a held touchpoint's message is acknowledged only once it is folded. The worker hands
+    such messages back (never committed) so a stop does not wait for them, and its successor reads
+    them again: every touchpoint is stored, once."""
+    topics = Topics(topic_prefix)
+    skewed_backlog(tmp_path, kafka_bootstrap, topics, pii_key)
+    database = topic_prefix.replace("-", "_")
+    embedded = run(
+        expand_inputs([tmp_path / "demo"]), Settings(dsn=f"chdb://{chdb_path}?database={database}_e")
+    )
+    dsn = f"chdb://{chdb_path}?database={database}"
+    migrate(connect(dsn))
+    port = free_port()
+    sink = SinkThread(dsn, kafka_bootstrap, topics)
+    first = start_worker("w1", metrics_port=port)
+    try:
+        wait_until(
+            lambda: worker_metrics(port).get("journeys_held_touchpoints", 0) > 0,
+            120,
+            "touchpoints held",
+            tmp_path,
+        )
+        first.send_signal(signal.SIGTERM)
+        began = time.monotonic()
+        first.wait(timeout=60)
+        stopped_in = time.monotonic() - began
+        start_worker("w2")
+        wait_until(settled(dsn, embedded.touchpoints_new), 180, "the successor to fold everything", tmp_path)
+    finally:
+        sink.join()
+    assert stopped_in < 15, f"the stop waited {stopped_in:.1f} s for held touchpoints"
+    stored = rows(dsn, "SELECT count(), uniqExact(event_id) FROM touchpoints")[0]
+    assert stored == (embedded.touchpoints_new, embedded.touchpoints_new)
 
 
 def committed(bootstrap: str, group: str) -> dict[TopicPartition, int]:
