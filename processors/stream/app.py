@@ -285,7 +285,9 @@ def _transport_class(fetch_max_wait: float) -> type[faust_aiokafka.Transport]:
             never. It need not: an unacknowledged offset is never committed, so a
             message dropped by a rebalance or a stop is read again.
             """
-            self._unacked_messages.discard(message)
+            unacked = getattr(self, "_unacked_messages", None)  # faust-streaming 0.15's name for it
+            if unacked is not None:
+                unacked.discard(message)
             guard = self._guard
             if guard is not None:
                 guard.defer((message.topic, message.partition), message.offset)
