@@ -19,10 +19,12 @@ So the stages align on event time, the way Flink's watermarks do:
 - the reconstruct stage holds touchpoints (`Alignment`) and folds only those at
   or before the *frontier*: the earliest latest-time among the partitions still
   being read. A partition stops holding the others back once it is caught up
-  (so a steady live feed holds nothing), when it is no longer reported (a departed worker, or
-  no traffic at all), or when its time has not moved for a long while (its
-  reader cannot read it); the hold is bounded by `max_held` touchpoints, past
-  which the earliest are folded anyway.
+  (so a steady live feed holds nothing), when it is no longer reported (a
+  departed worker, or no traffic at all), or when its time has not moved for
+  a long while (its reader cannot read it); the hold is bounded by `max_held`
+  touchpoints, past which the earliest are folded anyway. The normalise stage
+  also pauses partitions that run far ahead (`processors.stream.app`), so the
+  hold stays about a fetch per partition.
 
 Holding changes when a touchpoint is folded, never what the fold gives: the
 aggregate is a fold over the event set. Held touchpoints are not in the event
@@ -35,7 +37,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Generic, TypeVar
@@ -54,7 +56,7 @@ Item = TypeVar("Item")
 @dataclass(frozen=True, slots=True)
 class PartitionReport:
     """How far one raw partition has been read: its latest event time so far (None: no touchpoint yet)
-    and whether everything the broker held was read."""
+    and whether its reader is caught up (`ReadProgress.reports`)."""
 
     topic: str
     partition: int
@@ -251,9 +253,6 @@ class Alignment(Generic[Item]):
             out.append(heapq.heappop(held)[2])
             self.overflowed += 1
         return out
-
-    def held_items(self) -> Iterator[Item]:
-        return (item for _, _, item in self._held)
 
     def clear(self) -> None:
         """The stage is rebuilt (partitions moved): held items will be read again from Kafka."""

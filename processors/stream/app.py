@@ -146,7 +146,7 @@ class _Carrier:
 
     message: Any
     waiting: int = 0
-    deferred: bool = False  # its acknowledgement was put off past its batch (`ReconstructStage.defer`)
+    deferred: bool = False  # its acknowledgement was put off past its batch (`Consumer.keep_for_later`)
 
 
 class _Held(NamedTuple):
