@@ -167,7 +167,8 @@ class ReconstructStage:
         self.live: LiveReconstruction | None = None
         self.published = PublishedJourneys()  # so that only changed journeys go out again
         self._open: dict[str, int] = {}  # customer id -> open journeys, for the gauge
-        self.alignment: Alignment[_Held] = alignment or Alignment()
+        # Not `alignment or ...`: an empty Alignment is falsy (it has a length).
+        self.alignment: Alignment[_Held] = alignment if alignment is not None else Alignment()
         self._held_at: dict[str, datetime] = {}  # event id -> the time its first held copy waits at
 
     def hold(self, step: ClassifiedTouchpoint, raw: bytes, carrier: _Carrier) -> None:

@@ -1,10 +1,14 @@
-"""The Faust app's wiring: names that keep deployments sharing a cluster apart."""
+"""The Faust app's wiring: names that keep deployments sharing a cluster apart, settings that reach
+the stages."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from ingest.topics import Topics
 from processors.config import Settings
-from processors.stream.app import StreamConfig, create_app
+from processors.stream.alignment import Alignment
+from processors.stream.app import ReconstructStage, StreamConfig, create_app
 
 
 def test_each_topic_prefix_gets_its_own_group_and_changelog(dsn: str) -> None:
@@ -18,3 +22,12 @@ def test_each_topic_prefix_gets_its_own_group_and_changelog(dsn: str) -> None:
     changelogs = [app.tables["event-log"].changelog_topic.get_topic_name() for app in apps]
     assert groups == ["shop-nl", "shop-be"]
     assert changelogs == ["shop-nl-event-log-changelog", "shop-be-event-log-changelog"]
+
+
+def test_the_reconstruct_stage_holds_by_the_alignment_it_is_given(dsn: str) -> None:
+    """An empty Alignment is falsy (it has a length): the stage once swapped the configured one for
+    the default, and `--align-max-held` and `--align-idle-seconds` did nothing."""
+    settings = Settings(dsn=dsn)
+    configured: Alignment[Any] = Alignment(idle_seconds=2, max_held=1_500)
+    stage = ReconstructStage(settings, settings.rules(), configured)
+    assert stage.alignment is configured
