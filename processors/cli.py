@@ -358,6 +358,7 @@ def worker(
     stream_config = dataclasses.replace(
         stream_config,
         partitions=counts[stream_config.topics.raw("web")],
+        raw_partitions={topic: counts[topic] for topic in stream_config.topics.all_raw},
         replication_factor=replication_from_env(),
     )
     faust_app = create_app(settings, stream_config)

@@ -101,6 +101,18 @@ def decode_progress(value: bytes) -> list[PartitionReport]:
     return reports
 
 
+def ahead_of(
+    reports: Iterable[PartitionReport], frontier: datetime | None, window: timedelta
+) -> set[Partition]:
+    """The partitions read more than `window` (event time) ahead of `frontier` (the slowest
+    partition still being read; None: nothing is waited for), to pause. The slowest partition is
+    never ahead of itself, so a worker pausing by its own frontier always reads something."""
+    if frontier is None:
+        return set()
+    limit = frontier + window
+    return {(r.topic, r.partition) for r in reports if r.latest is not None and r.latest > limit}
+
+
 class ReadProgress:
     """The normalise stage's side: per raw partition, the latest event time of the touchpoints made
     from it, and when (Kafka record timestamp) the last record read from it was written."""
@@ -163,7 +175,7 @@ class ReadProgress:
 class _Seen:
     latest: datetime | None
     caught_up: bool
-    reported_at: float  # when (monotonic seconds) it was last reported
+    reported_at: float  # when (the stage's clock) it was last reported
     moved_at: float  # when its latest time last moved (or it turned not caught up), or was first reported
 
 
@@ -177,9 +189,11 @@ class Alignment(Generic[Item]):
     A partition stops holding the others back when it is caught up, when it
     has not been reported for `idle_seconds` (its reader stopped: a departed
     worker, or no traffic at all), or when it has been reported but its time
-    has not moved for `stall_seconds` (its reader cannot read it). Both are
-    judged on reports as the stage reads them, so a stage busy folding does
-    not make a slow partition look idle.
+    has not moved for `stall_seconds` (its reader cannot read it). Times are
+    seconds on the caller's clock; the worker uses when each report was written
+    to Kafka (the newest for `now`), so neither a stage busy folding nor one
+    reading through a queue of other workers' messages takes a slow partition
+    for idle: a partition is idle when its reader stopped *writing* reports.
     """
 
     def __init__(
@@ -196,7 +210,7 @@ class Alignment(Generic[Item]):
         self.overflowed = 0  # items folded before the frontier passed them, because of `max_held`
 
     def report(self, reports: Iterable[PartitionReport], now: float) -> None:
-        """Partition reports from a touchpoints message, read at `now` (monotonic seconds).
+        """Partition reports from a touchpoints message written at `now` (the stage's clock).
 
         A report replaces what was known of its partition, even when its time
         went back: the partition is read again from an earlier offset then.
@@ -207,10 +221,19 @@ class Alignment(Generic[Item]):
             if seen is None:
                 self._partitions[key] = _Seen(report.latest, report.caught_up, now, now)
                 continue
-            seen.reported_at = now
+            seen.reported_at = max(seen.reported_at, now)  # (workers' clocks differ a little)
             if report.latest != seen.latest or (seen.caught_up and not report.caught_up):
-                seen.latest, seen.moved_at = report.latest, now  # (records arrived where none were left)
+                # (records arrived where none were left)
+                seen.latest, seen.moved_at = report.latest, max(seen.moved_at, now)
             seen.caught_up = report.caught_up
+
+    def expect(self, partitions: Iterable[Partition], now: float) -> None:
+        """Partitions that will be reported (every raw partition, when the stage starts): until each is
+        reported, or for `idle_seconds` at most, it holds everything. Otherwise the first worker to
+        report would have its touchpoints folded before another worker's earlier ones arrive."""
+        for key in partitions:
+            if key not in self._partitions:
+                self._partitions[key] = _Seen(None, False, now, now)
 
     def _holds_back(self, seen: _Seen, now: float) -> bool:
         return not (

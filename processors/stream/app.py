@@ -53,6 +53,7 @@ from processors.stream.alignment import (
     PROGRESS_HEADER,
     Alignment,
     ReadProgress,
+    ahead_of,
     decode_progress,
     encode_progress,
 )
@@ -106,6 +107,9 @@ class StreamConfig:
     # How far (event time) a raw partition may be read ahead of the slowest one still being read
     # here before it is paused: bounds what reconstruct holds to about a fetch per partition.
     align_window: timedelta = timedelta(hours=1)
+    # Partitions per raw topic (`ensure_topics`): after an assignment, reconstruct waits for each
+    # to be reported (or idle) before it folds, whichever worker reads it.
+    raw_partitions: dict[str, int] = field(default_factory=dict)
 
 
 Message = tuple[bytes | str, bytes | DeadLetter]  # a state-topic message, or a dead letter to send
@@ -121,6 +125,12 @@ def _first_error(exc: ValidationError) -> str:
         return str(exc)
     where = ".".join(str(part) for part in errors[0]["loc"])
     return f"{where}: {errors[0]['msg']}" if where else errors[0]["msg"]
+
+
+def _written_at(event: Any) -> float:
+    """When a message was written to Kafka (epoch seconds); now, for one without a timestamp."""
+    timestamp = event.message.timestamp
+    return timestamp if timestamp and timestamp > 0 else time.time()
 
 
 def _headers(event: Any) -> list[tuple[str, bytes]]:
@@ -380,6 +390,12 @@ def create_app(settings: Settings, config: StreamConfig) -> faust.App:
     # The frontier of the raw partitions read here, for pausing: a partition whose time stands still
     # for the idle time stops holding the others paused (wrongly so costs only a wider hold).
     reads: Alignment[None] = Alignment(config.align_idle_seconds, stall_seconds=config.align_idle_seconds)
+    expected: list[tuple[str, int]] = []  # raw partitions reconstruct waits for before its first fold
+    # The reconstruct stage's clock for alignment: when (Kafka timestamp, epoch seconds) the newest
+    # touchpoints message it read was written. A worker reports with every message it sends, so a
+    # partition unreported for the idle time *in this clock* has a reader that stopped sending; in
+    # the wall clock, a stage behind a queue of other workers' messages would take it for idle.
+    queue_clock = [0.0]
     last_batch = [0.0]  # when (monotonic) the reconstruct agent last took or finished a batch
     paused: set[Any] = set()  # raw partitions this process paused for running ahead (`align_reads`)
     app.aligned_paused = paused  # type: ignore[attr-defined]  # read by the consumer (_transport_class)
@@ -459,11 +475,7 @@ def create_app(settings: Settings, config: StreamConfig) -> faust.App:
         now = time.monotonic()
         reports = progress.reports(raw_positions())
         reads.report(reports, now)
-        frontier = reads.frontier(now)
-        ahead: set[tuple[str, int]] = set()
-        if frontier is not None:
-            limit = frontier + config.align_window
-            ahead = {(r.topic, r.partition) for r in reports if r.latest is not None and r.latest > limit}
+        ahead = ahead_of(reports, reads.frontier(now), config.align_window)
         pause = {tp for tp in app.consumer.assignment() if (tp.topic, tp.partition) in ahead}
         resume = [tp for tp in paused if tp not in pause]
         if pause:
@@ -603,22 +615,29 @@ def create_app(settings: Settings, config: StreamConfig) -> faust.App:
                 await state_topic.send(key=key, value=value)
 
     def take_progress(event: Any) -> None:
-        """The normalise stage's partition reports on a touchpoints message, if it carries any."""
+        """The normalise stage's partition reports on a touchpoints message, if it carries any, as of
+        when the message was written (the stage's clock, `queue_clock`)."""
+        written = _written_at(event)
+        queue_clock[0] = max(queue_clock[0], written)
+        if not config.align:
+            return
         for name, value in _headers(event):
             if name != PROGRESS_HEADER:
                 continue
             try:
-                stage.alignment.report(decode_progress(value), time.monotonic())
+                stage.alignment.report(decode_progress(value), written)
             except ValueError as exc:  # the touchpoints still count; only this report is ignored
                 metrics.inc("journeys_bad_progress_reports_total")
                 log.warning("ignored a malformed %s header on %s: %s", PROGRESS_HEADER, _origin(event), exc)
 
-    async def fold_released(arrived: int = 0) -> None:
+    async def fold_released(arrived: int = 0, quiet: bool = False) -> None:
         """Fold what the alignment releases now, publish it, and acknowledge the messages it completes.
 
-        Run under `fold_lock`: by the agent after each batch, by the idle timer in between.
+        Run under `fold_lock`: by the agent after each batch, by the idle timer in between (`quiet`:
+        no touchpoints message came for the idle time, so the wall clock moves the stage's on).
         """
-        now, clock = datetime.now(UTC), time.monotonic()
+        now = datetime.now(UTC)
+        clock = max(queue_clock[0], time.time()) if quiet else queue_clock[0]
         frontier = stage.alignment.frontier(clock)  # for the log, as the release saw it
         partitions = stage.alignment.partition_states(clock)
         released, done = stage.release(clock)
@@ -689,11 +708,13 @@ def create_app(settings: Settings, config: StreamConfig) -> faust.App:
             await note_read(events)
             now = datetime.now(UTC)
             async with fold_lock:
+                if expected:
+                    stage.alignment.expect(expected, min(_written_at(event) for event in events))
+                    expected.clear()
                 carriers = []
                 arrived = 0
                 for event in events:
-                    if config.align:
-                        take_progress(event)
+                    take_progress(event)
                     carrier = _Carrier(event.message)
                     carriers.append(carrier)
                     handed = handoff.take(event.value)
@@ -742,7 +763,7 @@ def create_app(settings: Settings, config: StreamConfig) -> faust.App:
         if len(stage.alignment) and quiet():
             async with fold_lock:
                 if quiet():  # the agent may have taken a batch while this waited for the lock
-                    await fold_released()
+                    await fold_released(quiet=True)
 
     @app.timer(5.0)
     async def record_lag() -> None:
@@ -800,6 +821,11 @@ def create_app(settings: Settings, config: StreamConfig) -> faust.App:
         stage.reset()
         paused.clear()  # Faust pauses and resumes the whole assignment around a rebalance itself
         reads.clear()
+        if config.align and any(tp.topic == topics.touchpoints for tp in assigned):
+            # Every raw partition, whichever worker reads it, holds the fold until first reported;
+            # from the first batch on, not from now: restoring the event log may take longer than
+            # the idle time, and the other workers' reports are waiting in that batch.
+            expected[:] = [(t, p) for t, count in config.raw_partitions.items() for p in range(count)]
         names = sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned)
         log.info("assigned partitions: %s", ", ".join(names) or "none")
         wanted = sorted((tp.topic, tp.partition) for tp in assigned if tp.topic in streamed)

@@ -28,6 +28,17 @@ _HELP = {
         "counter",
         "Acknowledgements of records Faust skipped (never processed) kept from counting toward a commit",
     ),
+    "journeys_late_events_total": ("counter", "Touchpoints behind what was published: journeys corrected"),
+    "journeys_published_journeys_total": ("counter", "Journeys sent to the sink, by how (new, whole, ...)"),
+    "journeys_published_touchpoint_rows_total": ("counter", "Touchpoint rows sent to the sink"),
+    "journeys_held_touchpoints": ("gauge", "Touchpoints held for event-time alignment"),
+    "journeys_alignment_overflow_total": (
+        "counter",
+        "Touchpoints folded before every partition passed them, because the hold was full",
+    ),
+    "journeys_alignment_pauses_total": ("counter", "Raw partitions paused for running ahead in event time"),
+    "journeys_paused_partitions": ("gauge", "Raw partitions paused for running ahead, now"),
+    "journeys_bad_progress_reports_total": ("counter", "Malformed progress headers ignored"),
 }
 
 

@@ -19,6 +19,7 @@ import time
 import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -38,9 +39,9 @@ from ingest.demo import generate
 from ingest.files import read_records
 from ingest.kafka import ensure_topics, make_producer
 from ingest.pii import PiiHasher
-from ingest.producer import ProduceSummary, produce_files, produce_records, records_in_event_time
+from ingest.producer import ProduceSummary, produce_files, produce_records, records_in_event_time, route
 from ingest.records import RawRecord
-from ingest.topics import Topics
+from ingest.topics import Topics, message_key, raw_headers
 from processors.bench.stream import worker_context
 from processors.config import Settings
 from processors.embedded import RunSummary, expand_inputs, run
@@ -82,7 +83,11 @@ def start_worker(stream_env: dict[str, str], tmp_path: Path) -> Iterator[Callabl
     workers: list[subprocess.Popen] = []
 
     def start(
-        name: str, metrics_port: int = 0, bootstrap: str | None = None, extra: tuple[str, ...] = ()
+        name: str,
+        metrics_port: int = 0,
+        bootstrap: str | None = None,
+        extra: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
     ) -> subprocess.Popen:
         log = (tmp_path / f"{name}.log").open("wb")
         process = subprocess.Popen(
@@ -99,7 +104,7 @@ def start_worker(stream_env: dict[str, str], tmp_path: Path) -> Iterator[Callabl
                 *(["--kafka", bootstrap] if bootstrap else []),
                 *extra,
             ],
-            env=stream_env,
+            env=stream_env | (env or {}),
             stdout=log,
             stderr=subprocess.STDOUT,
         )
@@ -631,6 +636,104 @@ def test_a_backlog_read_at_different_speeds_is_folded_in_event_time_order(
     assert metrics.get('journeys_late_events_total{stage="reconstruct"}', 0) == 0
     assert metrics["journeys_published_touchpoint_rows_total"] <= 1.2 * admitted
     assert metrics.get("journeys_alignment_overflow_total", 0) == 0
+
+
+def test_two_workers_reading_a_backlog_fold_it_in_event_time_order(
+    tmp_path: Path, chdb_path: Path, fresh_kafka: str, topic_prefix: str, pii_key: str, start_worker: Callable
+) -> None:
+    """Two workers read a backlog, one the dense partition 0 of web, the other the sparse rest, in
+    small fetches. The reconstruct stage's owner hears from its own normalise stage first; it waits
+    for every raw partition to be reported, whichever worker reads it, before it folds, and judges a
+    partition idle by when its reports were written, not read: no touchpoint is late and each is
+    published about once (docs/stream.md, event-time alignment)."""
+    kafka_bootstrap = fresh_kafka
+    topics = Topics(topic_prefix)
+    ensure_topics(kafka_bootstrap, topics, partitions=2)
+    files = generate(customers=1000, seed=11, days=60).write(tmp_path / "demo")
+    records = records_in_event_time(expand_inputs([*files.inputs()]), worker_context(pii_key))
+    dsn = f"chdb://{chdb_path}?database={topic_prefix.replace('-', '_')}"
+    migrate(connect(dsn))
+    # A replay, on the broker before the workers start: the records keep the hour-old times they
+    # were first written at. (Produced while the workers read, it would be read as a live feed.)
+    written = int(time.time() * 1000) - 3_600_000
+    web = topics.raw("web")
+    # Partition 0: two thirds of the web records (dense). Partition 1: the other third and all the
+    # email, phone and social ones: as many days in fewer records, read ahead in event time.
+    send_to_partitions(
+        kafka_bootstrap, topics, records, pii_key, lambda i, topic: int(topic != web or i % 3 == 0), written
+    )
+    ports = {name: free_port() for name in ("w1", "w2")}
+    small_fetches = {"CONSUMER_MAX_FETCH_SIZE": "16384"}  # ~30 records a fetch: many per partition
+    extra = tuple(os.environ.get("JOURNEYS_TEST_WORKER_ARGS", "").split())
+    sink = SinkThread(dsn, kafka_bootstrap, topics)
+    for name, port in ports.items():
+        start_worker(name, metrics_port=port, bootstrap=kafka_bootstrap, extra=extra, env=small_fetches)
+    logs = {name: tmp_path / f"{name}.log" for name in ports}
+
+    def total(name: str) -> float:
+        return sum(worker_metrics(port).get(name, 0) for port in ports.values())
+
+    try:
+        wait_until(
+            lambda: (
+                all(assigned_raw_partitions(log, topics) for log in logs.values())
+                and owner_of_reconstruct(logs, topics) is not None
+            ),
+            180,
+            "both workers to hold partitions",
+            tmp_path,
+        )
+        wait_until(
+            lambda: (
+                total(READ) >= len(records)
+                and total(FOLDED) >= total(MADE) > 0
+                and total("journeys_held_touchpoints") == 0
+            ),
+            240,
+            "every record read and every touchpoint folded",
+            tmp_path,
+        )
+        admitted = (
+            total(FOLDED) - total(DUPLICATES) - total('journeys_dead_letters_total{stage="reconstruct"}')
+        )
+        wait_until(
+            lambda: count(dsn, "SELECT count() FROM touchpoints") == admitted, 120, "every touchpoint stored"
+        )
+        shares = [assigned_raw_partitions(log, topics) for log in logs.values()]
+    finally:
+        sink.join()
+    # Each worker read one partition of every raw topic.
+    assert all(len(share) == 4 for share in shares) and not shares[0] & shares[1]
+    assert total('journeys_late_events_total{stage="reconstruct"}') == 0
+    assert total("journeys_alignment_overflow_total") == 0
+    assert total("journeys_published_touchpoint_rows_total") <= 1.2 * admitted
+
+
+def send_to_partitions(
+    bootstrap: str,
+    topics: Topics,
+    records: list[RawRecord],
+    pii_key: str,
+    partition_of: Callable[[int, str], int],
+    timestamp_ms: int,
+) -> None:
+    """Produce records as `produce_records` does, but each to the partition `partition_of(index,
+    topic)` chooses and with the given Kafka timestamp (a replay keeps the times records were first
+    written at)."""
+    producer = make_producer(bootstrap)
+    hasher = PiiHasher(pii_key)
+    for index, record in enumerate(records):
+        topic, placed = route(record, topics)
+        producer.send(
+            topic,
+            key=message_key(placed.raw, hasher),
+            value=placed.raw,
+            headers=raw_headers(placed, received_at=datetime.now(UTC)),
+            partition=partition_of(index, topic),
+            timestamp_ms=timestamp_ms,
+        )
+    producer.flush()
+    producer.close()
 
 
 def test_a_worker_stopped_while_holding_touchpoints_stops_at_once_and_loses_none(

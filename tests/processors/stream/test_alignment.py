@@ -12,6 +12,7 @@ from processors.stream.alignment import (
     Alignment,
     PartitionReport,
     ReadProgress,
+    ahead_of,
     decode_progress,
     encode_progress,
 )
@@ -218,3 +219,120 @@ def test_partitions_read_at_any_speeds_fold_in_event_time_order_and_all_of_them(
         (m, p, i) for p, events in enumerate(partitions) for i, m in enumerate(events)
     )
     assert len(alignment) == 0
+
+
+def test_partitions_more_than_the_window_ahead_of_the_slowest_are_paused() -> None:
+    reports = [report(0, 10), report(1, 75), report(2, 200, caught_up=True), report(3, None)]
+    window = timedelta(hours=1)
+    assert ahead_of(reports, None, window) == set()  # nothing is waited for
+    assert ahead_of(reports, at(10), window) == {("raw.web", 1), ("raw.web", 2)}
+    assert ahead_of(reports, at(-100), window) == {("raw.web", 0), ("raw.web", 1), ("raw.web", 2)}
+
+
+def test_a_report_written_earlier_than_one_already_read_does_not_turn_the_clock_back() -> None:
+    alignment: Alignment[str] = Alignment(idle_seconds=5)
+    alignment.report([report(0, 10), report(1, 2)], now=10)
+    alignment.report([report(1, 3)], now=9)  # another worker's clock runs a second behind
+    alignment.hold(at(8), "a")
+    assert alignment.release(14.9) == []
+    assert alignment.release(15) == ["a"]
+
+
+def _fold_order(
+    workers: list[list[list[int]]],
+    fetches: list[list[int]],
+    speeds: list[int],
+    starts: list[int],
+    expect: bool = True,
+) -> list[int]:
+    """Workers reading their partitions (event times, minutes) a fetch at a time from second
+    `starts[w]` on, every `speeds[w]` seconds, reporting with each batch and pausing what ran ahead
+    of their own slowest partition as the worker does (`processors.stream.app`); the reconstruct
+    stage, which expects every partition (`expect`), holding and releasing each second. Returns the
+    event times in the order released."""
+    window = timedelta(hours=1)
+    stage: Alignment[int] = Alignment(idle_seconds=5, max_held=10**9, stall_seconds=10**9)
+    progress = [ReadProgress() for _ in workers]
+    reads: list[Alignment[None]] = [Alignment(idle_seconds=5, stall_seconds=5) for _ in workers]
+    paused: list[set[tuple[str, int]]] = [set() for _ in workers]
+    read = [[0] * len(partitions) for partitions in workers]
+    released: list[int] = []
+
+    def key(w: int, p: int) -> tuple[str, int]:
+        return (f"raw.w{w}", p)
+
+    if expect:
+        stage.expect(
+            [key(w, p) for w, partitions in enumerate(workers) for p in range(len(partitions))], now=0
+        )
+    for now in range(5_000):
+        for w, partitions in enumerate(workers):
+            if now < starts[w] or now % speeds[w]:
+                continue
+            sent = False
+            for p, events in enumerate(partitions):
+                if key(w, p) in paused[w] or read[w][p] == len(events):
+                    continue
+                fetched = events[read[w][p] : read[w][p] + fetches[w][p]]
+                read[w][p] += len(fetched)
+                progress[w].saw(key(w, p), (at(m) for m in fetched), written_at=0.0)  # a backlog
+                for minutes in fetched:
+                    stage.hold(at(minutes), minutes)
+                sent = True
+            positions = {key(w, p): (read[w][p], len(events)) for p, events in enumerate(partitions)}
+            reports = progress[w].reports(positions, now=1e9)
+            if sent:  # the batch's touchpoints messages carry the reports
+                stage.report(reports, now)
+            reads[w].report(reports, now)
+            paused[w] = ahead_of(reports, reads[w].frontier(now), window)
+        released += stage.release(now)
+        done = all(r == len(e) for w, ps in enumerate(workers) for r, e in zip(read[w], ps, strict=True))
+        if done and not len(stage):
+            return released
+    raise AssertionError("the workers never finished")
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.data())
+def test_workers_starting_apart_and_reading_at_any_speeds_fold_in_event_time_order(
+    data: st.DataObject,
+) -> None:
+    """However the partitions are spread over workers, however dense, however fast each worker reads
+    and however late (within the idle time) it starts, everything comes out, in event-time order."""
+    workers = data.draw(
+        st.lists(
+            st.lists(st.lists(st.integers(0, 3_000), max_size=40).map(sorted), min_size=1, max_size=3),
+            min_size=2,
+            max_size=3,
+        )
+    )
+    fetches = [[data.draw(st.integers(1, 8)) for _ in partitions] for partitions in workers]
+    speeds = [data.draw(st.integers(1, 3)) for _ in workers]
+    # First batch by second 4 at the latest: within the idle time, past which it is not waited for.
+    starts = [data.draw(st.integers(0, 2)) for _ in workers]
+    released = _fold_order(workers, fetches, speeds, starts)
+    assert released == sorted(m for partitions in workers for events in partitions for m in events)
+
+
+def test_without_expecting_every_partition_a_worker_starting_later_folds_late() -> None:
+    """The first worker to report would have its touchpoints folded before a later one's earlier
+    touchpoints arrive: what expecting every raw partition at the start prevents."""
+    workers, fetches, speeds, starts = [[[10, 20, 30]], [[5, 15, 25]]], [[3], [3]], [1, 1], [0, 2]
+    assert _fold_order(workers, fetches, speeds, starts) == [5, 10, 15, 20, 25, 30]
+    assert _fold_order(workers, fetches, speeds, starts, expect=False) == [10, 20, 30, 5, 15, 25]
+
+
+def test_partitions_expected_but_not_yet_reported_hold_everything_for_the_idle_time() -> None:
+    alignment: Alignment[str] = Alignment(idle_seconds=5)
+    alignment.expect([("raw.web", 0), ("raw.web", 1)], now=0)
+    alignment.report([report(0, 10)], now=1)  # the first worker reports; the other's is on its way
+    alignment.hold(at(8), "a")
+    assert alignment.release(1) == []
+    alignment.report([report(1, 9)], now=2)
+    assert alignment.release(2) == ["a"]
+    alignment.expect([("raw.web", 1), ("raw.web", 2)], now=3)  # known ones stay as reported
+    alignment.hold(at(9), "b")
+    assert alignment.release(3) == []  # partition 2 has no report yet
+    alignment.report([report(0, 11), report(1, 12)], now=7)
+    assert alignment.release(7.9) == []
+    assert alignment.release(8) == ["b"]  # nobody reads partition 2: after the idle time it holds nothing
