@@ -128,9 +128,10 @@ def _first_error(exc: ValidationError) -> str:
 
 
 def _written_at(event: Any) -> float:
-    """When a message was written to Kafka (epoch seconds); now, for one without a timestamp."""
-    timestamp = event.message.timestamp
-    return timestamp if timestamp and timestamp > 0 else time.time()
+    """When a message was written to Kafka (epoch seconds); now, for one without a timestamp or with
+    one in the future (a producer's clock running ahead must not make every partition look idle)."""
+    timestamp, now = event.message.timestamp, time.time()
+    return min(timestamp, now) if timestamp and timestamp > 0 else now
 
 
 def _headers(event: Any) -> list[tuple[str, bytes]]:

@@ -19,7 +19,6 @@ import time
 import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -39,9 +38,9 @@ from ingest.demo import generate
 from ingest.files import read_records
 from ingest.kafka import ensure_topics, make_producer
 from ingest.pii import PiiHasher
-from ingest.producer import ProduceSummary, produce_files, produce_records, records_in_event_time, route
+from ingest.producer import ProduceSummary, produce_files, produce_records, records_in_event_time
 from ingest.records import RawRecord
-from ingest.topics import Topics, message_key, raw_headers
+from ingest.topics import Topics
 from processors.bench.stream import worker_context
 from processors.config import Settings
 from processors.embedded import RunSummary, expand_inputs, run
@@ -717,23 +716,24 @@ def send_to_partitions(
     partition_of: Callable[[int, str], int],
     timestamp_ms: int,
 ) -> None:
-    """Produce records as `produce_records` does, but each to the partition `partition_of(index,
-    topic)` chooses and with the given Kafka timestamp (a replay keeps the times records were first
-    written at)."""
+    """`produce_records`, but each record to the partition `partition_of(index, topic)` picks and
+    stamped `timestamp_ms` (a replay keeps the times records were first written at)."""
+
+    class Placing:
+        def __init__(self, producer: Any) -> None:
+            self.producer, self.config, self.sent = producer, producer.config, 0
+
+        def send(self, topic: str, **kwargs: Any) -> Any:
+            self.sent += 1
+            partition = partition_of(self.sent - 1, topic)
+            return self.producer.send(topic, partition=partition, timestamp_ms=timestamp_ms, **kwargs)
+
     producer = make_producer(bootstrap)
-    hasher = PiiHasher(pii_key)
-    for index, record in enumerate(records):
-        topic, placed = route(record, topics)
-        producer.send(
-            topic,
-            key=message_key(placed.raw, hasher),
-            value=placed.raw,
-            headers=raw_headers(placed, received_at=datetime.now(UTC)),
-            partition=partition_of(index, topic),
-            timestamp_ms=timestamp_ms,
-        )
+    result = ProduceSummary()
+    produce_records(records, Placing(producer), topics, PiiHasher(pii_key), result)
     producer.flush()
     producer.close()
+    assert result.failed == 0
 
 
 def test_a_worker_stopped_while_holding_touchpoints_stops_at_once_and_loses_none(
