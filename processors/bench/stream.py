@@ -93,6 +93,7 @@ SINK_MAX_SECONDS = 0.25  # the sink's longest wait before writing a partial batc
 RATE_ENV = "JOURNEYS_BENCH_LATENCY_RATE"  # events/s of the latency run, instead of the target's
 PROFILE_ENV = "JOURNEYS_BENCH_PROFILE"  # a directory: run the worker and sink under `py-spy record` into it
 WORKER_ARGS_ENV = "JOURNEYS_BENCH_WORKER_ARGS"  # extra `journeys worker` options, for trying settings
+WORKERS_ENV = "JOURNEYS_BENCH_WORKERS"  # worker processes in the stream run (default 1: the target's)
 
 
 def dataset_inputs(dataset: Path) -> list[Path]:
@@ -319,10 +320,10 @@ class Stack:
     prefix: str
     pii_key: str
     workdir: Path
-    worker: subprocess.Popen | None = None
+    workers: list[subprocess.Popen] = field(default_factory=list)
     sink: subprocess.Popen | None = None
-    worker_port: int = 0
-    worker_started: float = 0.0
+    worker_ports: list[int] = field(default_factory=list)
+    worker_started: float = 0.0  # when the first worker was started
     profilers: list[subprocess.Popen] = field(default_factory=list)
     logs: list[Any] = field(default_factory=list)
 
@@ -354,19 +355,32 @@ class Stack:
         self._wait(lambda: (self.sink_dir / "ready").exists(), 60, "the sink to open ClickHouse")
         self._profile("sink", self.sink)
 
-    def start_worker(self) -> None:
+    @property
+    def worker_names(self) -> list[str]:
+        """`worker`, then `worker-2`, `worker-3` …: their logs are `<name>.log`."""
+        return ["worker" if i == 0 else f"worker-{i + 1}" for i in range(len(self.workers))]
+
+    def start_workers(self, count: int = 1) -> None:
+        """`count` worker processes at once (one group generation, not a rebalance per late joiner)."""
         from processors.stream.broker import free_port
 
-        self.worker_port = free_port()
-        command = [sys.executable, "-c", "from processors.cli import app; app()", "worker"]
-        command += ["--kafka", self.bootstrap, "--metrics-port", str(self.worker_port)]
-        command += ["--data-dir", str(self.workdir / "worker"), "--log-format", "json"]
-        command += [part for option in GROUP_TIMEOUTS.items() for part in option]
-        command += shlex.split(os.environ.get(WORKER_ARGS_ENV, ""))
-        log = self._log("worker")
+        if count < 1:
+            raise ValueError(f"a stream run needs at least one worker, not {count}")
         self.worker_started = time.time()
-        self.worker = subprocess.Popen(command, env=self._env(), stdout=log, stderr=subprocess.STDOUT)
-        self._profile("worker", self.worker)
+        for index in range(len(self.workers), len(self.workers) + count):
+            name = "worker" if index == 0 else f"worker-{index + 1}"
+            port = free_port()
+            command = [sys.executable, "-c", "from processors.cli import app; app()", "worker"]
+            command += ["--kafka", self.bootstrap, "--metrics-port", str(port)]
+            command += ["--data-dir", str(self.workdir / name), "--log-format", "json"]
+            command += [part for option in GROUP_TIMEOUTS.items() for part in option]
+            command += shlex.split(os.environ.get(WORKER_ARGS_ENV, ""))
+            process = subprocess.Popen(
+                command, env=self._env(), stdout=self._log(name), stderr=subprocess.STDOUT
+            )
+            self.workers.append(process)
+            self.worker_ports.append(port)
+            self._profile(name, process)
 
     def _profile(self, name: str, process: subprocess.Popen) -> None:
         """With $JOURNEYS_BENCH_PROFILE set, py-spy samples the process until it exits (collapsed stacks)."""
@@ -385,7 +399,7 @@ class Stack:
     def _wait(self, condition: Any, timeout: float, what: str) -> None:
         deadline = time.monotonic() + timeout
         while not condition():
-            for name, process in (("worker", self.worker), ("sink", self.sink)):
+            for name, process in (*zip(self.worker_names, self.workers, strict=True), ("sink", self.sink)):
                 if process is not None and process.poll() is not None:
                     raise RuntimeError(
                         f"the {name} exited ({process.returncode}) waiting for {what}\n" + self.log_tail()
@@ -401,13 +415,22 @@ class Stack:
         )
 
     def metrics(self) -> dict[str, float]:
-        """The worker's Prometheus page as {series: value}; empty until its web server is up."""
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.worker_port}/metrics", timeout=2) as page:
-                text = page.read().decode()
-        except OSError:
-            return {}
-        return parse_metrics(text)
+        """The workers' Prometheus pages as {series: value}, summed over the workers; empty until
+        every worker's web server is up."""
+        total: dict[str, float] = {}
+        for port in self.worker_ports:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as page:
+                    text = page.read().decode()
+            except OSError:
+                return {}
+            for series, value in parse_metrics(text).items():
+                total[series] = total.get(series, 0.0) + value
+        return total
+
+    def _worker_lines(self) -> Iterator[str]:
+        for name in self.worker_names:
+            yield from (self.workdir / f"{name}.log").read_text(errors="replace").splitlines()
 
     def progress(self) -> list[dict[str, float]]:
         path = self.sink_dir / "progress.jsonl"
@@ -416,16 +439,24 @@ class Stack:
         return [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")]
 
     def first_read_at(self) -> float:
-        """When the worker read its first record (its one `first record read` log line)."""
-        for line in (self.workdir / "worker.log").read_text(errors="replace").splitlines():
-            if '"first record read"' in line:
-                return float(orjson.loads(line)["first_read_at"])
-        raise RuntimeError("the worker never logged its first record\n" + self.log_tail())
+        """When a worker first read a record (each logs `first record read` once)."""
+        firsts = [
+            float(orjson.loads(line)["first_read_at"])
+            for line in self._worker_lines()
+            if '"first record read"' in line
+        ]
+        if not firsts:
+            raise RuntimeError("no worker logged its first record\n" + self.log_tail())
+        return min(firsts)
+
+    def assignments(self) -> int:
+        """Partition assignments the workers logged: one each, unless the group rebalanced."""
+        return sum(1 for line in self._worker_lines() if "assigned partitions:" in line)
 
     def reconstruct_busy(self) -> tuple[int, float]:
         """(touchpoints, seconds) the reconstruct stage spent folding and publishing, from its log lines."""
         touchpoints, seconds = 0, 0.0
-        for line in (self.workdir / "worker.log").read_text(errors="replace").splitlines():
+        for line in self._worker_lines():
             if '"fold_s"' in line:
                 entry = orjson.loads(line)
                 touchpoints += entry["touchpoints"]
@@ -462,8 +493,8 @@ class Stack:
         return found["counters"], found["line"]
 
     def stop(self) -> dict[str, Any]:
-        """Stop the worker, then the sink; returns the sink's summary (views' counts, latencies)."""
-        for process in (self.worker, self.sink):
+        """Stop the workers, then the sink; returns the sink's summary (views' counts, latencies)."""
+        for process in (*self.workers, self.sink):
             if process is not None and process.poll() is None:
                 process.send_signal(signal.SIGTERM)
                 try:
@@ -516,7 +547,7 @@ def _stack(ctx: BenchContext, name: str) -> Iterator[tuple[Stack, Topics]]:
         try:
             yield stack, topics
         finally:
-            for process in (stack.worker, stack.sink):
+            for process in (*stack.workers, stack.sink):
                 if process is not None and process.poll() is None:
                     process.kill()
                     process.wait()
@@ -526,7 +557,8 @@ def _stack(ctx: BenchContext, name: str) -> Iterator[tuple[Stack, Topics]]:
 
 
 def measure_stream(ctx: BenchContext) -> dict[str, Any]:
-    """One worker's events/s from the broker into ClickHouse beside a bare consumer's on the same topics."""
+    """One worker's events/s from the broker into ClickHouse beside a bare consumer's on the same topics
+    ($JOURNEYS_BENCH_WORKERS workers' instead, to see how the stack scales; the target is one's)."""
     from ingest.pii import PiiHasher
     from ingest.producer import produce_sequence
 
@@ -541,16 +573,21 @@ def measure_stream(ctx: BenchContext) -> dict[str, Any]:
         raw_records = sum(produced.by_topic.values())
         bare = bare_consumer_rate(stack.bootstrap, list(topics.all_raw), raw_records)
 
+        workers = int(os.environ.get(WORKERS_ENV, "1"))
         stack.start_sink()
-        stack.start_worker()
+        stack.start_workers(workers)
         counters, line = stack.wait_drained(raw_records, timeout=120 + raw_records / 200)
         first = stack.first_read_at()
         views = stack.stop()
         folded, busy = stack.reconstruct_busy()
+        assignments = stack.assignments()
     seconds = line["t"] - first
     records_per_s = raw_records / seconds
     return {
         "replay": ctx.replay,
+        "workers": workers,
+        # One per worker when they joined the group together; more: a rebalance moved partitions.
+        "assignments": assignments,
         "events": ctx.leaf_events,
         "records": raw_records,
         "touchpoints": int(counters["admitted"]),
@@ -643,7 +680,7 @@ def measure_latency(ctx: BenchContext) -> dict[str, Any]:
     hasher, summary = PiiHasher(ctx.pii_key), ProduceSummary()
     with _stack(ctx, "latency") as (stack, topics):
         stack.start_sink()
-        stack.start_worker()
+        stack.start_workers()
         producer = make_producer(stack.bootstrap)
         try:
             produce_records(warmup, producer, topics, hasher, summary)

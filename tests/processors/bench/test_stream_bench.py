@@ -105,6 +105,7 @@ def test_one_worker_streams_every_event_into_clickhouse(ctx: LocalContext, pii_k
     assert figures["replay"] == "time" and figures["order_s"] > 0
     assert figures["accounted"] is True
     assert figures["journeys_visible"] > 0
+    assert figures["workers"] == 1
     assert figures["records"] == ctx.records and figures["events"] == ctx.leaf_events
     for name in ("seconds", "startup_s", "events_per_s", "bare_events_per_s", "ratio"):
         assert 0 < figures[name] < math.inf, name
@@ -113,6 +114,22 @@ def test_one_worker_streams_every_event_into_clickhouse(ctx: LocalContext, pii_k
         0 < figures["reconstruct_busy_s"] < figures["seconds"]
         and figures["reconstruct_touchpoints_per_s"] > 0
     )
+
+
+def test_several_workers_stream_every_event_into_clickhouse_together(
+    ctx: LocalContext, pii_key: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """JOURNEYS_BENCH_WORKERS=2: both workers' counters count, and what is visible is what the core
+    admits, as with one."""
+    monkeypatch.setenv("JOURNEYS_BENCH_WORKERS", "2")
+    own = dataclasses.replace(ctx, workdir=tmp_path)  # a chDB path of its own: a run counts all it holds
+    figures = measure_stream(own)  # type: ignore[arg-type]
+
+    assert figures["workers"] == 2 and figures["assignments"] >= 2
+    assert figures["events_visible"] == figures["touchpoints"] == new_events(ctx)
+    assert figures["accounted"] is True and figures["records"] == ctx.records
+    logs = sorted(path.name for path in (tmp_path / "stream-throughput").glob("worker*.log"))
+    assert logs == ["worker-2.log", "worker.log"]
 
 
 def test_latency_is_measured_for_every_event_produced_at_the_steady_rate(
