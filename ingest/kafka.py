@@ -62,7 +62,13 @@ def topic_layout(topics: Topics, partitions: int = DEFAULT_PARTITIONS) -> dict[s
     layout[topics.dead_letters] = partitions
     layout[topics.touchpoints] = 1
     layout[topics.state] = 1
+    layout[topics.progress] = 1
     return layout
+
+
+# Topic settings beyond the partition count: progress reports are of use for seconds; an hour of
+# them is plenty to look at and keeps the topic small.
+TOPIC_CONFIGS: dict[str, dict[str, str]] = {"progress": {"retention.ms": str(3600 * 1000)}}
 
 
 def _admin(bootstrap: str, timeout: float) -> KafkaAdminClient:
@@ -98,14 +104,19 @@ def ensure_topics(
     admin = _admin(bootstrap, timeout)
     try:
         existing = set(admin.list_topics())
-        missing = [NewTopic(name, count, replicas) for name, count in layout.items() if name not in existing]
+        configs = {getattr(topics, kind): settings for kind, settings in TOPIC_CONFIGS.items()}
+        missing = [
+            NewTopic(name, count, replicas, topic_configs=configs.get(name, {}))
+            for name, count in layout.items()
+            if name not in existing
+        ]
         if missing:
             with contextlib.suppress(TopicAlreadyExistsError):  # another process won the race
                 admin.create_topics(missing, timeout_ms=int(timeout * 1000))
         counts = _partition_counts(admin, list(layout), timeout)
     finally:
         admin.close()
-    for name in (topics.touchpoints, topics.state):
+    for name in (topics.touchpoints, topics.state, topics.progress):
         if counts[name] != 1:
             raise TopicLayoutError(
                 f"topic {name} has {counts[name]} partitions; it must have exactly 1 "

@@ -88,6 +88,12 @@ class Topics:
         return f"{self.prefix}.touchpoints"
 
     @property
+    def progress(self) -> str:
+        """How far each worker has read its raw partitions: every worker paces its partitions against
+        the others' (docs/stream.md, event-time alignment across workers)."""
+        return f"{self.prefix}.progress"
+
+    @property
     def state(self) -> str:
         """Per-customer journey snapshots from the reconstruction stage, for the ClickHouse sink."""
         return f"{self.prefix}.state"

@@ -307,6 +307,13 @@ def worker(
             help="Fold touchpoints in event-time order across raw partitions (docs/stream.md, alignment)."
         ),
     ] = True,
+    align_across_workers: Annotated[
+        bool,
+        typer.Option(
+            help="Pace raw partitions by other workers' positions too (the progress topic), "
+            "not only by this worker's own."
+        ),
+    ] = True,
     align_idle_seconds: Annotated[
         float, typer.Option(help="A raw partition not reported this long holds nothing back.", min=0.1)
     ] = 5.0,
@@ -345,6 +352,7 @@ def worker(
         batch_seconds=batch_seconds,
         fold_size=fold_size,
         align=align,
+        align_across_workers=align_across_workers,
         align_idle_seconds=align_idle_seconds,
         align_max_held=align_max_held,
         web_port=port or None,

@@ -37,7 +37,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Generic, TypeVar
@@ -284,3 +284,48 @@ class Alignment(Generic[Item]):
 
     def __len__(self) -> int:
         return len(self._held)
+
+
+class PeerPositions:
+    """How far the *other* workers have read their raw partitions, from the reports each publishes
+    on the progress topic (the normalise stage's side of alignment across workers).
+
+    A worker pauses by its own partitions' frontier; with several workers, one
+    reading sparse partitions (or with more CPU: the worker that does not fold)
+    would run days ahead of another, and the reconstruct stage's hold would
+    overflow. So each worker publishes its partitions' positions, marking the
+    ones it has paused or has read to the end as pacing nobody (`caught_up`),
+    and pauses its own by the earliest position among the others' that pace.
+    Nobody waits for a partition that is itself waiting. Positions come from
+    the workers themselves, a second or less old; the reconstruct stage's view
+    of them would be as old as its queue of unread touchpoints messages
+    (docs/bench-stream.md, round 9).
+
+    A worker not heard from for `stale_seconds` paces nobody (stopped, or gone).
+    """
+
+    def __init__(self, stale_seconds: float = 15.0) -> None:
+        if stale_seconds <= 0:
+            raise ValueError("stale_seconds must be positive")
+        self.stale_seconds = stale_seconds
+        self._workers: dict[str, tuple[float, list[PartitionReport]]] = {}
+
+    def update(self, worker: str, reports: list[PartitionReport], now: float) -> None:
+        """A worker's published positions, received at `now` (monotonic seconds): they replace its last."""
+        self._workers[worker] = (now, reports)
+
+    def frontier(self, own: Collection[Partition], now: float) -> datetime | None:
+        """The earliest position among the other workers' partitions that pace (not paused, not read to
+        the end, with a time), leaving out the ones read here now (`own`: moved by a rebalance); None
+        when there is none."""
+        earliest: datetime | None = None
+        for worker, (heard, reports) in list(self._workers.items()):
+            if now - heard >= self.stale_seconds:
+                del self._workers[worker]
+                continue
+            for r in reports:
+                if r.caught_up or r.latest is None or (r.topic, r.partition) in own:
+                    continue
+                if earliest is None or r.latest < earliest:
+                    earliest = r.latest
+        return earliest

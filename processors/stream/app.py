@@ -15,7 +15,9 @@ a one-record-at-a-time agent is about 40 times slower than the broker.
 
 The two align on event time across raw partitions (`alignment.py`): normalise
 reports how far it has read each partition with its touchpoints messages and
-pauses partitions that ran ahead; reconstruct holds touchpoints until every
+pauses partitions that ran ahead of the slowest one, its own or another
+worker's (the workers exchange their positions on the progress topic);
+reconstruct holds touchpoints until every
 partition still being read has passed them, and acknowledges a touchpoints
 message once all it carried is folded.
 
@@ -30,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -52,6 +55,8 @@ from processors.parsing import classifier
 from processors.stream.alignment import (
     PROGRESS_HEADER,
     Alignment,
+    PartitionReport,
+    PeerPositions,
     ReadProgress,
     ahead_of,
     decode_progress,
@@ -107,6 +112,9 @@ class StreamConfig:
     # How far (event time) a raw partition may be read ahead of the slowest one still being read
     # here before it is paused: bounds what reconstruct holds to about a fetch per partition.
     align_window: timedelta = timedelta(hours=1)
+    # Pace by other workers' partitions too (their positions on the progress topic), not only by
+    # this worker's own: with several workers reading a backlog, the hold otherwise overflows.
+    align_across_workers: bool = True
     # Partitions per raw topic (`ensure_topics`): after an assignment, reconstruct waits for each
     # to be reported (or idle) before it folds, whichever worker reads it.
     raw_partitions: dict[str, int] = field(default_factory=dict)
@@ -369,6 +377,7 @@ def create_app(settings: Settings, config: StreamConfig) -> faust.App:
     touchpoints_topic = app.topic(topics.touchpoints, partitions=1, key_type=bytes, value_type=bytes)
     state_topic = app.topic(topics.state, partitions=1, key_type=bytes, value_type=bytes)
     dead_letter_topic = app.topic(topics.dead_letters, key_type=bytes, value_type=bytes)
+    progress_topic = app.topic(topics.progress, partitions=1, key_type=bytes, value_type=bytes)
     event_log = app.tables.add(
         EventLogTable(
             app,
@@ -392,6 +401,12 @@ def create_app(settings: Settings, config: StreamConfig) -> faust.App:
     # for the idle time stops holding the others paused (wrongly so costs only a wider hold).
     reads: Alignment[None] = Alignment(config.align_idle_seconds, stall_seconds=config.align_idle_seconds)
     expected: list[tuple[str, int]] = []  # raw partitions reconstruct waits for before its first fold
+    # The other workers' positions (`follow_peers`); a worker not heard from for three idle times
+    # paces nobody.
+    peers = PeerPositions(stale_seconds=3 * config.align_idle_seconds)
+    worker_id = uuid.uuid4().hex  # this process, on the progress topic
+    published = [0.0, frozenset()]  # when (monotonic) and with which pauses positions were last sent
+    reported_at = [0.0]  # when (monotonic) normalise last sent a touchpoints message (with its reports)
     # The reconstruct stage's clock for alignment: when (Kafka timestamp, epoch seconds) the newest
     # touchpoints message it read was written. A worker reports with every message it sends, so a
     # partition unreported for the idle time *in this clock* has a reader that stopped sending; in
@@ -466,28 +481,47 @@ def create_app(settings: Settings, config: StreamConfig) -> faust.App:
             positions[key] = (max(read_up_to.get(tp, 0), guard.base(key) or 0), highwater)
         return positions
 
-    def align_reads() -> None:
+    async def align_reads() -> None:
         """Pause the raw partitions read here that ran `align_window` ahead (event time) of the slowest
-        one still being read, and resume those back within it: the Flink-style watermark alignment
-        that keeps what reconstruct must hold small. Live traffic has every partition caught up, so
-        nothing is paused then."""
+        one still being read, here or by another worker, and resume those back within it: the
+        Flink-style watermark alignment that keeps what reconstruct must hold small; then tell the
+        other workers. Live traffic has every partition caught up, so nothing is paused then."""
         if not config.align or app.rebalancing:
             return
         now = time.monotonic()
         reports = progress.reports(raw_positions())
         reads.report(reports, now)
-        ahead = ahead_of(reports, reads.frontier(now), config.align_window)
+        here = reads.frontier(now)
+        elsewhere = (
+            peers.frontier({(r.topic, r.partition) for r in reports}, now)
+            if config.align_across_workers
+            else None
+        )
+        frontier = min((t for t in (here, elsewhere) if t is not None), default=None)
+        ahead = ahead_of(reports, frontier, config.align_window)
         pause = {tp for tp in app.consumer.assignment() if (tp.topic, tp.partition) in ahead}
         resume = [tp for tp in paused if tp not in pause]
         if pause:
             # Every time: Faust resumes its whole assignment after a recovery, ours included.
             app.consumer.pause_partitions(pause)
             metrics.inc("journeys_alignment_pauses_total", len(pause - paused))
+            if frontier is not here:  # the slowest partition is another worker's
+                metrics.inc("journeys_alignment_peer_pauses_total", len(pause - paused))
             paused.update(pause)
         if resume:
             app.consumer.resume_partitions(resume)
             paused.difference_update(resume)
         metrics.set("journeys_paused_partitions", len(paused))
+        if config.align_across_workers and (now - published[0] >= 0.25 or published[1] != frozenset(ahead)):
+            # A paused partition, or one read to the end, paces nobody: marked caught up.
+            mine = [
+                PartitionReport(
+                    r.topic, r.partition, r.latest, r.caught_up or (r.topic, r.partition) in ahead
+                )
+                for r in reports
+            ]
+            await progress_topic.send(key=worker_id.encode(), value=encode_progress(mine), partition=0)
+            published[:] = [now, frozenset(ahead)]
 
     @app.agent(raw_topic)
     async def normalise(stream: faust.StreamT) -> None:
@@ -536,8 +570,9 @@ def create_app(settings: Settings, config: StreamConfig) -> faust.App:
                 for index, (key, value) in enumerate(messages):
                     report = after if index == len(messages) - 1 else before
                     await touchpoints_topic.send(key=key, value=value, headers=[(PROGRESS_HEADER, report)])
+                reported_at[0] = time.monotonic()
             metrics.inc("journeys_records_out_total", len(touchpoints), stage="normalise")
-            align_reads()
+            await align_reads()
 
     def ensure_live(now: datetime) -> tuple[LiveReconstruction, list[Message]]:
         """The aggregate, rebuilt from the event log first if needed (with the snapshot that says so)."""
@@ -756,7 +791,15 @@ def create_app(settings: Settings, config: StreamConfig) -> faust.App:
         no touchpoints message came for the idle time (the feed went quiet), fold what its last
         reports held. Not while messages come: their reports are read only when the agent runs,
         so a long fold would make every partition look unreported."""
-        align_reads()
+        await align_reads()
+        if config.align and paused and time.monotonic() - reported_at[0] >= 1.0:
+            # Every partition here may be paused, waiting for another worker's: keep reporting them,
+            # or the reconstruct stage would take them for idle and fold past where they stand.
+            report = encode_progress(progress.reports(raw_positions()))
+            await touchpoints_topic.send(
+                key=b"progress", value=join_touchpoints([]), headers=[(PROGRESS_HEADER, report)]
+            )
+            reported_at[0] = time.monotonic()
 
         def quiet() -> bool:
             return time.monotonic() - last_batch[0] >= config.align_idle_seconds
@@ -765,6 +808,38 @@ def create_app(settings: Settings, config: StreamConfig) -> faust.App:
             async with fold_lock:
                 if quiet():  # the agent may have taken a batch while this waited for the lock
                     await fold_released(quiet=True)
+
+    if config.align and config.align_across_workers:
+
+        @app.task
+        async def follow_peers() -> None:
+            """Read the other workers' positions as they are published, outside the consumer group:
+            every worker needs every worker's, and a group would hand the one partition to one."""
+            import aiokafka
+
+            consumer = aiokafka.AIOKafkaConsumer(
+                bootstrap_servers=config.bootstrap, group_id=None, enable_auto_commit=False
+            )
+            partition = aiokafka.TopicPartition(topics.progress, 0)
+            mine = worker_id.encode()
+            try:
+                await consumer.start()
+                consumer.assign([partition])
+                await consumer.seek_to_end(partition)  # positions from before this start are stale
+                while True:
+                    batch = await consumer.getmany(partition, timeout_ms=1000)
+                    for record in batch.get(partition, []):
+                        if record.key == mine or not record.key:
+                            continue
+                        try:
+                            reports = decode_progress(record.value or b"")
+                        except ValueError as exc:
+                            metrics.inc("journeys_bad_progress_reports_total")
+                            log.warning("ignored malformed positions on %s: %s", topics.progress, exc)
+                            continue
+                        peers.update(record.key.decode(errors="replace"), reports, time.monotonic())
+            finally:
+                await consumer.stop()
 
     @app.timer(5.0)
     async def record_lag() -> None:

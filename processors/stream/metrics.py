@@ -37,8 +37,15 @@ _HELP = {
         "Touchpoints folded before every partition passed them, because the hold was full",
     ),
     "journeys_alignment_pauses_total": ("counter", "Raw partitions paused for running ahead in event time"),
+    "journeys_alignment_peer_pauses_total": (
+        "counter",
+        "Raw partitions paused for running ahead of another worker's slowest partition",
+    ),
     "journeys_paused_partitions": ("gauge", "Raw partitions paused for running ahead, now"),
-    "journeys_bad_progress_reports_total": ("counter", "Malformed progress headers ignored"),
+    "journeys_bad_progress_reports_total": (
+        "counter",
+        "Malformed progress headers or worker positions ignored",
+    ),
 }
 
 

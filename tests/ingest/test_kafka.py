@@ -13,7 +13,7 @@ from ingest.topics import Topics
 def test_layout_gives_the_ordered_topics_one_partition() -> None:
     topics = Topics("p")
     layout = topic_layout(topics, partitions=4)
-    assert layout[topics.touchpoints] == layout[topics.state] == 1
+    assert layout[topics.touchpoints] == layout[topics.state] == layout[topics.progress] == 1
     assert {layout[name] for name in topics.all_raw} == {4}
     assert layout[topics.dead_letters] == 4
     with pytest.raises(ValueError, match="at least 1"):

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from processors.stream.alignment import (
     Alignment,
     PartitionReport,
+    PeerPositions,
     ReadProgress,
     ahead_of,
     decode_progress,
@@ -244,19 +245,24 @@ def _fold_order(
     speeds: list[int],
     starts: list[int],
     expect: bool = True,
-) -> list[int]:
+    across: bool = True,
+) -> tuple[list[int], int]:
     """Workers reading their partitions (event times, minutes) a fetch at a time from second
-    `starts[w]` on, every `speeds[w]` seconds, reporting with each batch and pausing what ran ahead
-    of their own slowest partition as the worker does (`processors.stream.app`); the reconstruct
-    stage, which expects every partition (`expect`), holding and releasing each second. Returns the
-    event times in the order released."""
+    `starts[w]` on, every `speeds[w]` seconds, reporting with each batch, pausing what ran ahead of
+    the slowest partition, their own or (`across`) another's as last published, and publishing
+    their positions, as the worker does (`processors.stream.app`); the reconstruct stage, which
+    expects every partition (`expect`), holding and releasing each second. Returns the event times
+    in the order released, and the most touchpoints ever held."""
     window = timedelta(hours=1)
     stage: Alignment[int] = Alignment(idle_seconds=5, max_held=10**9, stall_seconds=10**9)
     progress = [ReadProgress() for _ in workers]
     reads: list[Alignment[None]] = [Alignment(idle_seconds=5, stall_seconds=5) for _ in workers]
+    peers = [PeerPositions(stale_seconds=15) for _ in workers]
     paused: list[set[tuple[str, int]]] = [set() for _ in workers]
     read = [[0] * len(partitions) for partitions in workers]
     released: list[int] = []
+    most_held = 0
+    published: list[list[PartitionReport]] = [[] for _ in workers]
 
     def key(w: int, p: int) -> tuple[str, int]:
         return (f"raw.w{w}", p)
@@ -281,15 +287,30 @@ def _fold_order(
                 sent = True
             positions = {key(w, p): (read[w][p], len(events)) for p, events in enumerate(partitions)}
             reports = progress[w].reports(positions, now=1e9)
-            if sent:  # the batch's touchpoints messages carry the reports
+            if sent or paused[w]:  # a batch's touchpoints messages, or the paused worker's report
                 stage.report(reports, now)
             reads[w].report(reports, now)
-            paused[w] = ahead_of(reports, reads[w].frontier(now), window)
+            frontiers = [reads[w].frontier(now)]
+            if across:
+                frontiers.append(peers[w].frontier(set(positions), now))
+            frontier = min((t for t in frontiers if t is not None), default=None)
+            paused[w] = ahead_of(reports, frontier, window)
+            published[w] = [
+                PartitionReport(
+                    r.topic, r.partition, r.latest, r.caught_up or (r.topic, r.partition) in paused[w]
+                )
+                for r in reports
+            ]
+        for w in range(len(workers)):  # what each published reaches the others a second later
+            for other, follower in enumerate(peers):
+                if other != w and published[w]:
+                    follower.update(f"w{w}", published[w], now)
         released += stage.release(now)
+        most_held = max(most_held, len(stage))
         done = all(r == len(e) for w, ps in enumerate(workers) for r, e in zip(read[w], ps, strict=True))
         if done and not len(stage):
-            return released
-    raise AssertionError("the workers never finished")
+            return released, most_held
+    raise AssertionError("the workers never finished: they wait on each other")
 
 
 @settings(max_examples=150, deadline=None)
@@ -310,7 +331,8 @@ def test_workers_starting_apart_and_reading_at_any_speeds_fold_in_event_time_ord
     speeds = [data.draw(st.integers(1, 3)) for _ in workers]
     # First batch by second 4 at the latest: within the idle time, past which it is not waited for.
     starts = [data.draw(st.integers(0, 2)) for _ in workers]
-    released = _fold_order(workers, fetches, speeds, starts)
+    across = data.draw(st.booleans())
+    released, _ = _fold_order(workers, fetches, speeds, starts, across=across)
     assert released == sorted(m for partitions in workers for events in partitions for m in events)
 
 
@@ -318,8 +340,36 @@ def test_without_expecting_every_partition_a_worker_starting_later_folds_late() 
     """The first worker to report would have its touchpoints folded before a later one's earlier
     touchpoints arrive: what expecting every raw partition at the start prevents."""
     workers, fetches, speeds, starts = [[[10, 20, 30]], [[5, 15, 25]]], [[3], [3]], [1, 1], [0, 2]
-    assert _fold_order(workers, fetches, speeds, starts) == [5, 10, 15, 20, 25, 30]
-    assert _fold_order(workers, fetches, speeds, starts, expect=False) == [10, 20, 30, 5, 15, 25]
+    assert _fold_order(workers, fetches, speeds, starts)[0] == [5, 10, 15, 20, 25, 30]
+    assert _fold_order(workers, fetches, speeds, starts, expect=False)[0] == [10, 20, 30, 5, 15, 25]
+
+
+def test_a_worker_with_sparse_partitions_waits_for_one_with_a_dense_partition() -> None:
+    """Worker 0 reads a dense partition (a minute apart) slowly; worker 1 two sparse ones (an hour
+    apart) fast. Paced by its own partitions only, worker 1 runs days ahead and the hold fills with
+    its touchpoints; paced by worker 0's published positions too, it waits, and little is held."""
+    minutes = 3 * 24 * 60
+    dense = list(range(minutes))
+    sparse = [list(range(offset, minutes, 60)) for offset in (7, 29)]
+    workers, fetches, speeds, starts = [[dense], sparse], [[10], [2, 2]], [3, 1], [0, 0]
+    alone, held_alone = _fold_order(workers, fetches, speeds, starts, across=False)
+    paced, held_paced = _fold_order(workers, fetches, speeds, starts)
+    assert alone == paced == sorted(dense + sparse[0] + sparse[1])
+    assert held_alone >= 130 and held_paced <= 10
+
+
+def test_a_worker_hears_from_the_others_which_partitions_pace() -> None:
+    peers = PeerPositions(stale_seconds=15)
+    assert peers.frontier(set(), now=0) is None  # nothing heard yet
+    peers.update("a", [report(0, 200), report(1, 100), report(2, 50, caught_up=True), report(3, None)], now=0)
+    peers.update("b", [report(4, 150)], now=1)
+    # 2 is paused or read to the end, 3 has no time yet: neither paces anybody.
+    assert peers.frontier(set(), now=2) == at(100)
+    assert peers.frontier({("raw.web", 1)}, now=2) == at(150)  # read here now (a rebalance moved it)
+    peers.update("a", [report(0, 210), report(1, 300)], now=3)  # a's newest replaces its last
+    assert peers.frontier(set(), now=4) == at(150)
+    assert peers.frontier(set(), now=16) == at(210)  # b not heard from for 15 s: gone
+    assert peers.frontier(set(), now=18) is None
 
 
 def test_partitions_expected_but_not_yet_reported_hold_everything_for_the_idle_time() -> None:
