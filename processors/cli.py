@@ -319,7 +319,7 @@ def worker(
     ] = 5.0,
     align_max_held: Annotated[
         int, typer.Option(help="Most touchpoints held for alignment; past it the earliest go.", min=0)
-    ] = 100_000,
+    ] = 200_000,
     session_timeout: Annotated[float | None, typer.Option(help="Kafka group session timeout, s.")] = None,
     heartbeat_interval: Annotated[float | None, typer.Option(help="Kafka group heartbeat, s.")] = None,
     rebalance_timeout: Annotated[float | None, typer.Option(help="Kafka group rebalance timeout, s.")] = None,

@@ -197,7 +197,7 @@ class Alignment(Generic[Item]):
     """
 
     def __init__(
-        self, idle_seconds: float = 5.0, max_held: int = 100_000, stall_seconds: float = 60.0
+        self, idle_seconds: float = 5.0, max_held: int = 200_000, stall_seconds: float = 60.0
     ) -> None:
         if idle_seconds <= 0 or stall_seconds <= 0 or max_held < 0:
             raise ValueError("idle_seconds and stall_seconds must be positive, max_held not negative")
