@@ -23,8 +23,9 @@ So the stages align on event time, the way Flink's watermarks do:
   departed worker, or no traffic at all), or when its time has not moved for
   a long while (its reader cannot read it); the hold is bounded by `max_held`
   touchpoints, past which the earliest are folded anyway. The normalise stage
-  also pauses partitions that run far ahead (`processors.stream.app`), so the
-  hold stays about a fetch per partition.
+  also pauses partitions that run far ahead of the slowest one, its own or
+  another worker's (`ahead_of`, `PeerPositions`, `processors.stream.app`), so
+  the hold stays about a fetch per partition.
 
 Holding changes when a touchpoint is folded, never what the fold gives: the
 aggregate is a fold over the event set. Held touchpoints are not in the event
