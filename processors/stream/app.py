@@ -137,6 +137,10 @@ def _first_error(exc: ValidationError) -> str:
     return f"{where}: {errors[0]['msg']}" if where else errors[0]["msg"]
 
 
+# A touchpoints message that carries only the normalise stage's partition reports (its header).
+_REPORT_ONLY = (b"progress", join_touchpoints([]))
+
+
 def _written_at(event: Any) -> float:
     """When a message was written to Kafka (epoch seconds); now, for one without a timestamp or with
     one in the future (a producer's clock running ahead must not make every partition look idle)."""
@@ -407,7 +411,7 @@ def create_app(settings: Settings, config: StreamConfig) -> faust.App:
     # paces nobody.
     peers = PeerPositions(stale_seconds=3 * config.align_idle_seconds)
     worker_id = uuid.uuid4().hex  # this process, on the progress topic
-    published = [0.0, frozenset()]  # when (monotonic) and with which pauses positions were last sent
+    positions_sent: list[Any] = [0.0, set()]  # when (monotonic), and with which pauses, positions went out
     reported_at = [0.0]  # when (monotonic) normalise last sent a touchpoints message (with its reports)
     # The reconstruct stage's clock for alignment: when (Kafka timestamp, epoch seconds) the newest
     # touchpoints message it read was written. A worker reports with every message it sends, so a
@@ -483,13 +487,14 @@ def create_app(settings: Settings, config: StreamConfig) -> faust.App:
             positions[key] = (max(read_up_to.get(tp, 0), guard.base(key) or 0), highwater)
         return positions
 
-    async def align_reads() -> None:
+    async def align_reads() -> list[PartitionReport]:
         """Pause the raw partitions read here that ran `align_window` ahead (event time) of the slowest
         one still being read, here or by another worker, and resume those back within it: the
         Flink-style watermark alignment that keeps what reconstruct must hold small; then tell the
-        other workers. Live traffic has every partition caught up, so nothing is paused then."""
+        other workers. Live traffic has every partition caught up, so nothing is paused then.
+        Returns the partition reports it judged by (none when not aligning)."""
         if not config.align or app.rebalancing:
-            return
+            return []
         now = time.monotonic()
         reports = progress.reports(raw_positions())
         reads.report(reports, now)
@@ -514,7 +519,7 @@ def create_app(settings: Settings, config: StreamConfig) -> faust.App:
             app.consumer.resume_partitions(resume)
             paused.difference_update(resume)
         metrics.set("journeys_paused_partitions", len(paused))
-        if config.align_across_workers and (now - published[0] >= 0.25 or published[1] != frozenset(ahead)):
+        if config.align_across_workers and (now - positions_sent[0] >= 0.25 or positions_sent[1] != ahead):
             # A paused partition, or one read to the end, paces nobody: marked caught up.
             mine = [
                 PartitionReport(
@@ -523,7 +528,8 @@ def create_app(settings: Settings, config: StreamConfig) -> faust.App:
                 for r in reports
             ]
             await progress_topic.send(key=worker_id.encode(), value=encode_progress(mine), partition=0)
-            published[:] = [now, frozenset(ahead)]
+            positions_sent[:] = [now, ahead]
+        return reports
 
     @app.agent(raw_topic)
     async def normalise(stream: faust.StreamT) -> None:
@@ -568,7 +574,7 @@ def create_app(settings: Settings, config: StreamConfig) -> faust.App:
                 # batch's last after this batch, the others as before it (their batch is not all out).
                 after = encode_progress(progress.reports(raw_positions()))
                 # A batch of dead letters only still reports, in an empty message.
-                messages = messages or [(b"progress", join_touchpoints([]))]
+                messages = messages or [_REPORT_ONLY]
                 for index, (key, value) in enumerate(messages):
                     report = after if index == len(messages) - 1 else before
                     await touchpoints_topic.send(key=key, value=value, headers=[(PROGRESS_HEADER, report)])
@@ -793,13 +799,13 @@ def create_app(settings: Settings, config: StreamConfig) -> faust.App:
         no touchpoints message came for the idle time (the feed went quiet), fold what its last
         reports held. Not while messages come: their reports are read only when the agent runs,
         so a long fold would make every partition look unreported."""
-        await align_reads()
-        if config.align and paused and time.monotonic() - reported_at[0] >= 1.0:
+        reports = await align_reads()
+        if reports and paused and time.monotonic() - reported_at[0] >= 1.0:
             # Every partition here may be paused, waiting for another worker's: keep reporting them,
             # or the reconstruct stage would take them for idle and fold past where they stand.
-            report = encode_progress(progress.reports(raw_positions()))
+            key, value = _REPORT_ONLY
             await touchpoints_topic.send(
-                key=b"progress", value=join_touchpoints([]), headers=[(PROGRESS_HEADER, report)]
+                key=key, value=value, headers=[(PROGRESS_HEADER, encode_progress(reports))]
             )
             reported_at[0] = time.monotonic()
 
