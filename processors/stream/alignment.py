@@ -256,6 +256,20 @@ class Alignment(Generic[Item]):
                 frontier = seen.latest
         return frontier
 
+    def lapsed(self, now: float) -> dict[Partition, str]:
+        """The partitions not caught up that hold nothing back any more, each with why: not reported
+        for `idle_seconds`, or its time not moved for `stall_seconds`. Folding past one of them makes
+        whatever its reader sends later late, so the stage says when one lapses."""
+        lapsed: dict[Partition, str] = {}
+        for key, seen in self._partitions.items():
+            if seen.caught_up or self._holds_back(seen, now):
+                continue
+            if now - seen.reported_at >= self.idle_seconds:
+                lapsed[key] = f"not reported for {now - seen.reported_at:.1f} s"
+            else:
+                lapsed[key] = f"its time has not moved for {now - seen.moved_at:.1f} s"
+        return lapsed
+
     def partition_states(self, now: float) -> dict[str, int]:
         """How many reported partitions are being waited on, caught up, or neither (idle or stalled)."""
         states = {"waiting": 0, "caught_up": 0, "idle": 0}

@@ -419,6 +419,7 @@ def create_app(settings: Settings, config: StreamConfig) -> faust.App:
     # the wall clock, a stage behind a queue of other workers' messages would take it for idle.
     queue_clock = [0.0]
     last_batch = [0.0]  # when (monotonic) the reconstruct agent last took or finished a batch
+    lapsed: set[tuple[str, int]] = set()  # raw partitions not waited for any more, though not caught up
     paused: set[Any] = set()  # raw partitions this process paused for running ahead (`align_reads`)
     app.aligned_paused = paused  # type: ignore[attr-defined]  # read by the consumer (_transport_class)
     handoff = Handoff()
@@ -684,6 +685,19 @@ def create_app(settings: Settings, config: StreamConfig) -> faust.App:
         clock = max(queue_clock[0], time.time()) if quiet else queue_clock[0]
         frontier = stage.alignment.frontier(clock)  # for the log, as the release saw it
         partitions = stage.alignment.partition_states(clock)
+        now_lapsed = stage.alignment.lapsed(clock)
+        for topic, partition in sorted(now_lapsed.keys() - lapsed):
+            # What its reader sends later may be late: worth a line (a departed worker, or a slow one).
+            log.info(
+                "reconstruct: no longer waiting for %s[%d]: %s",
+                topic,
+                partition,
+                now_lapsed[(topic, partition)],
+                extra={"topic": topic, "partition": partition, "quiet": quiet},
+            )
+            metrics.inc("journeys_alignment_lapses_total")
+        lapsed.clear()
+        lapsed.update(now_lapsed)
         released, done = stage.release(clock)
         messages: list[Message] = []
         fold_s = 0.0
@@ -723,6 +737,7 @@ def create_app(settings: Settings, config: StreamConfig) -> faust.App:
             extra={
                 "touchpoints": len(released),
                 "arrived": arrived,
+                "quiet": quiet,
                 "held": held,
                 "frontier": None if frontier is None else frontier.isoformat(),
                 **{f"partitions_{state}": n for state, n in partitions.items()},

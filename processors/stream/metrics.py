@@ -41,6 +41,10 @@ _HELP = {
         "counter",
         "Raw partitions paused for running ahead of another worker's slowest partition",
     ),
+    "journeys_alignment_lapses_total": (
+        "counter",
+        "Raw partitions the reconstruct stage stopped waiting for, not caught up (idle or stalled)",
+    ),
     "journeys_paused_partitions": ("gauge", "Raw partitions paused for running ahead, now"),
     "journeys_bad_progress_reports_total": (
         "counter",

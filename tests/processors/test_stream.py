@@ -708,6 +708,77 @@ def test_two_workers_reading_a_backlog_fold_it_in_event_time_order(
     assert total("journeys_published_touchpoint_rows_total") <= 1.2 * admitted
 
 
+def test_touchpoints_held_for_a_partition_nobody_reports_are_folded_once_the_feed_goes_quiet(
+    tmp_path: Path, chdb_path: Path, fresh_kafka: str, topic_prefix: str, pii_key: str, start_worker: Callable
+) -> None:
+    """Two workers; a short burst reaches partition 0 of every raw topic, none partition 1. The
+    partition 1s' worker reads nothing, so it sends no touchpoints messages and the reconstruct stage
+    never hears of them: it holds the burst for them, and no later message moves its clock past their
+    idle time. Once no touchpoints message came for that time, the timer folds with the wall clock
+    (docs/stream.md): every touchpoint is folded then, and none before."""
+    kafka_bootstrap = fresh_kafka
+    topics = Topics(topic_prefix)
+    ensure_topics(kafka_bootstrap, topics, partitions=2)
+    files = generate(customers=20, seed=3, days=35).write(tmp_path / "demo")
+    records = records_in_event_time(expand_inputs([*files.inputs()]), worker_context(pii_key))
+    dsn = f"chdb://{chdb_path}?database={topic_prefix.replace('-', '_')}"
+    migrate(connect(dsn))
+    ports = {name: free_port() for name in ("w1", "w2")}
+    idle = 10.0  # far longer than the burst takes to read, so only the quiet timer can release it
+    extra = ("--align-idle-seconds", str(idle))
+    sink = SinkThread(dsn, kafka_bootstrap, topics)
+    for name, port in ports.items():
+        start_worker(name, metrics_port=port, bootstrap=kafka_bootstrap, extra=extra)
+    logs = {name: tmp_path / f"{name}.log" for name in ports}
+
+    def total(name: str) -> float:
+        return sum(worker_metrics(port).get(name, 0) for port in ports.values())
+
+    try:
+        wait_until(
+            lambda: (
+                all(len(assigned_raw_partitions(log, topics)) == 4 for log in logs.values())
+                and owner_of_reconstruct(logs, topics) is not None
+            ),
+            180,
+            "both workers to hold one partition of every raw topic",
+            tmp_path,
+        )
+        sent_at = time.monotonic()
+        send_to_partitions(
+            kafka_bootstrap, topics, records, pii_key, lambda i, topic: 0, int(time.time() * 1000)
+        )
+        wait_until(
+            lambda: total(READ) >= len(records) and total(MADE) > 0, 60, "the burst normalised", tmp_path
+        )
+        wait_until(
+            lambda: total(FOLDED) >= total(MADE) and total("journeys_held_touchpoints") == 0,
+            60,
+            "every touchpoint folded",
+            tmp_path,
+        )
+        folded_after = time.monotonic() - sent_at
+        admitted = (
+            total(FOLDED) - total(DUPLICATES) - total('journeys_dead_letters_total{stage="reconstruct"}')
+        )
+        wait_until(
+            lambda: count(dsn, "SELECT count() FROM touchpoints") == admitted, 120, "every touchpoint stored"
+        )
+    finally:
+        sink.join()
+    folds = [
+        entry
+        for path in logs.values()
+        for line in path.read_bytes().splitlines()
+        if b'"reconstruct: ' in line and (entry := orjson.loads(line)).get("touchpoints")
+    ]
+    assert folds and all(entry["quiet"] for entry in folds), folds
+    assert sum(entry["touchpoints"] for entry in folds) == total(FOLDED) == total(MADE) > 50
+    assert folded_after >= idle
+    assert total("journeys_alignment_lapses_total") == 4  # partition 1 of each raw topic, once
+    assert total('journeys_late_events_total{stage="reconstruct"}') == 0
+
+
 def send_to_partitions(
     bootstrap: str,
     topics: Topics,

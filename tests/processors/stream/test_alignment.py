@@ -120,11 +120,12 @@ def test_a_partition_no_longer_reported_stops_holding_the_others_back() -> None:
     alignment.report([report(0, 10), report(1, 2)], now=0)
     alignment.hold(at(8), "a")
     alignment.report([report(0, 11)], now=3)  # partition 1's reader is gone
-    assert alignment.release(4.9) == []
+    assert alignment.release(4.9) == [] and alignment.lapsed(4.9) == {}
     assert alignment.release(5.0) == ["a"]
+    assert alignment.lapsed(5.0) == {("raw.web", 1): "not reported for 5.0 s"}
     alignment.report([report(1, 3)], now=6)  # reported again: it holds again
     alignment.hold(at(9), "b")
-    assert alignment.release(6) == []
+    assert alignment.release(6) == [] and alignment.lapsed(6) == {}
 
 
 def test_a_reported_partition_is_waited_for_however_slow_until_it_stalls() -> None:
@@ -139,6 +140,7 @@ def test_a_reported_partition_is_waited_for_however_slow_until_it_stalls() -> No
     alignment.report([report(0, 100), report(1, 3)], now=90)  # stood still for stall_seconds
     assert alignment.release(90) == ["a"]
     assert alignment.partition_states(90) == {"waiting": 1, "caught_up": 0, "idle": 1}
+    assert alignment.lapsed(90) == {("raw.web", 1): "its time has not moved for 60.0 s"}
 
 
 def test_new_records_on_a_caught_up_partition_are_waited_for_again() -> None:
