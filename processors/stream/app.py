@@ -683,6 +683,8 @@ def create_app(settings: Settings, config: StreamConfig) -> faust.App:
         """
         now = datetime.now(UTC)
         clock = max(queue_clock[0], time.time()) if quiet else queue_clock[0]
+        own = ((tp.topic, tp.partition) for tp in app.consumer.assignment() if tp.topic in raw_topics)
+        stage.alignment.keep_alive(own, clock)  # read by this process: silent only while it folds
         frontier = stage.alignment.frontier(clock)  # for the log, as the release saw it
         partitions = stage.alignment.partition_states(clock)
         now_lapsed = stage.alignment.lapsed(clock)

@@ -128,6 +128,26 @@ def test_a_partition_no_longer_reported_stops_holding_the_others_back() -> None:
     assert alignment.release(6) == [] and alignment.lapsed(6) == {}
 
 
+def test_a_partition_read_in_the_stages_own_process_is_not_idle_while_that_process_folds() -> None:
+    alignment: Alignment[str] = Alignment(idle_seconds=5, stall_seconds=60)
+    alignment.expect([("raw.web", 0), ("raw.web", 1), ("raw.web", 2)], now=0)
+    alignment.report([report(0, 10), report(1, 2)], now=0)
+    alignment.hold(at(8), "a")
+    for now in (3, 6, 9):  # other workers' reports move the clock; partition 1's reader is busy folding
+        alignment.report([report(0, 10 + now)], now=now)
+        alignment.keep_alive([("raw.web", 1), ("raw.web", 2)], now)
+        assert alignment.release(now) == []
+    # Partition 2 was expected but never reported (a reader with nothing to read sends nothing):
+    # kept alive, it would hold everything for good.
+    assert alignment.lapsed(9) == {("raw.web", 2): "not reported for 9.0 s"}
+    alignment.report([report(0, 20), report(1, 9)], now=10)
+    assert alignment.release(10) == ["a"]
+    alignment.hold(at(15), "b")
+    alignment.keep_alive([("raw.web", 1)], 70)
+    assert alignment.release(70) == ["b"]  # kept alive, but its time stood still for a minute
+    assert alignment.lapsed(70)[("raw.web", 1)] == "its time has not moved for 60.0 s"
+
+
 def test_a_reported_partition_is_waited_for_however_slow_until_it_stalls() -> None:
     alignment: Alignment[str] = Alignment(idle_seconds=5, stall_seconds=60)
     alignment.hold(at(8), "a")
