@@ -58,6 +58,7 @@ import json
 import math
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -92,8 +93,18 @@ WARMUP_RECORDS = 200  # produced and made visible before the latency clock start
 SINK_MAX_SECONDS = 0.25  # the sink's longest wait before writing a partial batch
 RATE_ENV = "JOURNEYS_BENCH_LATENCY_RATE"  # events/s of the latency run, instead of the target's
 PROFILE_ENV = "JOURNEYS_BENCH_PROFILE"  # a directory: run the worker and sink under `py-spy record` into it
+
 WORKER_ARGS_ENV = "JOURNEYS_BENCH_WORKER_ARGS"  # extra `journeys worker` options, for trying settings
 WORKERS_ENV = "JOURNEYS_BENCH_WORKERS"  # worker processes in the stream run (default 1: the target's)
+
+
+def py_spy() -> str:
+    """The py-spy executable: beside this interpreter (a venv not on PATH), else on PATH."""
+    beside = Path(sys.executable).with_name("py-spy")
+    found = str(beside) if beside.exists() else shutil.which("py-spy")
+    if found is None:
+        raise RuntimeError(f"${PROFILE_ENV} is set but py-spy is not installed: pip install py-spy")
+    return found
 
 
 def dataset_inputs(dataset: Path) -> list[Path]:
@@ -387,7 +398,7 @@ class Stack:
         directory = os.environ.get(PROFILE_ENV)
         if directory:
             output = Path(directory) / f"{self.workdir.name}-{name}.txt"
-            spy = ["py-spy", "record", "--format", "raw", "--rate", "100", "-o", str(output)]
+            spy = [py_spy(), "record", "--format", "raw", "--rate", "100", "-o", str(output)]
             self.profilers.append(
                 subprocess.Popen(
                     [*spy, "--pid", str(process.pid)],

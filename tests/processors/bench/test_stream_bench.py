@@ -30,6 +30,7 @@ from processors.bench.stream import (
     local_context,
     measure_latency,
     measure_stream,
+    py_spy,
     replay_records,
     steady_window,
     worker_context,
@@ -194,3 +195,16 @@ def test_an_event_counts_as_visible_once_its_journey_row_is_in(dsn: str, tmp_pat
     tables._insert(store, "journey_versions", tables.JOURNEY_COLUMNS, [tables.journey_row(journey, 1, now)])
     ((received_at, latency_ms),) = observed.latencies
     assert received_at == tables._ms(visit.received_at) and latency_ms >= 0
+
+
+def test_the_profiler_is_found_beside_the_interpreter_or_its_absence_is_said(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    venv = tmp_path / "venv-bin"
+    venv.mkdir()
+    monkeypatch.setattr("sys.executable", str(venv / "python"))
+    monkeypatch.setenv("PATH", str(tmp_path / "nowhere"))
+    with pytest.raises(RuntimeError, match="JOURNEYS_BENCH_PROFILE is set but py-spy is not installed"):
+        py_spy()
+    (venv / "py-spy").write_text("")
+    assert py_spy() == str(venv / "py-spy")  # a venv's tools need not be on PATH
