@@ -637,6 +637,47 @@ def test_a_backlog_read_at_different_speeds_is_folded_in_event_time_order(
     assert metrics.get("journeys_alignment_overflow_total", 0) == 0
 
 
+class Workers:
+    """`journeys worker` processes started together on one broker, their metrics summed."""
+
+    def __init__(
+        self,
+        start_worker: Callable,
+        tmp_path: Path,
+        bootstrap: str,
+        names: tuple[str, ...] = ("w1", "w2"),
+        extra: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.tmp_path = tmp_path
+        self.ports = {name: free_port() for name in names}
+        for name, port in self.ports.items():
+            start_worker(name, metrics_port=port, bootstrap=bootstrap, extra=extra, env=env)
+        self.logs = {name: tmp_path / f"{name}.log" for name in names}
+
+    def total(self, name: str) -> float:
+        return sum(worker_metrics(port).get(name, 0) for port in self.ports.values())
+
+    def admitted(self) -> float:
+        """Touchpoints folded into the aggregate: neither duplicates nor refused."""
+        refused = self.total(DUPLICATES) + self.total('journeys_dead_letters_total{stage="reconstruct"}')
+        return self.total(FOLDED) - refused
+
+    def wait_assigned(self, topics: Topics, raw_partitions_each: int | None = None) -> None:
+        """Until every worker holds raw partitions (this many, if given) and one the touchpoints."""
+
+        def assigned() -> bool:
+            shares = [assigned_raw_partitions(log, topics) for log in self.logs.values()]
+            enough = (
+                all(shares)
+                if raw_partitions_each is None
+                else all(len(share) == raw_partitions_each for share in shares)
+            )
+            return enough and owner_of_reconstruct(self.logs, topics) is not None
+
+        wait_until(assigned, 180, "every worker to hold its partitions", self.tmp_path)
+
+
 def test_two_workers_reading_a_backlog_fold_it_in_event_time_order(
     tmp_path: Path, chdb_path: Path, fresh_kafka: str, topic_prefix: str, pii_key: str, start_worker: Callable
 ) -> None:
@@ -661,27 +702,13 @@ def test_two_workers_reading_a_backlog_fold_it_in_event_time_order(
     send_to_partitions(
         kafka_bootstrap, topics, records, pii_key, lambda i, topic: int(topic != web or i % 3 == 0), written
     )
-    ports = {name: free_port() for name in ("w1", "w2")}
     small_fetches = {"CONSUMER_MAX_FETCH_SIZE": "16384"}  # ~30 records a fetch: many per partition
     extra = tuple(os.environ.get("JOURNEYS_TEST_WORKER_ARGS", "").split())
     sink = SinkThread(dsn, kafka_bootstrap, topics)
-    for name, port in ports.items():
-        start_worker(name, metrics_port=port, bootstrap=kafka_bootstrap, extra=extra, env=small_fetches)
-    logs = {name: tmp_path / f"{name}.log" for name in ports}
-
-    def total(name: str) -> float:
-        return sum(worker_metrics(port).get(name, 0) for port in ports.values())
-
+    workers = Workers(start_worker, tmp_path, kafka_bootstrap, extra=extra, env=small_fetches)
+    total = workers.total
     try:
-        wait_until(
-            lambda: (
-                all(assigned_raw_partitions(log, topics) for log in logs.values())
-                and owner_of_reconstruct(logs, topics) is not None
-            ),
-            180,
-            "both workers to hold partitions",
-            tmp_path,
-        )
+        workers.wait_assigned(topics)
         wait_until(
             lambda: (
                 total(READ) >= len(records)
@@ -692,13 +719,11 @@ def test_two_workers_reading_a_backlog_fold_it_in_event_time_order(
             "every record read and every touchpoint folded",
             tmp_path,
         )
-        admitted = (
-            total(FOLDED) - total(DUPLICATES) - total('journeys_dead_letters_total{stage="reconstruct"}')
-        )
+        admitted = workers.admitted()
         wait_until(
             lambda: count(dsn, "SELECT count() FROM touchpoints") == admitted, 120, "every touchpoint stored"
         )
-        shares = [assigned_raw_partitions(log, topics) for log in logs.values()]
+        shares = [assigned_raw_partitions(log, topics) for log in workers.logs.values()]
     finally:
         sink.join()
     # Each worker read one partition of every raw topic.
@@ -723,27 +748,12 @@ def test_touchpoints_held_for_a_partition_nobody_reports_are_folded_once_the_fee
     records = records_in_event_time(expand_inputs([*files.inputs()]), worker_context(pii_key))
     dsn = f"chdb://{chdb_path}?database={topic_prefix.replace('-', '_')}"
     migrate(connect(dsn))
-    ports = {name: free_port() for name in ("w1", "w2")}
     idle = 10.0  # far longer than the burst takes to read, so only the quiet timer can release it
-    extra = ("--align-idle-seconds", str(idle))
     sink = SinkThread(dsn, kafka_bootstrap, topics)
-    for name, port in ports.items():
-        start_worker(name, metrics_port=port, bootstrap=kafka_bootstrap, extra=extra)
-    logs = {name: tmp_path / f"{name}.log" for name in ports}
-
-    def total(name: str) -> float:
-        return sum(worker_metrics(port).get(name, 0) for port in ports.values())
-
+    workers = Workers(start_worker, tmp_path, kafka_bootstrap, extra=("--align-idle-seconds", str(idle)))
+    total = workers.total
     try:
-        wait_until(
-            lambda: (
-                all(len(assigned_raw_partitions(log, topics)) == 4 for log in logs.values())
-                and owner_of_reconstruct(logs, topics) is not None
-            ),
-            180,
-            "both workers to hold one partition of every raw topic",
-            tmp_path,
-        )
+        workers.wait_assigned(topics, raw_partitions_each=4)  # one of each raw topic
         sent_at = time.monotonic()
         send_to_partitions(
             kafka_bootstrap, topics, records, pii_key, lambda i, topic: 0, int(time.time() * 1000)
@@ -758,9 +768,7 @@ def test_touchpoints_held_for_a_partition_nobody_reports_are_folded_once_the_fee
             tmp_path,
         )
         folded_after = time.monotonic() - sent_at
-        admitted = (
-            total(FOLDED) - total(DUPLICATES) - total('journeys_dead_letters_total{stage="reconstruct"}')
-        )
+        admitted = workers.admitted()
         wait_until(
             lambda: count(dsn, "SELECT count() FROM touchpoints") == admitted, 120, "every touchpoint stored"
         )
@@ -768,7 +776,7 @@ def test_touchpoints_held_for_a_partition_nobody_reports_are_folded_once_the_fee
         sink.join()
     folds = [
         entry
-        for path in logs.values()
+        for path in workers.logs.values()
         for line in path.read_bytes().splitlines()
         if b'"reconstruct: ' in line and (entry := orjson.loads(line)).get("touchpoints")
     ]
