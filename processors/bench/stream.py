@@ -93,7 +93,6 @@ WARMUP_RECORDS = 200  # produced and made visible before the latency clock start
 SINK_MAX_SECONDS = 0.25  # the sink's longest wait before writing a partial batch
 RATE_ENV = "JOURNEYS_BENCH_LATENCY_RATE"  # events/s of the latency run, instead of the target's
 PROFILE_ENV = "JOURNEYS_BENCH_PROFILE"  # a directory: run the worker and sink under `py-spy record` into it
-
 WORKER_ARGS_ENV = "JOURNEYS_BENCH_WORKER_ARGS"  # extra `journeys worker` options, for trying settings
 WORKERS_ENV = "JOURNEYS_BENCH_WORKERS"  # worker processes in the stream run (default 1: the target's)
 
