@@ -365,10 +365,14 @@ class Stack:
         self._wait(lambda: (self.sink_dir / "ready").exists(), 60, "the sink to open ClickHouse")
         self._profile("sink", self.sink)
 
+    @staticmethod
+    def worker_name(index: int) -> str:
+        """`worker`, then `worker-2`, `worker-3` …: their logs are `<name>.log`."""
+        return "worker" if index == 0 else f"worker-{index + 1}"
+
     @property
     def worker_names(self) -> list[str]:
-        """`worker`, then `worker-2`, `worker-3` …: their logs are `<name>.log`."""
-        return ["worker" if i == 0 else f"worker-{i + 1}" for i in range(len(self.workers))]
+        return [self.worker_name(index) for index in range(len(self.workers))]
 
     def start_workers(self, count: int = 1) -> None:
         """`count` worker processes at once (one group generation, not a rebalance per late joiner)."""
@@ -378,7 +382,7 @@ class Stack:
             raise ValueError(f"a stream run needs at least one worker, not {count}")
         self.worker_started = time.time()
         for index in range(len(self.workers), len(self.workers) + count):
-            name = "worker" if index == 0 else f"worker-{index + 1}"
+            name = self.worker_name(index)
             port = free_port()
             command = [sys.executable, "-c", "from processors.cli import app; app()", "worker"]
             command += ["--kafka", self.bootstrap, "--metrics-port", str(port)]

@@ -179,6 +179,7 @@ class _Seen:
     reported_at: float  # when (the stage's clock) it was last reported
     moved_at: float  # when its latest time last moved (or it turned not caught up), or was first reported
     reported: bool = True  # False while only expected (`Alignment.expect`)
+    lapsed: bool = False  # lapsed when `Alignment.newly_lapsed` last looked
 
 
 class Alignment(Generic[Item]):
@@ -283,6 +284,17 @@ class Alignment(Generic[Item]):
             else:
                 lapsed[key] = f"its time has not moved for {now - seen.moved_at:.1f} s"
         return lapsed
+
+    def newly_lapsed(self, now: float) -> dict[Partition, str]:
+        """The partitions that lapsed (`lapsed`) since the last call: each lapse is told once, and
+        again only after the partition was waited for or caught up in between, or after `clear`."""
+        lapsed = self.lapsed(now)
+        told: dict[Partition, str] = {}
+        for key, seen in self._partitions.items():
+            if key in lapsed and not seen.lapsed:
+                told[key] = lapsed[key]
+            seen.lapsed = key in lapsed
+        return told
 
     def partition_states(self, now: float) -> dict[str, int]:
         """How many reported partitions are being waited on, caught up, or neither (idle or stalled)."""

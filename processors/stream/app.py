@@ -419,7 +419,6 @@ def create_app(settings: Settings, config: StreamConfig) -> faust.App:
     # the wall clock, a stage behind a queue of other workers' messages would take it for idle.
     queue_clock = [0.0]
     last_batch = [0.0]  # when (monotonic) the reconstruct agent last took or finished a batch
-    lapsed_partitions: set[tuple[str, int]] = set()  # not waited for any more, though not caught up
     paused: set[Any] = set()  # raw partitions this process paused for running ahead (`align_reads`)
     app.aligned_paused = paused  # type: ignore[attr-defined]  # read by the consumer (_transport_class)
     handoff = Handoff()
@@ -687,19 +686,16 @@ def create_app(settings: Settings, config: StreamConfig) -> faust.App:
         stage.alignment.keep_alive(own, clock)  # read by this process: silent only while it folds
         frontier = stage.alignment.frontier(clock)  # for the log, as the release saw it
         partitions = stage.alignment.partition_states(clock)
-        now_lapsed = stage.alignment.lapsed(clock)
-        for topic, partition in sorted(now_lapsed.keys() - lapsed_partitions):
+        for (topic, partition), why in sorted(stage.alignment.newly_lapsed(clock).items()):
             # What its reader sends later may be late: worth a line (a departed worker, or a slow one).
             log.info(
                 "reconstruct: no longer waiting for %s[%d]: %s",
                 topic,
                 partition,
-                now_lapsed[(topic, partition)],
+                why,
                 extra={"topic": topic, "partition": partition, "quiet": quiet},
             )
             metrics.inc("journeys_alignment_lapses_total")
-        lapsed_partitions.clear()
-        lapsed_partitions.update(now_lapsed)
         released, done = stage.release(clock)
         messages: list[Message] = []
         fold_s = 0.0

@@ -538,8 +538,7 @@ def test_a_poison_record_is_dead_lettered_and_its_partition_keeps_moving(
     producer.flush()
     producer.close()
 
-    dsn = f"chdb://{chdb_path}?database={topic_prefix.replace('-', '_')}"
-    migrate(connect(dsn))
+    dsn = migrated_dsn(chdb_path, topic_prefix)
     worker_port, sink_port = free_port(), free_port()
     sink = SinkThread(dsn, kafka_bootstrap, topics, metrics_port=sink_port)
     start_worker("w1", metrics_port=worker_port)
@@ -572,12 +571,24 @@ def test_a_poison_record_is_dead_lettered_and_its_partition_keeps_moving(
     assert reasons["state"].startswith("unreadable state message")
 
 
+def demo_in_event_time(tmp_path: Path, pii_key: str, customers: int, seed: int, days: int) -> list[RawRecord]:
+    """A demo's raw records in event-time order, as a replay or a live feed sends them."""
+    files = generate(customers=customers, seed=seed, days=days).write(tmp_path / "demo")
+    return records_in_event_time(expand_inputs([*files.inputs()]), worker_context(pii_key))
+
+
+def migrated_dsn(chdb_path: Path, topic_prefix: str) -> str:
+    """This test's own database in the session's chDB path (the sink writes it), migrated."""
+    dsn = f"chdb://{chdb_path}?database={topic_prefix.replace('-', '_')}"
+    migrate(connect(dsn))
+    return dsn
+
+
 def skewed_backlog(tmp_path: Path, bootstrap: str, topics: Topics, pii_key: str) -> list[RawRecord]:
     """The demo's records produced by event time to one partition per raw topic, before any worker
     reads them: the web partition is dense (several fetches), the others sparse (one each)."""
     ensure_topics(bootstrap, topics, partitions=1)
-    files = generate(customers=400, seed=11, days=60).write(tmp_path / "demo")
-    records = records_in_event_time(expand_inputs([*files.inputs()]), worker_context(pii_key))
+    records = demo_in_event_time(tmp_path, pii_key, customers=400, seed=11, days=60)
     send(bootstrap, topics, records, pii_key)
     return records
 
@@ -597,8 +608,7 @@ def test_a_backlog_read_at_different_speeds_is_folded_in_event_time_order(
     topics = Topics(topic_prefix)
     records = skewed_backlog(tmp_path, kafka_bootstrap, topics, pii_key)
 
-    dsn = f"chdb://{chdb_path}?database={topic_prefix.replace('-', '_')}"
-    migrate(connect(dsn))
+    dsn = migrated_dsn(chdb_path, topic_prefix)
     port = free_port()
     sink = SinkThread(dsn, kafka_bootstrap, topics)
     # JOURNEYS_TEST_WORKER_ARGS=--no-align shows what this test guards against (late touchpoints).
@@ -689,10 +699,8 @@ def test_two_workers_reading_a_backlog_fold_it_in_event_time_order(
     kafka_bootstrap = fresh_kafka
     topics = Topics(topic_prefix)
     ensure_topics(kafka_bootstrap, topics, partitions=2)
-    files = generate(customers=1000, seed=11, days=60).write(tmp_path / "demo")
-    records = records_in_event_time(expand_inputs([*files.inputs()]), worker_context(pii_key))
-    dsn = f"chdb://{chdb_path}?database={topic_prefix.replace('-', '_')}"
-    migrate(connect(dsn))
+    records = demo_in_event_time(tmp_path, pii_key, customers=1000, seed=11, days=60)
+    dsn = migrated_dsn(chdb_path, topic_prefix)
     # A replay, on the broker before the workers start: the records keep the hour-old times they
     # were first written at. (Produced while the workers read, it would be read as a live feed.)
     written = int(time.time() * 1000) - 3_600_000
@@ -744,10 +752,8 @@ def test_touchpoints_held_for_a_partition_nobody_reports_are_folded_once_the_fee
     kafka_bootstrap = fresh_kafka
     topics = Topics(topic_prefix)
     ensure_topics(kafka_bootstrap, topics, partitions=2)
-    files = generate(customers=20, seed=3, days=35).write(tmp_path / "demo")
-    records = records_in_event_time(expand_inputs([*files.inputs()]), worker_context(pii_key))
-    dsn = f"chdb://{chdb_path}?database={topic_prefix.replace('-', '_')}"
-    migrate(connect(dsn))
+    records = demo_in_event_time(tmp_path, pii_key, customers=20, seed=3, days=35)
+    dsn = migrated_dsn(chdb_path, topic_prefix)
     idle = 10.0  # far longer than the burst takes to read, so only the quiet timer can release it
     sink = SinkThread(dsn, kafka_bootstrap, topics)
     workers = Workers(start_worker, tmp_path, kafka_bootstrap, extra=("--align-idle-seconds", str(idle)))

@@ -148,6 +148,23 @@ def test_a_partition_read_in_the_stages_own_process_is_not_idle_while_that_proce
     assert alignment.lapsed(70)[("raw.web", 1)] == "its time has not moved for 60.0 s"
 
 
+def test_each_lapse_is_told_once_and_again_after_the_partition_was_waited_for_or_cleared() -> None:
+    alignment: Alignment[str] = Alignment(idle_seconds=5, stall_seconds=60)
+    alignment.report([report(0, 10), report(1, 2)], now=0)
+    assert alignment.newly_lapsed(4) == {}
+    assert alignment.newly_lapsed(5) == {
+        ("raw.web", 0): "not reported for 5.0 s",
+        ("raw.web", 1): "not reported for 5.0 s",
+    }
+    assert alignment.newly_lapsed(6) == {}  # still lapsed: told already
+    alignment.report([report(1, 3)], now=7)  # waited for again, then lapses again
+    assert alignment.newly_lapsed(7) == {}
+    assert alignment.newly_lapsed(12) == {("raw.web", 1): "not reported for 5.0 s"}
+    alignment.clear()  # a rebalance: the partitions are known anew
+    alignment.report([report(0, 20)], now=20)
+    assert alignment.newly_lapsed(25) == {("raw.web", 0): "not reported for 5.0 s"}
+
+
 def test_a_reported_partition_is_waited_for_however_slow_until_it_stalls() -> None:
     alignment: Alignment[str] = Alignment(idle_seconds=5, stall_seconds=60)
     alignment.hold(at(8), "a")
